@@ -1,0 +1,1 @@
+"""Config schema, compose-time validation and the `extras` behaviours."""

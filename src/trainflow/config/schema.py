@@ -1,0 +1,139 @@
+"""Typed schemas that the primary configs start from.
+
+Hydra merges every YAML of a composition into the first node of the defaults
+list. Making that node a structured config turns a misspelt key or a value of
+the wrong type into a compose-time error that names the key, instead of a
+`TypeError` deep inside `Trainer(...)` minutes later. Groups whose content is
+an arbitrary `_target_` call (data, model, callbacks) are typed `Any` here and
+checked against the target's signature by `trainflow.config.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class PathsSchema:
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    log_dir: str = MISSING
+    output_dir: str = MISSING
+    work_dir: str = MISSING
+    cache_dir: str = MISSING
+
+
+@dataclass
+class ExtrasSchema:
+    ignore_warnings: bool = False
+    enforce_tags: bool = True
+    print_config: bool = True
+
+
+@dataclass
+class TrackingSchema:
+    uri: Optional[str] = None
+    experiment_name: str = "trainflow"
+    run_name: Optional[str] = None
+    connect_timeout_s: float = 10.0
+    http_max_retries: int = 2
+    flush_every_s: float = 5.0
+    log_checkpoints: bool = True
+    log_params: bool = True
+
+
+@dataclass
+class RegistrySchema:
+    model_name: Optional[str] = None
+    register: bool = True
+
+
+@dataclass
+class TrainerSchema:
+    # Only keys that trainflow's configs set are declared; an unknown key is a
+    # typo until someone adds it here (and that is one line).
+    _target_: str = "lightning.pytorch.trainer.Trainer"
+    default_root_dir: Optional[str] = None
+    min_epochs: Optional[int] = None
+    max_epochs: Optional[int] = None
+    max_steps: int = -1
+    max_time: Optional[str] = None
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: Any = "auto"
+    precision: Any = None
+    check_val_every_n_epoch: Optional[int] = 1
+    val_check_interval: Any = None
+    log_every_n_steps: Optional[int] = None
+    deterministic: Any = None
+    benchmark: Optional[bool] = None
+    fast_dev_run: Any = False
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    limit_predict_batches: Any = None
+    overfit_batches: Any = 0.0
+    num_sanity_val_steps: Optional[int] = None
+    detect_anomaly: bool = False
+    profiler: Any = None
+    gradient_clip_val: Optional[float] = None
+    accumulate_grad_batches: int = 1
+    sync_batchnorm: bool = False
+    enable_progress_bar: Optional[bool] = None
+    enable_model_summary: Optional[bool] = None
+    enable_checkpointing: Optional[bool] = None
+    use_distributed_sampler: bool = True
+    inference_mode: bool = True
+
+
+@dataclass
+class StepSchema:
+    task_name: str = MISSING
+    tags: list[str] = field(default_factory=list)
+    seed: Optional[int] = None
+    ckpt_path: Optional[str] = None
+    optimized_metric: Optional[str] = None
+    data: Any = MISSING
+    model: Any = MISSING
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+    callbacks: Optional[dict[str, Any]] = None
+    paths: PathsSchema = field(default_factory=PathsSchema)
+    extras: ExtrasSchema = field(default_factory=ExtrasSchema)
+    tracking: TrackingSchema = field(default_factory=TrackingSchema)
+    registry: RegistrySchema = field(default_factory=RegistrySchema)
+
+
+@dataclass
+class TrainSchema(StepSchema):
+    train: bool = True
+    test: bool = True
+    # Stops a sweep or a CI smoke run from registering throwaway versions.
+    register_model: bool = True
+
+
+@dataclass
+class EvaluateSchema(StepSchema):
+    model_uri: Optional[str] = None
+    promote: bool = False
+
+
+def register_configs() -> None:
+    """Register the schemas and the `trainflow.*` resolvers before Hydra composes.
+
+    Called by every step script (and the tests' compose fixture) so the
+    defaults lists can name `train_schema` / `evaluate_schema`.
+    """
+    from omegaconf import OmegaConf
+
+    from trainflow.project import project_root
+
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainSchema)
+    store.store(name="evaluate_schema", node=EvaluateSchema)
+    if not OmegaConf.has_resolver("trainflow.project_root"):
+        OmegaConf.register_new_resolver("trainflow.project_root", lambda: str(project_root()))

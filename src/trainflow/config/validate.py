@@ -1,0 +1,102 @@
+"""Check `_target_` nodes against their callables before anything runs.
+
+Data, model and callbacks are arbitrary `_target_` calls, so no static schema
+can know their keys. Their signatures do: a misspelt key (`lrr`) or a value of
+the wrong type for an annotated `int`/`float`/`bool` parameter fails here,
+naming the config key, instead of inside `instantiate` mid-run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from trainflow.errors import ConfigError
+
+_HYDRA_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
+_SCALARS: dict[Any, tuple[type, ...]] = {
+    int: (int,),
+    float: (int, float),
+    bool: (bool,),
+    str: (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+}
+
+
+def check_targets(cfg: DictConfig, sections: tuple[str, ...] = ("data", "model", "callbacks")) -> None:
+    """Raise ConfigError for the first bad key under any `_target_` node."""
+    for section in sections:
+        node = cfg.get(section)
+        if node is None:
+            continue
+        for path, target_node in _target_nodes(node, section):
+            _check_node(path, target_node)
+
+
+def _target_nodes(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+        for key in node:
+            yield from _target_nodes(node._get_node(key), f"{path}.{key}")
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            yield from _target_nodes(item, f"{path}[{i}]")
+
+
+def _check_node(path: str, node: DictConfig) -> None:
+    from hydra._internal.utils import _locate
+
+    target = node._target_
+    try:
+        func = _locate(target)
+    except ImportError as exc:
+        raise ConfigError(f"{path}._target_: cannot import '{target}': {exc}") from exc
+    try:
+        sig = inspect.signature(func, eval_str=True)
+    except (NameError, TypeError, ValueError):
+        try:
+            sig = inspect.signature(func)
+        except (TypeError, ValueError):
+            return
+    params = sig.parameters
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for key in node:
+        key = str(key)
+        if key in _HYDRA_KEYS:
+            continue
+        if key not in params:
+            if takes_kwargs:
+                continue
+            allowed = ", ".join(k for k in params if k not in ("self", "args", "kwargs"))
+            raise ConfigError(f"{path}.{key}: not a parameter of {target} (has: {allowed})")
+        _check_type(path, key, node, params[key].annotation)
+
+
+def _check_type(path: str, key: str, node: DictConfig, annotation: Any) -> None:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]  # Optional[int] -> int; None is accepted below
+    accepted = _SCALARS.get(annotation)
+    if accepted is None:
+        return
+    if OmegaConf.is_missing(node, key):
+        return
+    value = node._get_node(key)
+    if OmegaConf.is_interpolation(node, key):
+        value = node[key]
+    else:
+        value = value._value() if hasattr(value, "_value") else value
+    if value is None or isinstance(value, accepted) and not (bool not in accepted and isinstance(value, bool)):
+        return
+    raise ConfigError(
+        f"{path}.{key}: expected {accepted[-1].__name__}, got {type(value).__name__} {value!r}"
+    )

@@ -1,0 +1,1 @@
+"""LightningDataModules; none of them imports MLflow."""

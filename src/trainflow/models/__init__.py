@@ -1,0 +1,1 @@
+"""LightningModules and their networks; none of them imports MLflow."""

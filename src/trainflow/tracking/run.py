@@ -1,0 +1,298 @@
+"""The step contract: one tracked MLflow run around one step.
+
+Every step (prepare_data, train, evaluate, sweep, main) goes through
+`step_run`: attach to the run `mlflow run` made or start one, tag it, log the
+resolved config, hand the step its run, and end the run FINISHED, FAILED (with
+the error on the run) or KILLED (SIGINT/SIGTERM), exiting non-zero for the
+last two. Nothing else in trainflow starts or ends runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainflow.errors import TrackingError, TrainflowError
+from trainflow.project import project_root
+from trainflow.tracking.codeversion import CodeVersion, code_version
+from trainflow.tracking.params import flatten, new_params
+from trainflow.tracking.redact import redact
+from trainflow.tracking.uri import bound_http_client, check_reachable, resolve_tracking_uri
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+TAG_STEP = "trainflow.step"
+TAG_OUTPUT = "trainflow.output_uri"
+TAG_ERROR = "trainflow.error"
+
+
+@dataclass
+class StepRun:
+    """What a step gets: the run it logs into and the client to do it with."""
+
+    step: str
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    client: MlflowClient
+    root: Path
+    output_dir: Path
+    code: CodeVersion
+    attached: bool  # True when `mlflow run` (or a parent) created the run
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def set_output(self, uri: str, name: str = "output") -> None:
+        """Hand the step's product on: a tag other steps and the pipeline read."""
+        self.outputs[name] = uri
+        key = TAG_OUTPUT if name == "output" else f"{TAG_OUTPUT}.{name}"
+        self.client.set_tag(self.run_id, key, uri)
+        print(f"{self.step} output {name}: {uri}", flush=True)
+
+    def artifact_uri(self, path: str = "") -> str:
+        return f"runs:/{self.run_id}/{path}".rstrip("/")
+
+
+class _Interrupted:
+    """Which signal asked the step to stop, so the run ends KILLED, not FAILED."""
+
+    signum: int | None = None
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _Interrupted.signum = signum
+    # Lightning turns KeyboardInterrupt into a graceful teardown (and exit(1));
+    # outside fit it unwinds to step_run like Ctrl-C does.
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextmanager
+def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None) -> Iterator[StepRun]:
+    """Attach or start, tag, log config; end with the right status."""
+    import mlflow
+
+    from trainflow.config.extras import apply_extras
+
+    root = project_root()
+    output_dir = output_dir or _hydra_output_dir() or Path(tempfile.mkdtemp(prefix=f"trainflow-{step}-"))
+    try:
+        tree = apply_extras(cfg, output_dir)
+        uri = resolve_tracking_uri(cfg.tracking.get("uri"), root)
+        bound_http_client(cfg.tracking.connect_timeout_s, cfg.tracking.http_max_retries)
+        check_reachable(uri, cfg.tracking.connect_timeout_s)
+        mlflow.set_tracking_uri(uri)
+        run, attached = _attach_or_start(mlflow, cfg, step, root, uri)
+    except TrainflowError as exc:
+        _fail_cleanly(exc)
+    client = mlflow.MlflowClient(uri)
+    ctx = StepRun(
+        step=step,
+        run_id=run.info.run_id,
+        experiment_id=run.info.experiment_id,
+        tracking_uri=uri,
+        client=client,
+        root=root,
+        output_dir=output_dir,
+        code=code_version(root),
+        attached=attached,
+    )
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    _Interrupted.signum = None
+    status = "FAILED"
+    try:
+        _log_run_identity(ctx, cfg, tree)
+        yield ctx
+        status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if _Interrupted.signum is None and isinstance(exc, SystemExit) and not exc.code:
+            status = "FINISHED"
+            raise
+        status = "KILLED" if _Interrupted.signum is not None or isinstance(exc, KeyboardInterrupt) else "FAILED"
+        signum = _Interrupted.signum or signal.SIGINT
+        _record_error(ctx, f"interrupted by {signal.Signals(signum).name}")
+        _end(mlflow, status)
+        print(f"error: {step} interrupted by {signal.Signals(signum).name}; run {ctx.run_id} {status}",
+              file=sys.stderr, flush=True)
+        raise SystemExit(128 + int(signum)) from None
+    except TrainflowError as exc:
+        _record_error(ctx, str(exc))
+        _end(mlflow, "FAILED")
+        _fail_cleanly(exc)
+    except BaseException as exc:
+        _record_error(ctx, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if mlflow.active_run() is not None:
+            _end(mlflow, status)
+
+
+def _fail_cleanly(exc: TrainflowError) -> None:
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(1) from None
+
+
+def _end(mlflow: Any, status: str) -> None:
+    try:
+        mlflow.end_run(status=status)
+    except Exception as exc:  # noqa: BLE001 - the step's own error matters more
+        log.warning("could not mark run %s: %s", status, exc)
+
+
+def _hydra_output_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return None
+
+
+def _attach_or_start(mlflow: Any, cfg: DictConfig, step: str, root: Path, uri: str) -> tuple[Any, bool]:
+    """`mlflow run` made a run for us (MLFLOW_RUN_ID): use it, never a second one."""
+    name = cfg.tracking.get("run_name") or default_run_name(step, cfg)
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    try:
+        if run_id:
+            run = mlflow.start_run(run_id=run_id)
+            mlflow.set_tag("mlflow.runName", name)
+            return run, True
+        if not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+            _use_experiment(mlflow, cfg.tracking.experiment_name, root, uri)
+        nested = mlflow.active_run() is not None
+        return mlflow.start_run(run_name=name, nested=nested), nested
+    except TrainflowError:
+        raise
+    except Exception as exc:
+        where = f"run {run_id}" if run_id else f"experiment '{cfg.tracking.experiment_name}'"
+        raise TrackingError(f"tracking store {uri}: cannot open {where}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _use_experiment(mlflow: Any, name: str, root: Path, uri: str) -> None:
+    """Create the experiment with artifacts beside the embedded store.
+
+    A sqlite store otherwise puts artifacts in `./mlruns` of whatever cwd
+    created the experiment; servers choose their own artifact root.
+    """
+    if mlflow.get_experiment_by_name(name) is None:
+        location = (root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except Exception:  # noqa: BLE001 - created concurrently by another step
+            if mlflow.get_experiment_by_name(name) is None:
+                raise
+    mlflow.set_experiment(name)
+
+
+def default_run_name(step: str, cfg: DictConfig) -> str:
+    """`train-example-digits`: step, experiment, data, so the UI list reads."""
+    parts = [step]
+    choices = _hydra_choices()
+    for group in ("experiment", "data"):
+        choice = choices.get(group)
+        if choice and choice not in parts:
+            parts.append(str(choice).replace("/", "-"))
+    return "-".join(parts)
+
+
+def _hydra_choices() -> dict[str, Any]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return dict(HydraConfig.get().runtime.choices)
+
+
+def hydra_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def _log_run_identity(ctx: StepRun, cfg: DictConfig, tree: str | None) -> None:
+    """Tags, params and config artifacts: enough to rebuild the run."""
+    from trainflow.config.hashing import config_hash
+
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    assert isinstance(resolved, dict)
+    overrides = hydra_overrides()
+    tags = {
+        TAG_STEP: ctx.step,
+        "trainflow.git.commit": ctx.code.commit or "",
+        "trainflow.git.dirty": str(ctx.code.dirty).lower(),
+        "trainflow.code_version": ctx.code.id,
+        "trainflow.config_hash": config_hash(resolved),
+        "trainflow.overrides": json.dumps(redact_overrides(overrides)),
+        "trainflow.tags": ",".join(str(t) for t in cfg.get("tags") or []),
+    }
+    tags.update({f"tag.{t}": "true" for t in cfg.get("tags") or []})
+    _set_tags(ctx, tags)
+    if cfg.tracking.get("log_params", True):
+        logged = ctx.client.get_run(ctx.run_id).data.params
+        params = new_params(flatten({k: v for k, v in resolved.items() if k != "hydra"}), logged)
+        _log_params(ctx, params)
+    _log_text(ctx, OmegaConf.to_yaml(OmegaConf.create(resolved)), "config.yaml")
+    _log_text(ctx, OmegaConf.to_yaml(OmegaConf.create(redact_overrides(overrides))), "overrides.yaml")
+    if tree is not None:
+        _log_text(ctx, tree, "config_tree.log")
+
+
+def redact_overrides(overrides: list[str]) -> list[str]:
+    from trainflow.tracking.redact import REDACTED, is_secret_key
+
+    out = []
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        out.append(f"{key}={REDACTED}" if sep and is_secret_key(key.lstrip("+~")) else item)
+    return out
+
+
+def _set_tags(ctx: StepRun, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    ctx.client.log_batch(ctx.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def _log_params(ctx: StepRun, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), 100):  # MLflow's per-request param limit
+        ctx.client.log_batch(ctx.run_id, params=items[start : start + 100])
+
+
+def _log_text(ctx: StepRun, text: str, name: str) -> None:
+    ctx.client.log_text(ctx.run_id, text, name)
+
+
+def _record_error(ctx: StepRun, message: str, trace: str | None = None) -> None:
+    """The reason a run failed belongs on the run, not only in a terminal."""
+    try:
+        ctx.client.set_tag(ctx.run_id, TAG_ERROR, message[:5000])
+        if trace:
+            ctx.client.log_text(ctx.run_id, trace, "error.txt")
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not record the error on run %s: %s", ctx.run_id, exc)
+

@@ -1,0 +1,1 @@
+"""What the train and evaluate steps do inside their run."""
