@@ -11,7 +11,7 @@ checked against the target's signature by `trainflow.config.validate`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -36,9 +36,9 @@ class ExtrasSchema:
 
 @dataclass
 class TrackingSchema:
-    uri: Optional[str] = None
+    uri: str | None = None
     experiment_name: str = "trainflow"
-    run_name: Optional[str] = None
+    run_name: str | None = None
     connect_timeout_s: float = 10.0
     http_max_retries: int = 2
     flush_every_s: float = 5.0
@@ -48,7 +48,8 @@ class TrackingSchema:
 
 @dataclass
 class RegistrySchema:
-    model_name: Optional[str] = None
+    model_name: str | None = None
+    # false keeps debug runs, sweeps and smoke tests from creating versions
     register: bool = True
 
 
@@ -57,36 +58,36 @@ class TrainerSchema:
     # Only keys that trainflow's configs set are declared; an unknown key is a
     # typo until someone adds it here (and that is one line).
     _target_: str = "lightning.pytorch.trainer.Trainer"
-    default_root_dir: Optional[str] = None
-    min_epochs: Optional[int] = None
-    max_epochs: Optional[int] = None
+    default_root_dir: str | None = None
+    min_epochs: int | None = None
+    max_epochs: int | None = None
     max_steps: int = -1
-    max_time: Optional[str] = None
+    max_time: str | None = None
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1
     strategy: Any = "auto"
     precision: Any = None
-    check_val_every_n_epoch: Optional[int] = 1
+    check_val_every_n_epoch: int | None = 1
     val_check_interval: Any = None
-    log_every_n_steps: Optional[int] = None
+    log_every_n_steps: int | None = None
     deterministic: Any = None
-    benchmark: Optional[bool] = None
+    benchmark: bool | None = None
     fast_dev_run: Any = False
     limit_train_batches: Any = None
     limit_val_batches: Any = None
     limit_test_batches: Any = None
     limit_predict_batches: Any = None
     overfit_batches: Any = 0.0
-    num_sanity_val_steps: Optional[int] = None
+    num_sanity_val_steps: int | None = None
     detect_anomaly: bool = False
     profiler: Any = None
-    gradient_clip_val: Optional[float] = None
+    gradient_clip_val: float | None = None
     accumulate_grad_batches: int = 1
     sync_batchnorm: bool = False
-    enable_progress_bar: Optional[bool] = None
-    enable_model_summary: Optional[bool] = None
-    enable_checkpointing: Optional[bool] = None
+    enable_progress_bar: bool | None = None
+    enable_model_summary: bool | None = None
+    enable_checkpointing: bool | None = None
     use_distributed_sampler: bool = True
     inference_mode: bool = True
 
@@ -95,13 +96,13 @@ class TrainerSchema:
 class StepSchema:
     task_name: str = MISSING
     tags: list[str] = field(default_factory=list)
-    seed: Optional[int] = None
-    ckpt_path: Optional[str] = None
-    optimized_metric: Optional[str] = None
+    seed: int | None = None
+    ckpt_path: str | None = None
+    optimized_metric: str | None = None
     data: Any = MISSING
     model: Any = MISSING
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
-    callbacks: Optional[dict[str, Any]] = None
+    callbacks: dict[str, Any] | None = None
     paths: PathsSchema = field(default_factory=PathsSchema)
     extras: ExtrasSchema = field(default_factory=ExtrasSchema)
     tracking: TrackingSchema = field(default_factory=TrackingSchema)
@@ -112,13 +113,11 @@ class StepSchema:
 class TrainSchema(StepSchema):
     train: bool = True
     test: bool = True
-    # Stops a sweep or a CI smoke run from registering throwaway versions.
-    register_model: bool = True
 
 
 @dataclass
 class EvaluateSchema(StepSchema):
-    model_uri: Optional[str] = None
+    model_uri: str | None = None
     promote: bool = False
 
 

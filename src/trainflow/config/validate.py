@@ -46,7 +46,7 @@ def _target_nodes(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
         if "_target_" in node:
             yield path, node
         for key in node:
-            yield from _target_nodes(node._get_node(key), f"{path}.{key}")
+            yield from _target_nodes(node._get_node(key), path + "." + str(key))
     elif isinstance(node, ListConfig):
         for i, item in enumerate(node):
             yield from _target_nodes(item, f"{path}[{i}]")
@@ -55,7 +55,7 @@ def _target_nodes(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
 def _check_node(path: str, node: DictConfig) -> None:
     from hydra._internal.utils import _locate
 
-    target = node._target_
+    target = str(node._target_)
     try:
         func = _locate(target)
     except ImportError as exc:
@@ -90,12 +90,8 @@ def _check_type(path: str, key: str, node: DictConfig, annotation: Any) -> None:
         return
     if OmegaConf.is_missing(node, key):
         return
-    value = node._get_node(key)
-    if OmegaConf.is_interpolation(node, key):
-        value = node[key]
-    else:
-        value = value._value() if hasattr(value, "_value") else value
-    if value is None or isinstance(value, accepted) and not (bool not in accepted and isinstance(value, bool)):
+    value = node[key]
+    if value is None or (isinstance(value, accepted) and not (bool not in accepted and isinstance(value, bool))):
         return
     raise ConfigError(
         f"{path}.{key}: expected {accepted[-1].__name__}, got {type(value).__name__} {value!r}"

@@ -50,6 +50,9 @@ class DigitsDataModule(LightningDataModule):
                  uri: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
+        self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.uri = uri
         self.splits: dict[str, TensorDataset] = {}
         self.label_names = list(LABEL_NAMES)
 
@@ -66,25 +69,24 @@ class DigitsDataModule(LightningDataModule):
         }
 
     def _load_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        hp = self.hparams
-        if hp.uri:
+        if self.uri:
             from trainflow.data.dataset import read_tabular_splits
 
-            splits, label_names = read_tabular_splits(hp.uri)
+            splits, label_names = read_tabular_splits(self.uri)
             self.label_names = label_names
             return splits
         x, y = load_digits_arrays()
-        idx = stratified_split(y, hp.val_fraction, hp.test_fraction, hp.seed)
+        idx = stratified_split(y, self.val_fraction, self.test_fraction, self.seed)
         return {name: (x[rows], y[rows]) for name, rows in idx.items()}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
             self.splits[split],
-            batch_size=self.hparams.batch_size,
+            batch_size=self.batch_size,
             shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            pin_memory=self.hparams.pin_memory,
-            persistent_workers=self.hparams.num_workers > 0,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -33,6 +33,7 @@ class ClassificationModule(LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.scheduler_monitor = scheduler_monitor
         self.criterion = nn.CrossEntropyLoss()
         self.label_names = list(label_names) if label_names else [str(i) for i in range(num_classes)]
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -102,7 +103,7 @@ class ClassificationModule(LightningModule):
         acc.reset()
         return value
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
@@ -110,7 +111,7 @@ class ClassificationModule(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {
                 "scheduler": self.scheduler_factory(optimizer=optimizer),
-                "monitor": self.hparams.scheduler_monitor,
+                "monitor": self.scheduler_monitor,
                 "interval": "epoch",
                 "frequency": 1,
             },

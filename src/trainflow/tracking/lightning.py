@@ -113,7 +113,7 @@ class RunLogger(Logger):
         for future in futures:
             try:
                 future.result()
-            except Exception as exc:  # noqa: BLE001 - collect, report once
+            except Exception as exc:
                 errors.append(exc)
         if errors:
             raise RuntimeError(f"{len(errors)} tracking upload(s) failed: {errors[0]}")

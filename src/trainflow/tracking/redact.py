@@ -6,11 +6,16 @@ import re
 from typing import Any
 
 REDACTED = "***"
-_SECRET_KEY = re.compile(r"(password|passwd|token|secret|credential|api[_-]?key|(^|[_.-])key$)", re.I)
+# Whole words of a key (`db_password`, `MLFLOW_TRACKING_TOKEN`, `api-key`), so
+# `max_tokens` or `sort_keys` stay readable.
+_SECRET_WORDS = frozenset({"password", "passwd", "pwd", "token", "secret", "credential", "credentials",
+                           "apikey", "key"})
+_WORD_SPLIT = re.compile(r"[_\-.\s]+")
 
 
 def is_secret_key(key: str) -> bool:
-    return bool(_SECRET_KEY.search(key.rsplit(".", 1)[-1]))
+    words = [w.lower() for w in _WORD_SPLIT.split(key.rsplit(".", 1)[-1]) if w]
+    return any(w in _SECRET_WORDS for w in words)
 
 
 def redact(node: Any) -> Any:

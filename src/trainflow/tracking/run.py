@@ -151,7 +151,7 @@ def _fail_cleanly(exc: TrainflowError) -> None:
 def _end(mlflow: Any, status: str) -> None:
     try:
         mlflow.end_run(status=status)
-    except Exception as exc:  # noqa: BLE001 - the step's own error matters more
+    except Exception as exc:
         log.warning("could not mark run %s: %s", status, exc)
 
 
@@ -172,10 +172,10 @@ def _attach_or_start(mlflow: Any, cfg: DictConfig, step: str, root: Path, uri: s
             run = mlflow.start_run(run_id=run_id)
             mlflow.set_tag("mlflow.runName", name)
             return run, True
-        if not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-            _use_experiment(mlflow, cfg.tracking.experiment_name, root, uri)
+        experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or _experiment_id(
+            mlflow, cfg.tracking.experiment_name, root, uri)
         nested = mlflow.active_run() is not None
-        return mlflow.start_run(run_name=name, nested=nested), nested
+        return mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=nested), nested
     except TrainflowError:
         raise
     except Exception as exc:
@@ -188,20 +188,23 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _use_experiment(mlflow: Any, name: str, root: Path, uri: str) -> None:
+def _experiment_id(mlflow: Any, name: str, root: Path, uri: str) -> str:
     """Create the experiment with artifacts beside the embedded store.
 
     A sqlite store otherwise puts artifacts in `./mlruns` of whatever cwd
     created the experiment; servers choose their own artifact root.
     """
-    if mlflow.get_experiment_by_name(name) is None:
-        location = (root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
-        try:
-            mlflow.create_experiment(name, artifact_location=location)
-        except Exception:  # noqa: BLE001 - created concurrently by another step
-            if mlflow.get_experiment_by_name(name) is None:
-                raise
-    mlflow.set_experiment(name)
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None:
+        return str(existing.experiment_id)
+    location = (root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+    try:
+        return str(mlflow.create_experiment(name, artifact_location=location))
+    except Exception:
+        existing = mlflow.get_experiment_by_name(name)  # created concurrently by another step
+        if existing is None:
+            raise
+        return str(existing.experiment_id)
 
 
 def default_run_name(step: str, cfg: DictConfig) -> str:
@@ -293,6 +296,6 @@ def _record_error(ctx: StepRun, message: str, trace: str | None = None) -> None:
         ctx.client.set_tag(ctx.run_id, TAG_ERROR, message[:5000])
         if trace:
             ctx.client.log_text(ctx.run_id, trace, "error.txt")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.warning("could not record the error on run %s: %s", ctx.run_id, exc)
 

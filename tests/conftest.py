@@ -1,0 +1,188 @@
+"""Shared fixtures: a real `mlflow server`, embedded sqlite stores, composed configs.
+
+Layered like the configs: `compose_train` gives the real composed config,
+`tiny_overrides` the CPU-seconds version, tests add their own on top.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = str(Path(sys.executable).parent)
+
+# Nothing downloads at test time; MLflow must not print its telemetry banner.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.pop("MLFLOW_RUN_ID", None)
+os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+# Overrides that make a train step take CPU-seconds; each test adds its own.
+TINY = [
+    "experiment=example",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.model_summary=null",
+    "trainer.enable_progress_bar=false",
+    "extras.print_config=false",
+    "registry.register=false",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 with a sqlite backend and served artifacts."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 90) -> None:
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        env.pop("MLFLOW_TRACKING_URI", None)
+        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
+        self.proc = subprocess.Popen(
+            [f"{VENV_BIN}/mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.workdir / 'server.db'}",
+             "--artifacts-destination", str(self.workdir / "artifacts")],
+            cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_http(f"{self.uri}/health", timeout_s, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path: Path) -> str:
+    """An embedded store of the test's own; artifacts go beside it."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tracking_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    def use(uri: str) -> None:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+
+    return use
+
+
+@pytest.fixture
+def compose() -> Callable[..., object]:
+    """The real configs composed as Hydra would, with HydraConfig set."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from trainflow.config.schema import register_configs
+
+    register_configs()
+
+    def _compose(config_name: str = "train", overrides: list[str] | None = None, output_dir: Path | None = None):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
+        if output_dir is not None:
+            with open_dict(cfg):
+                cfg.hydra.runtime.output_dir = str(output_dir)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def step_env(tracking_uri: str, **extra: str) -> dict[str, str]:
+    """Environment for a step subprocess: the venv first on PATH, our store."""
+    env = dict(os.environ)
+    env.update(extra)
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '')}"
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(key, None)
+    return env
+
+
+def run_step(args: list[str], tracking_uri: str, timeout: float = 240, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=step_env(tracking_uri, **extra),
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+def mlflow_run(entry: str, params: list[str], tracking_uri: str, timeout: float = 300,
+               experiment: str | None = None) -> subprocess.CompletedProcess:
+    cmd = [f"{VENV_BIN}/mlflow", "run", str(ROOT), "-e", entry, "--env-manager", "local"]
+    if experiment:
+        cmd += ["--experiment-name", experiment]
+    for p in params:
+        cmd += ["-P", p]
+    return subprocess.run(cmd, cwd=ROOT, env=step_env(tracking_uri), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def all_runs(tracking_uri: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return list(client.search_runs(ids, max_results=1000)) if ids else []
+
+

@@ -1,0 +1,35 @@
+"""Params, redaction and config identity."""
+
+from __future__ import annotations
+
+from trainflow.config.hashing import config_hash
+from trainflow.tracking.params import flatten, new_params
+from trainflow.tracking.redact import REDACTED, is_secret_key, redact
+
+
+def test_flatten_uses_override_syntax_keys() -> None:
+    flat = flatten({"model": {"optimizer": {"lr": 0.01}}, "tags": ["a", "b"], "seed": None, "x": {}})
+    assert flat == {"model.optimizer.lr": "0.01", "tags": '["a", "b"]', "seed": "None", "x": "{}"}
+
+
+def test_params_already_logged_by_mlflow_run_are_not_relogged() -> None:
+    assert new_params({"a": "1", "b": "2"}, {"a": "'1'"}) == {"b": "2"}
+
+
+def test_secrets_are_redacted_at_any_depth() -> None:
+    cfg = {"db": {"password": "hunter2", "host": "h"}, "api_key": "k", "items": [{"token": "t"}],
+           "monitor": "val/acc", "model": {"key": "abc"}, "sort_keys": True}
+    out = redact(cfg)
+    assert out["db"] == {"password": REDACTED, "host": "h"}
+    assert out["api_key"] == REDACTED
+    assert out["items"] == [{"token": REDACTED}]
+    assert out["model"]["key"] == REDACTED
+    assert out["monitor"] == "val/acc"
+    assert not is_secret_key("sort_keys") and not is_secret_key("max_tokens")
+    assert is_secret_key("MLFLOW_TRACKING_PASSWORD") and is_secret_key("aws.secret-access-key")
+
+
+def test_config_hash_tells_types_apart_and_ignores_run_local_keys() -> None:
+    a = config_hash({"trainer": {"max_epochs": 3}, "paths": {"output_dir": "/a"}})
+    assert a == config_hash({"paths": {"output_dir": "/b"}, "trainer": {"max_epochs": 3}})
+    assert a != config_hash({"trainer": {"max_epochs": "3"}, "paths": {"output_dir": "/a"}})

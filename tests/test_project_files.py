@@ -1,0 +1,38 @@
+"""The project's own files agree with each other."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import yaml
+
+from conftest import ROOT
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~\[;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_conda_env_lists_the_same_dependencies_as_pyproject() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
+    pip_deps = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    pip_deps = [d for d in pip_deps if not d.startswith("-e")]
+    assert sorted(project) == sorted(pip_deps), "same requirement strings, versions included"
+    assert {_name(d) for d in project} == {_name(d) for d in pip_deps}
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"uv run [^`\n]*pytest[^`\n]*", readme)
+    assert command, "README shows no test command"
+    assert command.group(0) in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_mlproject_entry_point_has_a_step_script() -> None:
+    spec = yaml.safe_load((ROOT / "MLproject").read_text())
+    for name, entry in spec["entry_points"].items():
+        script = entry["command"].split()[1]
+        assert (ROOT / script).is_file(), f"{name}: {script}"
+        assert (ROOT / "configs" / f"{name}.yaml").is_file() or name == "main", name

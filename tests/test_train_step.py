@@ -1,0 +1,100 @@
+"""The train and evaluate steps in-process: one run per step, tracked as the contract says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from conftest import TINY, all_runs
+from trainflow.tracking.run import step_run
+from trainflow.training.evaluate import evaluate
+from trainflow.training.train import train
+
+
+def run_train(compose, tmp_path: Path, overrides: list[str]):
+    cfg = compose("train", [*TINY, *overrides], output_dir=tmp_path / "out")
+    with step_run("train", cfg) as run:
+        result = train(cfg, run)
+    return run, result
+
+
+def check_train_run(uri: str, run_id: str) -> None:
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/loss"):
+        assert key in run.data.metrics, key
+    tags = run.data.tags
+    assert tags["trainflow.step"] == "train"
+    assert tags["mlflow.runName"] == "train-example-digits"
+    assert tags["trainflow.git.dirty"] in ("true", "false")
+    assert "trainer.max_epochs=1" in tags["trainflow.overrides"]
+    assert tags["tag.digits"] == "true"
+    assert run.data.params["trainer.max_epochs"] == "1"
+    assert run.data.params["model.optimizer.lr"] == "0.002"
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.yaml", "overrides.yaml", "checkpoints"} <= top
+    for alias in ("best", "last"):
+        files = {Path(a.path).name for a in client.list_artifacts(run_id, f"checkpoints/{alias}")}
+        assert files == {f"{alias}.ckpt", "metadata.yaml"}, files
+    meta = yaml.safe_load(Path(client.download_artifacts(run_id, "checkpoints/best/metadata.yaml")).read_text())
+    assert meta["monitor"] == "val/acc" and meta["mode"] == "max" and meta["score"] is not None
+    config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml")).read_text())
+    assert config["trainer"]["max_epochs"] == 1 and "hydra" not in config
+
+
+def test_train_one_epoch_on_the_embedded_store(compose, tmp_path, sqlite_uri, tracking_env) -> None:
+    tracking_env(sqlite_uri)
+    run, result = run_train(compose, tmp_path, [])
+    assert [r.info.run_id for r in all_runs(sqlite_uri)] == [run.run_id]
+    check_train_run(sqlite_uri, run.run_id)
+    assert result.monitored == pytest.approx(MlflowClient(sqlite_uri).get_run(run.run_id).data.metrics["val/acc_best"])
+    assert result.best_checkpoint is not None and result.best_checkpoint.is_file()
+    # artifacts of the embedded store sit beside it, not in the repository's cwd
+    assert Path(sqlite_uri.removeprefix("sqlite:///")).parent.joinpath("mlruns").is_dir() or \
+        MlflowClient(sqlite_uri).get_run(run.run_id).info.artifact_uri.startswith("file://")
+
+
+def test_train_one_epoch_against_a_server(compose, tmp_path, mlflow_server, tracking_env) -> None:
+    tracking_env(mlflow_server.uri)
+    run, _ = run_train(compose, tmp_path, ["tracking.experiment_name=train-on-server"])
+    check_train_run(mlflow_server.uri, run.run_id)
+    assert MlflowClient(mlflow_server.uri).get_run(run.run_id).info.artifact_uri.startswith("mlflow-artifacts:")
+
+
+def test_fast_dev_run_tests_current_weights(compose, tmp_path, sqlite_uri, tracking_env, caplog) -> None:
+    tracking_env(sqlite_uri)
+    run, result = run_train(compose, tmp_path, ["debug=fdr"])
+    assert result.best_checkpoint is None
+    assert "test/acc" in result.metrics
+    assert "No best checkpoint found" in caplog.text
+    tags = MlflowClient(sqlite_uri).get_run(run.run_id).data.tags
+    assert tags["tag.debug"] == "true"
+
+
+def test_failure_marks_the_run_failed_with_the_error(compose, tmp_path, sqlite_uri, tracking_env) -> None:
+    tracking_env(sqlite_uri)
+    cfg = compose("train", [*TINY, "+model.optimizer.lrr=1"], output_dir=tmp_path)
+    with pytest.raises(SystemExit) as info, step_run("train", cfg) as run:
+        train(cfg, run)
+    assert info.value.code == 1
+    failed = MlflowClient(sqlite_uri).get_run(run.run_id)
+    assert failed.info.status == "FAILED"
+    assert "model.optimizer.lrr" in failed.data.tags["trainflow.error"]
+
+
+def test_evaluate_a_logged_checkpoint_in_its_own_run(compose, tmp_path, sqlite_uri, tracking_env) -> None:
+    tracking_env(sqlite_uri)
+    trained, _ = run_train(compose, tmp_path, [])
+    cfg = compose("evaluate", ["experiment=example", "extras.print_config=false",
+                               f"ckpt_path=runs:/{trained.run_id}/checkpoints/best"], output_dir=tmp_path / "ev")
+    with step_run("evaluate", cfg) as run:
+        result = evaluate(cfg, run)
+    assert run.run_id != trained.run_id
+    evaluated = MlflowClient(sqlite_uri).get_run(run.run_id)
+    assert evaluated.info.status == "FINISHED"
+    assert evaluated.data.metrics["test/acc"] == pytest.approx(result.metrics["test/acc"])
+    assert evaluated.data.tags["trainflow.step"] == "evaluate"
