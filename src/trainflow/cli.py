@@ -37,6 +37,24 @@ def mlflow_params_to_overrides(argv: list[str]) -> list[str]:
     return out
 
 
-def accept_mlflow_params() -> None:
+def force_step_overrides(overrides: list[str], step_prefixes: tuple[str, ...]) -> list[str]:
+    """`train.trainer.max_epochs=5` -> `++train.trainer.max_epochs=5` for the pipeline.
+
+    The pipeline's per-step nodes start empty; `++` lets Hydra add the key,
+    and the pipeline reads the override back as typed.
+    """
+    out = []
+    for item in overrides:
+        bare = item.lstrip("+~")
+        head = bare.split("=", 1)[0].split(".", 1)[0]
+        if head in step_prefixes and "." in bare.split("=", 1)[0] and not item.startswith("~"):
+            out.append("++" + bare)
+        else:
+            out.append(item)
+    return out
+
+
+def accept_mlflow_params(step_prefixes: tuple[str, ...] = ()) -> None:
     """Rewrite sys.argv in place before @hydra.main parses it."""
-    sys.argv[1:] = mlflow_params_to_overrides(sys.argv[1:])
+    argv = mlflow_params_to_overrides(sys.argv[1:])
+    sys.argv[1:] = force_step_overrides(argv, step_prefixes) if step_prefixes else argv

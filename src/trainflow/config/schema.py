@@ -121,6 +121,23 @@ class EvaluateSchema(StepSchema):
     promote: bool = False
 
 
+@dataclass
+class PrepareDataSchema(StepSchema):
+    pass
+
+
+@dataclass
+class MainSchema(StepSchema):
+    # reuse FINISHED step runs whose config, code and inputs match
+    cache: bool = True
+    # let evaluate move the `champion` alias when the new version is better
+    promote: bool = True
+    # per-step overrides (`-P train.trainer.max_epochs=5`); filled from the command line
+    prepare_data: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
+
+
 def register_configs() -> None:
     """Register the schemas and the `trainflow.*` resolvers before Hydra composes.
 
@@ -134,5 +151,7 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainSchema)
     store.store(name="evaluate_schema", node=EvaluateSchema)
+    store.store(name="prepare_data_schema", node=PrepareDataSchema)
+    store.store(name="main_schema", node=MainSchema)
     if not OmegaConf.has_resolver("trainflow.project_root"):
         OmegaConf.register_new_resolver("trainflow.project_root", lambda: str(project_root()))

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pyarrow as pa
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
+from trainflow.data.dataset import Manifest, read_manifest, read_split, write_dataset
+
 LABEL_NAMES = [str(d) for d in range(10)]
+FEATURES = [f"pixel_{i:02d}" for i in range(64)]
+TASK = "image-classification/digits-8x8"
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -23,26 +30,37 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
     """Row indices per split, stratified by label and reproducible from `seed`."""
     from sklearn.model_selection import train_test_split
 
-    if not 0 <= val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
+    if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError(
             f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} "
-            "must be fractions that leave rows for training"
+            "must be fractions in (0, 1) that leave rows for training"
         )
     idx = np.arange(len(labels))
     rest, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
-    if val_fraction == 0:
-        return {"train": rest, "val": rest[:0], "test": test}
     train, val = train_test_split(
         rest, test_size=val_fraction / (1 - test_fraction), stratify=labels[rest], random_state=seed
     )
-    return {"train": train, "val": val, "test": test}
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def to_table(x: np.ndarray, y: np.ndarray) -> pa.Table:
+    columns = {name: pa.array(x[:, i]) for i, name in enumerate(FEATURES)}
+    columns["label"] = pa.array(y)
+    return pa.table(columns)
+
+
+def from_table(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    x = np.stack([table.column(name).to_numpy() for name in FEATURES], axis=1).astype(np.float32)
+    return x, table.column("label").to_numpy().astype(np.int64)
 
 
 class DigitsDataModule(LightningDataModule):
     """The embedded default task: 8x8 digits, stratified, seeded splits.
 
-    With `uri` set the splits come from a prepared dataset (prepare_data's
-    parquet artifact) instead of being drawn here.
+    `build_dataset` writes the splits as a dataset folder (what prepare_data
+    logs); `uri` points the module at such a folder. The train step always goes
+    through a folder, so inline and prepared data share one digest and one
+    code path.
     """
 
     def __init__(self, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 12345,
@@ -60,24 +78,27 @@ class DigitsDataModule(LightningDataModule):
     def num_classes(self) -> int:
         return len(self.label_names)
 
+    def build_dataset(self, folder: Path) -> Manifest:
+        x, y = load_digits_arrays()
+        idx = stratified_split(y, self.val_fraction, self.test_fraction, self.seed)
+        tables = {name: to_table(x[rows], y[rows]) for name, rows in idx.items()}
+        return write_dataset(
+            folder, tables, task=TASK, source="sklearn.datasets.load_digits", label_names=LABEL_NAMES,
+            extra={"features": FEATURES, "target": "label", "seed": self.seed,
+                   "val_fraction": self.val_fraction, "test_fraction": self.test_fraction},
+        )
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        arrays = self._load_splits()
-        self.splits = {
-            name: TensorDataset(torch.from_numpy(x), torch.from_numpy(y)) for name, (x, y) in arrays.items()
-        }
-
-    def _load_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        if self.uri:
-            from trainflow.data.dataset import read_tabular_splits
-
-            splits, label_names = read_tabular_splits(self.uri)
-            self.label_names = label_names
-            return splits
-        x, y = load_digits_arrays()
-        idx = stratified_split(y, self.val_fraction, self.test_fraction, self.seed)
-        return {name: (x[rows], y[rows]) for name, rows in idx.items()}
+        if not self.uri:
+            raise ValueError("DigitsDataModule needs `uri`: a dataset folder (train prepares one inline)")
+        folder = Path(self.uri)
+        manifest = read_manifest(folder)
+        self.label_names = manifest.label_names or self.label_names
+        for split in manifest.splits:
+            x, y = from_table(read_split(folder, split))
+            self.splits[split] = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -62,7 +62,7 @@ class StepRun:
         self.outputs[name] = uri
         key = TAG_OUTPUT if name == "output" else f"{TAG_OUTPUT}.{name}"
         self.client.set_tag(self.run_id, key, uri)
-        print(f"{self.step} output {name}: {uri}", flush=True)
+        print(f"{self.step} {name}: {uri}", flush=True)
 
     def artifact_uri(self, path: str = "") -> str:
         return f"runs:/{self.run_id}/{path}".rstrip("/")

@@ -1,20 +1,23 @@
-"""The evaluate step: test a checkpoint in a run of its own."""
+"""The evaluate step: test a model or checkpoint in a run of its own, maybe promote it."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from trainflow.config.validate import check_targets
-from trainflow.errors import ConfigError
+from trainflow.errors import ConfigError, DataError
+from trainflow.tracking.datasets import FetchedDataset, dataset_for_step, lineage_data_uri
 from trainflow.tracking.lightning import RunLogger
+from trainflow.tracking.registry import Promotion, ResolvedModel, promote_if_better, resolve_model
 from trainflow.tracking.run import StepRun
 from trainflow.training.checkpoints import resolve_checkpoint
-from trainflow.training.train import _scalars
+from trainflow.training.metrics import classification_report, confusion_figure, higher_is_better, scalar_metrics
 
 log = logging.getLogger(__name__)
 
@@ -22,26 +25,192 @@ log = logging.getLogger(__name__)
 @dataclass
 class EvalResult:
     metrics: dict[str, float]
-    checkpoint: Path
+    source: str
+    dataset_digest: str
+    promotion: Promotion | None = None
+    per_class: Any = field(default=None, repr=False)
+
+
+@dataclass
+class _Subject:
+    """What is evaluated: a module with weights, and where it came from."""
+
+    module: Any
+    source: str
+    run_id: str | None
+    model: ResolvedModel | None = None
 
 
 def evaluate(cfg: DictConfig, run: StepRun) -> EvalResult:
     import lightning as L
 
-    if not cfg.get("ckpt_path"):
-        raise ConfigError("ckpt_path: required (a .ckpt path or runs:/<run_id>/checkpoints/best)")
+    if not cfg.get("model_uri") and not cfg.get("ckpt_path"):
+        raise ConfigError("model_uri / ckpt_path: one is required (models:/NAME@champion, runs:/<id>/checkpoints/best)")
     check_targets(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    checkpoint = resolve_checkpoint(cfg.ckpt_path, run.output_dir / "checkpoint")
-    run.client.set_tag(run.run_id, "trainflow.checkpoint", cfg.ckpt_path)
 
+    subject = _load_subject(cfg, run)
     datamodule = instantiate(cfg.data, _convert_="all")
-    model = instantiate(cfg.model, _convert_="all")
+    data_cfg = _with_lineage(cfg.data, run, subject)
+    dataset = dataset_for_step(data_cfg, datamodule, run, Path(cfg.paths.cache_dir) / "datasets", "evaluation")
+
     logger = RunLogger(run.client, run.run_id, cfg.tracking.flush_every_s, log_checkpoints=False)
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[])
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[], enable_checkpointing=False)
     try:
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=str(checkpoint), weights_only=True)
+        trainer.test(model=subject.module, datamodule=datamodule)
     finally:
         logger.close()
-    return EvalResult(metrics=_scalars(trainer.callback_metrics), checkpoint=checkpoint)
+    metrics = scalar_metrics(trainer.callback_metrics)
+    per_class = _log_report(run, subject.module, datamodule, dataset, metrics)
+    result = EvalResult(metrics=metrics, source=subject.source, dataset_digest=dataset.manifest.digest,
+                        per_class=per_class)
+    if subject.model is not None:
+        _record_on_model(run, subject.model, metrics, dataset)
+    if cfg.get("promote"):
+        result.promotion = _promote(cfg, run, subject, metrics, dataset)
+    run.set_output(subject.source)
+    return result
+
+
+def _load_subject(cfg: DictConfig, run: StepRun) -> _Subject:
+    import torch
+
+    if cfg.get("model_uri"):
+        model = resolve_model(cfg.model_uri, run.client, run.output_dir / "model")
+        artifacts = model.local_dir / "artifacts"
+        module = instantiate(OmegaConf.load(artifacts / "model.yaml"), _convert_="all")
+        module.load_state_dict(torch.load(artifacts / "weights.pt", map_location="cpu", weights_only=True))
+        run.client.set_tag(run.run_id, "trainflow.evaluated", cfg.model_uri)
+        if model.run_id:
+            run.client.set_tag(run.run_id, "trainflow.upstream.train", model.run_id)
+        return _Subject(module, cfg.model_uri, model.run_id, model)
+    checkpoint = resolve_checkpoint(cfg.ckpt_path, run.output_dir / "checkpoint")
+    module = instantiate(cfg.model, _convert_="all")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    run.client.set_tag(run.run_id, "trainflow.evaluated", cfg.ckpt_path)
+    run_id = cfg.ckpt_path.split("/")[1] if str(cfg.ckpt_path).startswith("runs:/") else None
+    return _Subject(module, cfg.ckpt_path, run_id)
+
+
+def _with_lineage(data_cfg: DictConfig, run: StepRun, subject: _Subject) -> DictConfig:
+    """`data.uri`, else the dataset the model was trained on."""
+    if data_cfg.get("uri"):
+        return data_cfg
+    uri = lineage_data_uri(run.client, subject.run_id)
+    if uri is None:
+        raise DataError(f"data.uri: not given, and {subject.source} has no training-data lineage; pass data.uri")
+    data_cfg = data_cfg.copy()
+    OmegaConf.update(data_cfg, "uri", uri, force_add=True)
+    log.info("Evaluating on the training run's dataset %s", uri)
+    return data_cfg
+
+
+def _log_report(run: StepRun, module: Any, datamodule: Any, dataset: FetchedDataset,
+                metrics: dict[str, float]) -> Any:
+    """Predictions, confusion matrix and per-class P/R/F1 as artifacts of the run."""
+    import pandas as pd
+    import torch
+
+    module.eval()
+    probs, targets = [], []
+    with torch.no_grad():
+        for x, y in datamodule.test_dataloader():
+            probs.append(torch.softmax(module(x), dim=-1))
+            targets.append(y)
+    p, t = torch.cat(probs), torch.cat(targets)
+    names = dataset.manifest.label_names or [str(i) for i in range(p.shape[1])]
+    report = classification_report(p, t, names)
+    metrics.update(report["macro"])
+    run.client.log_batch(run.run_id, metrics=_metric_entities(report["macro"]))
+    predicted = p.argmax(dim=1).numpy()
+    predictions = pd.DataFrame({
+        "row_id": range(len(t)),
+        "label": [names[i] for i in t.numpy()],
+        "predicted": [names[i] for i in predicted],
+        "probability": p.max(dim=1).values.numpy().astype("float64"),
+    })
+    path = run.output_dir / "predictions.parquet"
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    predictions.to_parquet(path, index=False)
+    run.client.log_artifact(run.run_id, str(path), "evaluation")
+    run.client.log_table(run.run_id, report["table"], "evaluation/per_class_metrics.json")
+    csv = run.output_dir / "per_class_metrics.csv"
+    report["table"].to_csv(csv, index=False)
+    run.client.log_artifact(run.run_id, str(csv), "evaluation")
+    figure = confusion_figure(report["confusion"], names)
+    run.client.log_figure(run.run_id, figure, "evaluation/confusion_matrix.png")
+    return report["table"]
+
+
+def _metric_entities(values: dict[str, float], model_id: str | None = None) -> list[Any]:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, 0, model_id=model_id) for k, v in values.items()]
+
+
+def _record_on_model(run: StepRun, model: ResolvedModel, metrics: dict[str, float], dataset: FetchedDataset) -> None:
+    """Test figures live on the model too: the registry page shows them."""
+    test_metrics = {k: v for k, v in metrics.items() if k.startswith("test/")}
+    if model.model_id:
+        for key, value in test_metrics.items():
+            run.client.log_metric(run.run_id, key, value, model_id=model.model_id,
+                                  dataset_name="test", dataset_digest=dataset.manifest.digest[:36])
+    if model.name and model.version:
+        tags: dict[str, str] = {f"trainflow.eval.{k}": str(v) for k, v in test_metrics.items()}
+        tags["trainflow.eval.data_digest"] = dataset.manifest.digest
+        tags["trainflow.eval.run_id"] = run.run_id
+        for key, text in tags.items():
+            run.client.set_model_version_tag(model.name, model.version, key, text)
+
+
+def _promote(cfg: DictConfig, run: StepRun, subject: _Subject, metrics: dict[str, float],
+             dataset: FetchedDataset) -> Promotion:
+    model = subject.model
+    if model is None or model.name is None or model.version is None:
+        raise ConfigError(f"promote: {subject.source} is not a registered model version (use models:/NAME/N)")
+    metric = cfg.optimized_metric
+    if metric not in metrics:
+        raise ConfigError(f"optimized_metric: '{metric}' was not measured (have: {', '.join(sorted(metrics))})")
+
+    def champion_value_on(champion: Any) -> float:
+        # The champion was measured on other data: measure it on this digest.
+        from trainflow.tracking.registry import resolve_model
+
+        champ = resolve_model(f"models:/{model.name}/{champion.version}", run.client, run.output_dir / "champion")
+        return _score(champ, dataset, metric, cfg)
+
+    promotion = promote_if_better(run.client, model.name, model.version, metric, metrics[metric],
+                                  dataset.manifest.digest, higher_is_better(metric), champion_value_on)
+    record = {
+        "trainflow.promotion.decision": promotion.decision,
+        "trainflow.promotion.metric": metric,
+        "trainflow.promotion.candidate": str(promotion.candidate),
+        "trainflow.promotion.champion": "none" if promotion.champion is None else str(promotion.champion),
+        "trainflow.promotion.champion_version": promotion.champion_version or "none",
+    }
+    for key, value in record.items():
+        run.client.set_tag(run.run_id, key, value)
+        run.client.set_model_version_tag(model.name, model.version, key, value)
+    print(f"promotion: {promotion.decision} {model.name}/{model.version} ({metric} {promotion.candidate:.4f} vs "
+          f"champion {promotion.champion})", flush=True)
+    return promotion
+
+
+def _score(model: ResolvedModel, dataset: FetchedDataset, metric: str, cfg: DictConfig) -> float:
+    """`metric` of another model version on the same dataset folder (no tracking)."""
+    import lightning as L
+    import torch
+
+    artifacts = model.local_dir / "artifacts"
+    module = instantiate(OmegaConf.load(artifacts / "model.yaml"), _convert_="all")
+    module.load_state_dict(torch.load(artifacts / "weights.pt", map_location="cpu", weights_only=True))
+    datamodule = instantiate(cfg.data, _convert_="all", uri=str(dataset.path))
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(model=module, datamodule=datamodule, verbose=False)
+    return float(trainer.callback_metrics[metric])

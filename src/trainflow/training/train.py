@@ -1,19 +1,22 @@
-"""The train step: data -> model -> callbacks -> trainer -> fit -> test."""
+"""The train step: data -> model -> callbacks -> trainer -> fit -> test -> register."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from trainflow.config.validate import check_targets
+from trainflow.tracking.datasets import FetchedDataset, dataset_for_step
 from trainflow.tracking.lightning import RunLogger
 from trainflow.tracking.run import StepRun
 from trainflow.training.checkpoints import resolve_checkpoint
 from trainflow.training.instantiate import instantiate_callbacks
+from trainflow.training.metrics import scalar_metrics
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +26,9 @@ class TrainResult:
     metrics: dict[str, float]
     monitored: float | None
     best_checkpoint: Path | None
+    dataset: FetchedDataset
     checkpoint_artifacts: dict[str, str] = field(default_factory=dict)
+    registered: str | None = None
 
 
 def train(cfg: DictConfig, run: StepRun) -> TrainResult:
@@ -35,6 +40,7 @@ def train(cfg: DictConfig, run: StepRun) -> TrainResult:
 
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
     datamodule = instantiate(cfg.data, _convert_="all")
+    dataset = dataset_for_step(cfg.data, datamodule, run, Path(cfg.paths.cache_dir) / "datasets", "training")
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = instantiate(cfg.model, _convert_="all")
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
@@ -45,30 +51,71 @@ def train(cfg: DictConfig, run: StepRun) -> TrainResult:
         if cfg.get("train"):
             resume = resolve_checkpoint(cfg.ckpt_path, run.output_dir / "resume") if cfg.get("ckpt_path") else None
             trainer.fit(model=model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-        metrics = _scalars(trainer.callback_metrics)
+        metrics = scalar_metrics(trainer.callback_metrics)
 
-        best: Path | None = None
+        best = best_checkpoint(trainer)
         if cfg.get("test"):
-            best = _best_checkpoint(trainer)
             if best is None:
                 log.warning("No best checkpoint found: testing with the current weights")
             trainer.test(model=model, datamodule=datamodule, ckpt_path=str(best) if best else None,
                          weights_only=True)
-            metrics.update(_scalars(trainer.callback_metrics))
+            metrics.update(scalar_metrics(trainer.callback_metrics))
     finally:
         if trainer.is_global_zero:
             logger.close()
 
-    monitored = metrics.get(cfg.optimized_metric) if cfg.get("optimized_metric") else None
-    return TrainResult(metrics=metrics, monitored=monitored, best_checkpoint=_best_checkpoint(trainer),
-                       checkpoint_artifacts=dict(logger.logged_checkpoints))
+    result = TrainResult(
+        metrics=metrics,
+        monitored=metrics.get(cfg.optimized_metric) if cfg.get("optimized_metric") else None,
+        best_checkpoint=best,
+        dataset=dataset,
+        checkpoint_artifacts=dict(logger.logged_checkpoints),
+    )
+    if trainer.is_global_zero and cfg.get("train") and cfg.registry.get("register"):
+        result.registered = _log_model(cfg, run, model, datamodule, result, trainer)
+    return result
 
 
-def _best_checkpoint(trainer: object) -> Path | None:
+def best_checkpoint(trainer: Any) -> Path | None:
     callback = getattr(trainer, "checkpoint_callback", None)
     path = getattr(callback, "best_model_path", "") if callback is not None else ""
     return Path(path) if path and Path(path).is_file() else None
 
 
-def _scalars(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+def _log_model(cfg: DictConfig, run: StepRun, model: Any, datamodule: Any, result: TrainResult,
+               trainer: Any) -> str | None:
+    """The best weights as a pyfunc; a registry version when a name is configured."""
+    import pandas as pd
+    import torch
+
+    from trainflow.tracking.registry import log_classifier
+
+    if result.best_checkpoint is not None:
+        weights = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    else:
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    features = result.dataset.manifest.extra.get("features", [])
+    x_test = datamodule.splits["test"].tensors[0][:5].numpy()
+    example = pd.DataFrame(x_test, columns=features)
+    callback = getattr(trainer, "checkpoint_callback", None)
+    monitor = getattr(callback, "monitor", None) or cfg.optimized_metric
+    score = getattr(callback, "best_model_score", None)
+    tags = {
+        "trainflow.run_id": run.run_id,
+        "trainflow.data.digest": result.dataset.manifest.digest,
+        "trainflow.data.uri": result.dataset.uri,
+        "trainflow.monitor": str(monitor),
+        "trainflow.monitor.value": str(float(score) if score is not None else result.metrics.get(monitor)),
+        "trainflow.git.commit": run.code.commit or "",
+        "trainflow.code_version": run.code.id,
+    }
+    logged = log_classifier(run, cfg.model, weights, features=features,
+                            label_names=result.dataset.manifest.label_names, example=example, tags=tags,
+                            register_as=cfg.registry.get("model_name"))
+    run.set_output(logged.model_uri, "model")
+    if logged.version is not None:
+        uri = f"models:/{logged.version.name}/{logged.version.version}"
+        run.set_output(uri)
+        return uri
+    run.set_output(logged.model_uri)
+    return None

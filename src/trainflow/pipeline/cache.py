@@ -1,0 +1,74 @@
+"""The step cache: reuse a FINISHED run whose inputs are the same as ours.
+
+A step's cache key covers its entry point, its resolved config (canonical
+JSON: 3 and "3" differ, key order does not), the content of the code it runs
+and the digests of its inputs. Runs are looked up with a server-side filter on
+the key, so the search is not limited to the first page of runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+# What each step's result depends on, beside its config and inputs. A change
+# under a path reruns that step and, through its new output, every step after it.
+CODE_SCOPES: dict[str, tuple[str, ...]] = {
+    "prepare_data": ("src/trainflow/data", "src/trainflow/pipeline/prepare.py", "steps/prepare_data.py",
+                     "uv.lock"),
+    "train": ("src/trainflow/data", "src/trainflow/models", "src/trainflow/training", "src/trainflow/tracking",
+              "src/trainflow/config", "steps/train.py", "uv.lock"),
+    "evaluate": ("src/trainflow/data", "src/trainflow/models", "src/trainflow/training", "src/trainflow/tracking",
+                 "src/trainflow/config", "steps/evaluate.py", "uv.lock"),
+}
+
+# Config that decides a step's result. prepare_data reads only the data source
+# and the split seed; loader settings (batch size, workers) do not change a dataset.
+_LOADER_KEYS = frozenset({"batch_size", "num_workers", "pin_memory", "uri", "persistent_workers"})
+_VOLATILE = frozenset({"paths", "hydra", "extras", "tracking", "tags", "task_name"})
+CACHE_TAG = "trainflow.cache_key"
+
+
+def scoped_config(step: str, resolved: dict[str, Any]) -> dict[str, Any]:
+    if step == "prepare_data":
+        data = {k: v for k, v in (resolved.get("data") or {}).items() if k not in _LOADER_KEYS}
+        return {"data": data, "seed": resolved.get("seed")}
+    scoped = {k: v for k, v in resolved.items() if k not in _VOLATILE}
+    if isinstance(scoped.get("data"), dict):
+        # the dataset enters through its digest (an input), not its URI
+        scoped["data"] = {k: v for k, v in scoped["data"].items() if k != "uri"}
+    scoped.pop("model_uri", None)
+    return scoped
+
+
+def code_digest(root: Path, paths: Iterable[str]) -> str:
+    """sha256 over the files the step runs, as they are on disk now."""
+    digest = hashlib.sha256()
+    for rel in paths:
+        base = root / rel
+        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        for path in files:
+            if "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
+                continue
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(step: str, resolved: dict[str, Any], code: str, inputs: dict[str, str]) -> str:
+    payload = {"entry_point": step, "config": scoped_config(step, resolved), "code": code, "inputs": inputs}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def find_finished_run(client: Any, experiment_ids: list[str], key: str) -> Any | None:
+    runs = client.search_runs(
+        experiment_ids,
+        filter_string=f"tags.`{CACHE_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0] if runs else None

@@ -1,0 +1,165 @@
+"""The `main` entry point: prepare_data -> train -> evaluate(promote), by URI.
+
+Each step runs through MLflow's project runner (env manager local) as a child
+run of the pipeline run, or is reused from the step cache. Overrides reach
+the steps as typed: `-P key=value` goes to every step, `-P train.key=value`
+only to train (likewise `prepare_data.` and `evaluate.`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from trainflow.errors import TrainflowError
+from trainflow.pipeline.cache import CACHE_TAG, CODE_SCOPES, cache_key, code_digest, find_finished_run
+from trainflow.tracking.run import TAG_OUTPUT, StepRun, hydra_overrides
+
+log = logging.getLogger(__name__)
+
+STEPS = ("prepare_data", "train", "evaluate")
+# Keys of main's own config: they steer the pipeline and are not passed on.
+MAIN_KEYS = frozenset({"cache", "promote"})
+
+
+@dataclass
+class StepOutcome:
+    step: str
+    run_id: str
+    reused: bool
+    output: str
+    cache_key: str
+    tags: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class PipelineResult:
+    steps: dict[str, StepOutcome]
+
+    @property
+    def reused(self) -> list[str]:
+        return [s for s, o in self.steps.items() if o.reused]
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Shared overrides, and per-step ones with their `<step>.` prefix removed."""
+    shared: list[str] = []
+    per_step: dict[str, list[str]] = {s: [] for s in STEPS}
+    for item in overrides:
+        bare = item.lstrip("+~")
+        prefix = item[: len(item) - len(bare)]
+        head, _, rest = bare.partition(".")
+        if head in per_step and rest:
+            per_step[head].append(prefix.replace("++", "") + rest)
+        elif bare.split("=", 1)[0] not in MAIN_KEYS:
+            shared.append(item)
+    return shared, per_step
+
+
+def run_pipeline(cfg: Any, run: StepRun) -> PipelineResult:
+    shared, per_step = split_overrides(hydra_overrides())
+    use_cache = bool(cfg.get("cache", True))
+    outcomes: dict[str, StepOutcome] = {}
+
+    prepared = _step(run, "prepare_data", [*shared, *per_step["prepare_data"]], {}, use_cache)
+    outcomes["prepare_data"] = prepared
+    digest = prepared.tags.get("trainflow.data.digest", "")
+    data = [f"data.uri={prepared.output}"]
+
+    trained = _step(run, "train", [*shared, *per_step["train"], *data], {"data": digest}, use_cache)
+    outcomes["train"] = trained
+
+    evaluate = [*shared, *per_step["evaluate"], *data, f"model_uri={trained.output}"]
+    if cfg.get("promote", True) and trained.output.startswith("models:/") and "/m-" not in trained.output:
+        evaluate.append("promote=true")
+    outcomes["evaluate"] = _step(run, "evaluate", evaluate, {"data": digest, "model": trained.output,
+                                                            "train_run": trained.run_id}, use_cache)
+    result = PipelineResult(outcomes)
+    _record(run, result)
+    return result
+
+
+def _step(run: StepRun, step: str, overrides: list[str], inputs: dict[str, str], use_cache: bool) -> StepOutcome:
+    resolved = compose_step_config(step, overrides)
+    key = cache_key(step, resolved, code_digest(run.root, CODE_SCOPES[step]), inputs)
+    if use_cache:
+        hit = find_finished_run(run.client, [run.experiment_id], key)
+        if hit is not None and TAG_OUTPUT in hit.data.tags:
+            log.info("%s: reusing run %s (cache key %s)", step, hit.info.run_id, key[:12])
+            print(f"{step}: reused run {hit.info.run_id}", flush=True)
+            return StepOutcome(step, hit.info.run_id, True, hit.data.tags[TAG_OUTPUT], key, dict(hit.data.tags))
+    run_id = _launch(run, step, overrides)
+    run.client.set_tag(run_id, CACHE_TAG, key)
+    child = run.client.get_run(run_id)
+    output = child.data.tags.get(TAG_OUTPUT)
+    if not output:
+        raise TrainflowError(f"pipeline: step {step} (run {run_id}) finished without an output URI")
+    return StepOutcome(step, run_id, False, output, key, dict(child.data.tags))
+
+
+def _launch(run: StepRun, step: str, overrides: list[str]) -> str:
+    import mlflow.projects
+    from mlflow.exceptions import ExecutionException
+
+    params: dict[str, str] = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        params[key] = value  # later overrides win, as on Hydra's command line
+    print(f"{step}: running with {overrides}", flush=True)
+    # env manager "local" means this interpreter's environment: its `python`
+    # must come first on PATH even when main was started by full path.
+    bin_dir = os.path.dirname(sys.executable)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    try:
+        submitted = mlflow.projects.run(
+            uri=str(run.root), entry_point=step, parameters=params, env_manager="local",
+            experiment_id=run.experiment_id, synchronous=True, run_name=step,
+        )
+    except ExecutionException as exc:
+        raise TrainflowError(f"pipeline: step {step} failed: {exc}") from exc
+    return str(submitted.run_id)
+
+
+def compose_step_config(step: str, overrides: list[str]) -> dict[str, Any]:
+    """The step's config as the step will compose it; run-local paths fixed.
+
+    Composed in this process with Hydra's compose API (no torch imported), so
+    the cache is consulted before any step process starts.
+    """
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+
+    from trainflow.errors import ConfigError
+
+    if not GlobalHydra.instance().is_initialized():
+        raise TrainflowError("pipeline: Hydra is not initialised (run through steps/main.py)")
+    try:
+        cfg = compose(config_name=step, overrides=overrides)
+    except Exception as exc:
+        raise ConfigError(f"{step}: {str(exc).splitlines()[0]}") from exc
+    OmegaConf.set_struct(cfg, False)
+    for key in cfg.paths:
+        cfg.paths[key] = f"<{key}>"
+    cfg.pop("hydra", None)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    return {str(k): v for k, v in container.items()}
+
+
+def _record(run: StepRun, result: PipelineResult) -> None:
+    """The pipeline run links to every step run, reused or new."""
+    for step, outcome in result.steps.items():
+        run.client.set_tag(run.run_id, f"trainflow.pipeline.{step}.run_id", outcome.run_id)
+        run.client.set_tag(run.run_id, f"trainflow.pipeline.{step}.reused", str(outcome.reused).lower())
+        run.client.set_tag(run.run_id, f"trainflow.pipeline.{step}.output", outcome.output)
+    summary = {s: {k: v for k, v in asdict(o).items() if k != "tags"} for s, o in result.steps.items()}
+    run.client.log_text(run.run_id, json.dumps(summary, indent=2), "pipeline.json")
+    run.client.set_tag(run.run_id, "trainflow.pipeline.reused", ",".join(result.reused) or "none")
+    run.set_output(result.steps["evaluate"].output)

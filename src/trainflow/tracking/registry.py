@@ -1,0 +1,185 @@
+"""Logging, registering, resolving and promoting models.
+
+Registration happens only after fit and test succeeded and the model logged
+completely; promotion moves the `champion` alias only when the candidate beats
+the champion on the same dataset digest. Every decision is written on the run
+and on the version, with both numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainflow.errors import UriError
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+    from trainflow.tracking.run import StepRun
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+MODEL_ARTIFACT = "model"
+
+
+@dataclass
+class LoggedModel:
+    model_uri: str
+    model_id: str | None
+    version: ModelVersion | None
+
+
+def log_classifier(run: StepRun, model_cfg: DictConfig, weights: dict, *, features: list[str],
+                   label_names: list[str], example: Any, tags: dict[str, str],
+                   register_as: str | None) -> LoggedModel:
+    """Log the pyfunc into the step's run and, if asked, register a version."""
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    import trainflow
+    from trainflow.tracking.lockfile import locked_requirements
+    from trainflow.tracking.pyfunc import LabelledClassifier
+
+    with tempfile.TemporaryDirectory(prefix="trainflow-model-") as tmp:
+        folder = Path(tmp)
+        torch.save(weights, folder / "weights.pt")
+        (folder / "model.yaml").write_text(OmegaConf.to_yaml(model_cfg, resolve=True))
+        (folder / "meta.json").write_text(json.dumps({"features": features, "label_names": label_names}))
+        artifacts = {"weights": str(folder / "weights.pt"), "model_config": str(folder / "model.yaml"),
+                     "meta": str(folder / "meta.json")}
+        python_model = LabelledClassifier()
+        # The signature comes from a real prediction of the model being logged.
+        context = type("Ctx", (), {"artifacts": artifacts})()
+        python_model.load_context(context)
+        output = python_model.predict(None, example)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=python_model,
+            artifacts=artifacts,
+            signature=infer_signature(example, output),
+            input_example=example,
+            pip_requirements=locked_requirements(run.root / "uv.lock"),
+            code_paths=[str(Path(trainflow.__file__).parent)],
+            tags=tags,
+        )
+    run.client.set_tag(run.run_id, "trainflow.model_uri", info.model_uri)
+    version = None
+    if register_as:
+        version = mlflow.register_model(info.model_uri, register_as, tags=tags)
+        run.client.set_tag(run.run_id, "trainflow.registered", f"models:/{register_as}/{version.version}")
+        print(f"registered models:/{register_as}/{version.version}", flush=True)
+    return LoggedModel(info.model_uri, getattr(info, "model_id", None), version)
+
+
+@dataclass
+class ResolvedModel:
+    uri: str
+    local_dir: Path
+    run_id: str | None
+    model_id: str | None
+    name: str | None = None
+    version: str | None = None
+
+
+_MODELS = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?/?$")
+
+
+def resolve_model(uri: str, client: Any, dst: Path) -> ResolvedModel:
+    """Download a model by any URI users write; one clear line if it is not there."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    name = version = model_id = run_id = None
+    source = uri
+    match = _MODELS.match(uri)
+    try:
+        if match and match.group("name").startswith("m-") and not (match.group("alias") or match.group("version")):
+            model_id = match.group("name")
+            run_id = client.get_logged_model(model_id).source_run_id
+        elif match:
+            name = match.group("name")
+            mv = _model_version(client, name, match.group("alias"), match.group("version"), uri)
+            version, run_id, model_id = str(mv.version), mv.run_id, getattr(mv, "model_id", None)
+            source = f"models:/{name}/{version}"
+        elif uri.startswith("runs:/"):
+            run_id = uri.split("/")[1]
+            client.get_run(run_id)
+        elif not uri.startswith(("mlflow-artifacts:/", "file:", "/")):
+            raise UriError(f"model_uri: {uri} is not a models:/, runs:/ or artifact URI")
+        local = Path(download_artifacts(artifact_uri=source, dst_path=str(dst)))
+    except UriError:
+        raise
+    except MlflowException as exc:
+        raise UriError(f"model_uri: {uri}: {str(exc).strip().splitlines()[0]}") from exc
+    except OSError as exc:
+        raise UriError(f"model_uri: {uri}: {exc}") from exc
+    if not (local / "MLmodel").is_file():
+        raise UriError(f"model_uri: {uri} is not an MLflow model (no MLmodel file)")
+    return ResolvedModel(uri, local, run_id, model_id, name, version)
+
+
+def _model_version(client: Any, name: str, alias: str | None, version: str | None, uri: str) -> ModelVersion:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        raise UriError(f"model_uri: {uri}: no registered model '{name}'") from exc
+    try:
+        if alias:
+            return client.get_model_version_by_alias(name, alias)
+        if version in (None, "latest"):
+            versions = client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise UriError(f"model_uri: {uri}: model '{name}' has no versions")
+            return max(versions, key=lambda v: int(v.version))
+        return client.get_model_version(name, version)
+    except MlflowException as exc:
+        what = f"alias '{alias}'" if alias else f"version '{version}'"
+        raise UriError(f"model_uri: {uri}: no {what} of model '{name}'") from exc
+
+
+@dataclass
+class Promotion:
+    decision: str  # promoted | kept
+    candidate: float
+    champion: float | None
+    champion_version: str | None
+
+
+def promote_if_better(client: Any, name: str, version: str, metric: str, value: float, digest: str,
+                      higher_is_better: bool, champion_value_on: Any) -> Promotion:
+    """Move `champion` to `version` only if it beats the champion on the same data.
+
+    `champion_value_on(version)` evaluates the current champion on this digest
+    when its recorded figure was measured on other data.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champion = None
+    if champion is None:
+        result = Promotion("promoted", value, None, None)
+    elif str(champion.version) == str(version):
+        result = Promotion("kept", value, value, str(version))
+    else:
+        recorded = champion.tags.get(f"trainflow.eval.{metric}")
+        same_data = champion.tags.get("trainflow.eval.data_digest") == digest
+        champ_value = float(recorded) if recorded is not None and same_data else champion_value_on(champion)
+        better = value > champ_value if higher_is_better else value < champ_value
+        result = Promotion("promoted" if better else "kept", value, champ_value, str(champion.version))
+    if result.decision == "promoted":
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return result
