@@ -1,0 +1,214 @@
+"""The pipeline end to end against the real server: URIs, cache, registry, serving.
+
+One module-scoped pipeline run feeds the tests that read the registry; each
+test states which registry state it expects and checks it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import ROOT, TINY, VENV_BIN, free_port, mlflow_run, step_env, wait_http
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENT = "pipeline"
+MODEL = "digits-classifier"
+# Shared by every step; training itself stays at a few batches.
+PIPELINE = [p for p in TINY if not p.startswith(("registry.", "trainer.max_epochs"))] + ["trainer.max_epochs=2"]
+
+
+def step_runs(client: MlflowClient, experiment_id: str) -> dict[str, list]:
+    runs = client.search_runs([experiment_id], max_results=1000)
+    out: dict[str, list] = {}
+    for run in runs:
+        out.setdefault(run.data.tags.get("trainflow.step", "?"), []).append(run)
+    return out
+
+
+def run_pipeline(server_uri: str, extra: list[str] = (), env: dict[str, str] | None = None,
+                 cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    cmd = [f"{VENV_BIN}/mlflow", "run", str(cwd), "--env-manager", "local", "--experiment-name", EXPERIMENT]
+    for p in [*PIPELINE, *extra]:
+        cmd += ["-P", p]
+    done = subprocess.run(cmd, cwd=cwd, env={**step_env(server_uri), **(env or {})}, capture_output=True,
+                          text=True, timeout=400, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def pipeline(mlflow_server):
+    """The pipeline run twice with nothing changed."""
+    client = MlflowClient(mlflow_server.uri)
+    run_pipeline(mlflow_server.uri)
+    exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    first = step_runs(client, exp)
+    run_pipeline(mlflow_server.uri)
+    second = step_runs(client, exp)
+    return client, exp, first, second
+
+
+def test_first_run_chains_three_child_steps_by_uri(pipeline) -> None:
+    client, _, first, _ = pipeline
+    assert {k: len(v) for k, v in first.items()} == {"main": 1, "prepare_data": 1, "train": 1, "evaluate": 1}
+    main = first["main"][0]
+    prepared, trained, evaluated = first["prepare_data"][0], first["train"][0], first["evaluate"][0]
+    for child in (prepared, trained, evaluated):
+        assert child.data.tags["mlflow.parentRunId"] == main.info.run_id
+        assert child.info.status == "FINISHED"
+    dataset_uri = f"runs:/{prepared.info.run_id}/dataset"
+    assert prepared.data.tags["trainflow.output_uri"] == dataset_uri
+    assert {a.path for a in client.list_artifacts(prepared.info.run_id, "dataset")} >= {
+        "dataset/manifest.json", "dataset/train.parquet", "dataset/val.parquet", "dataset/test.parquet"}
+    assert trained.data.tags["trainflow.data.uri"] == dataset_uri
+    assert trained.data.tags["trainflow.upstream.prepare_data"] == prepared.info.run_id
+    assert trained.data.tags["trainflow.data.digest"] == prepared.data.tags["trainflow.data.digest"]
+    assert [i.dataset.digest for i in trained.inputs.dataset_inputs] == \
+        [prepared.data.tags["trainflow.data.digest"][:36]]
+    assert trained.data.tags["trainflow.output_uri"] == f"models:/{MODEL}/1"
+    assert evaluated.data.tags["trainflow.evaluated"] == f"models:/{MODEL}/1"
+    assert evaluated.data.tags["trainflow.promotion.decision"] == "promoted"
+    assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
+    assert "main" == main.data.tags["trainflow.step"]
+
+
+def test_second_run_reuses_every_step_and_links_them(pipeline) -> None:
+    _, _, first, second = pipeline
+    for step in ("prepare_data", "train", "evaluate"):
+        assert [r.info.run_id for r in second[step]] == [r.info.run_id for r in first[step]], step
+    assert len(second["main"]) == 2
+    newest = max(second["main"], key=lambda r: r.info.start_time)
+    assert newest.data.tags["trainflow.pipeline.reused"] == "prepare_data,train,evaluate"
+    for step in ("prepare_data", "train", "evaluate"):
+        assert newest.data.tags[f"trainflow.pipeline.{step}.run_id"] == first[step][0].info.run_id
+
+
+def test_registered_version_is_tagged_and_serves_labels(pipeline) -> None:
+    client, _, first, _ = pipeline
+    version = client.get_model_version(MODEL, "1")
+    trained = first["train"][0]
+    assert version.tags["trainflow.run_id"] == trained.info.run_id
+    assert version.tags["trainflow.data.digest"] == trained.data.tags["trainflow.data.digest"]
+    assert version.tags["trainflow.monitor"] == "val/acc"
+    assert float(version.tags["trainflow.monitor.value"]) > 0
+    assert "trainflow.git.commit" in version.tags
+    assert "trainflow.eval.test/acc" in version.tags
+
+
+def test_evaluate_from_the_champion_alias(pipeline, mlflow_server) -> None:
+    client, exp, _, _ = pipeline
+    done = mlflow_run("evaluate", ["model_uri=models:/digits-classifier@champion", "extras.print_config=false"],
+                      mlflow_server.uri, experiment=EXPERIMENT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = client.search_runs([exp], filter_string="tags.`trainflow.evaluated` = 'models:/digits-classifier@champion'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert "test/acc" in run.data.metrics and "test/f1_macro" in run.data.metrics
+    paths = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/confusion_matrix.png", "evaluation/per_class_metrics.json",
+            "evaluation/predictions.parquet", "evaluation/per_class_metrics.csv"} <= paths
+    # evaluated on the dataset the model was trained on, found through lineage
+    assert run.data.tags["trainflow.data.digest"] == client.get_model_version(MODEL, "1").tags["trainflow.data.digest"]
+    predictions = client.download_artifacts(run.info.run_id, "evaluation/predictions.parquet")
+    import pandas as pd
+
+    frame = pd.read_parquet(predictions)
+    assert list(frame.columns) == ["row_id", "label", "predicted", "probability"]
+    assert (frame.label == frame.predicted).mean() == pytest.approx(run.data.metrics["test/acc"], abs=1e-6)
+
+
+def test_changed_training_override_reruns_train_and_evaluate_only(pipeline, mlflow_server) -> None:
+    client, exp, first, _ = pipeline
+    # A learning rate that cannot learn in two short epochs: a worse candidate.
+    run_pipeline(mlflow_server.uri, ["train.model.optimizer.lr=1e-6"])
+    now = step_runs(client, exp)
+    assert len(now["prepare_data"]) == 1
+    assert len(now["train"]) == 2
+    newest_eval = max((r for r in now["evaluate"] if "trainflow.promotion.decision" in r.data.tags),
+                      key=lambda r: r.info.start_time)
+    assert newest_eval.data.tags["trainflow.evaluated"] == f"models:/{MODEL}/2"
+    # the promotion gate: the worse model does not take the alias, and says why
+    assert newest_eval.data.tags["trainflow.promotion.decision"] == "kept"
+    assert float(newest_eval.data.tags["trainflow.promotion.candidate"]) < \
+        float(newest_eval.data.tags["trainflow.promotion.champion"])
+    assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
+    assert client.get_model_version(MODEL, "2").tags["trainflow.promotion.decision"] == "kept"
+
+
+def test_changed_source_file_reruns_what_depends_on_it(pipeline, mlflow_server, tmp_path) -> None:
+    client, exp, _, _ = pipeline
+    before = step_runs(client, exp)
+    copy = tmp_path / "project"
+    for part in ("src", "steps", "configs"):
+        shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("MLproject", "conda.yaml", "pyproject.toml", "uv.lock"):
+        shutil.copy(ROOT / name, copy / name)
+    with (copy / "src/trainflow/models/classifier.py").open("a") as f:
+        f.write("\n# a change in the model code\n")
+    run_pipeline(mlflow_server.uri, env={"PYTHONPATH": str(copy / "src")}, cwd=copy)
+    after = step_runs(client, exp)
+    assert len(after["prepare_data"]) == len(before["prepare_data"])
+    assert len(after["train"]) == len(before["train"]) + 1
+    assert len(after["evaluate"]) == len(before["evaluate"]) + 1
+
+
+def test_serving_the_champion_answers_with_labels(pipeline, mlflow_server, tmp_path) -> None:
+    port = free_port()
+    env = step_env(mlflow_server.uri)
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [f"{VENV_BIN}/mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port)],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", 120, proc)
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        body = {"dataframe_split": {"columns": [f"pixel_{i:02d}" for i in range(64)],
+                                    "data": (digits.data[:5] / 16.0).tolist()}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+    rows = answer["predictions"]
+    assert len(rows) == 5
+    assert {row["label"] for row in rows} <= {str(i) for i in range(10)}
+    assert all(0 < row["probability"] <= 1 for row in rows)
+    assert all(abs(sum(row[f"prob_{i}"] for i in range(10)) - 1) < 1e-4 for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("models:/no-such-model@champion", "no registered model 'no-such-model'"),
+        ("models:/digits-classifier@no-such-alias", "no alias 'no-such-alias'"),
+        ("models:/digits-classifier/999", "no version '999'"),
+        ("runs:/0123456789abcdef0123456789abcdef/model", "models:/"),
+    ],
+)
+def test_bad_model_uris_fail_in_one_line_and_change_nothing(pipeline, mlflow_server, uri, message) -> None:
+    client, _, _, _ = pipeline
+    versions = sorted(v.version for v in client.search_model_versions(f"name = '{MODEL}'"))
+    champion = client.get_model_version_by_alias(MODEL, "champion").version
+    done = subprocess.run([sys.executable, "steps/evaluate.py", f"model_uri={uri}", "promote=true",
+                           "extras.print_config=false"], cwd=ROOT, env=step_env(mlflow_server.uri),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: model_uri: {uri}"), last
+    assert sorted(v.version for v in client.search_model_versions(f"name = '{MODEL}'")) == versions
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champion
