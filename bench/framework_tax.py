@@ -1,42 +1,55 @@
-"""Framework tax: trainflow's train step vs a bare PyTorch loop, steps per second.
+"""Framework tax: trainflow's train step vs a bare PyTorch loop, in time per optimizer step.
 
-    uv run python bench/framework_tax.py                 # defaults: --epochs 10 --rounds 5
-    uv run python bench/framework_tax.py --epochs 6 --rounds 3
+    uv run python bench/framework_tax.py                  # --epochs 8 --rounds 4
+    uv run python bench/framework_tax.py --variants ours,ours_nopbar,lightning,lightning_runlogger
 
-Both sides do the same optimizer steps: SimpleDenseNet with the sizes of
-`experiment=example`, the digits train split from trainflow's DigitsDataModule
-(its own DataLoader: batch 64, shuffle, num_workers 0), CrossEntropyLoss, Adam
-(lr and weight decay from the config), gradient-norm clipping at
-`trainer.gradient_clip_val`, CPU, `torch.set_num_threads(1)`.
+Same optimizer steps on both sides: SimpleDenseNet with the sizes of
+`experiment=example`, the digits train split and DataLoader of trainflow's
+DigitsDataModule (batch 64, shuffle, num_workers 0), CrossEntropyLoss, Adam
+(lr, weight decay from the config), gradient-norm clipping at
+`trainer.gradient_clip_val` (0.5), CPU, `torch.set_num_threads(1)`.
 
-- bare:  a hand-written `for x, y in loader:` loop.
-- ours:  `trainflow.training.train.train(cfg, run)` itself, inside
-         `trainflow.tracking.run.step_run("train", cfg)`, cfg composed from the
-         real configs with `experiment=example`: DataModule, ClassificationModule
-         (torchmetrics per step), every configured callback (checkpoint +
-         upload, early stopping, model summary, RichProgressBar), RunLogger
-         into a real MLflow run in a temporary sqlite store. Only
-         `trainer.max_epochs/min_epochs`, `test=false`,
-         `extras.print_config=false` and the paths are overridden, plus one
-         timing callback.
-- ours_nopbar: the same without the progress bar.
+bare          a hand-written `for x, y in loader:` loop (forward, loss, zero_grad,
+              backward, clip_grad_norm_, step); nothing else.
+ours          `trainflow.training.train.train(cfg, run)` itself inside
+              `trainflow.tracking.run.step_run("train", cfg)`; cfg composed from
+              the real configs with `experiment=example`: DigitsDataModule,
+              ClassificationModule (torchmetrics updated every step), every
+              configured callback (ModelCheckpoint + upload, EarlyStopping,
+              RichModelSummary, RichProgressBar), RunLogger into a real MLflow
+              run in a temporary sqlite store. Overridden: trainer.max_epochs /
+              min_epochs, test=false, extras.print_config=false, paths, and one
+              added callback (the timer).
+ours_nopbar   the same with `~callbacks.rich_progress_bar trainer.enable_progress_bar=false`.
+lightning     (breakdown) a plain `L.Trainer(logger=False, callbacks=[timer],
+              no progress bar / summary / checkpointing, same clipping)` fitting
+              the same ClassificationModule: Lightning's loop + our module only.
+lightning_runlogger  (breakdown) `lightning` plus RunLogger on a real run.
 
-What is timed: the interval between the ends of consecutive optimizer steps
-within one training epoch (bare: right after `optimizer.step()`; ours: a
-callback's `on_train_batch_end`, which Lightning calls after the optimizer
-step). So a step's time includes fetching its batch and every hook, metric
-update, logger call and progress-bar update between two steps, and nothing
-that happens once per epoch (DataLoader iterator creation, validation,
-checkpointing, epoch-end logging): each epoch of N batches gives N-1
-intervals. Epoch 0 is warm-up and is not counted. Per round and variant the
-figure is the mean step time (sum of intervals / count); the table shows the
-median over rounds, which run interleaved (bare, ours, ours_nopbar, rotated
-each round). Per-epoch costs of ours are shown separately (`epoch tail`:
-last step end of an epoch to the next epoch's start: epoch-end hooks,
-validation, checkpoint save + staging).
+What is timed: the interval between the ends of consecutive optimizer steps in
+one training epoch (bare: right after `optimizer.step()`; Lightning: a
+callback's `on_train_batch_end`, which runs after the optimizer step). A step
+therefore includes fetching its batch and every hook, metric update, logger
+call and progress-bar update between two steps; once-per-epoch work
+(DataLoader iterator creation, validation, checkpointing, epoch-end logging)
+is outside: an epoch of N batches gives N-1 intervals. The figure per epoch is
+the mean of its intervals (so slow steps count in full).
 
-The last line is `framework_tax <ratio>`: ours (as configured, progress bar
-on) time per step / bare time per step.
+Interleaving: the machine is shared and its speed drifts by +-30% within
+seconds, so bare and ours alternate epoch by epoch inside one process: during
+every Lightning fit, the timer callback runs one bare epoch right after the
+last training step of each epoch (before validation and checkpointing, so the
+checkpoint upload thread never overlaps a bare epoch, while it may overlap
+ours). Each Lightning epoch is paired with the bare epoch that follows it;
+the first epoch of each fit (and the first bare epoch) is warm-up and dropped.
+Each round fits every variant once (order rotated per round). Reported:
+medians over all pairs of the variant. CPU column: the same with process CPU
+time (all threads, so the tracking thread counts), less sensitive to other
+load on the machine.
+
+The last line is `framework_tax <ratio>`: median over pairs of
+(ours time per step / bare time per step), ours = as configured (progress bar
+on). Per-epoch costs of ours are shown separately as `epoch tail`.
 """
 
 from __future__ import annotations
@@ -54,33 +67,108 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Timing records of the `ours` variants, filled by StepTimer (found by Hydra
-# through its module name, `__main__` when run as a script).
-_RECORDS: list[dict[str, Any]] = []
+VARIANTS = ("ours", "ours_nopbar", "lightning", "lightning_runlogger")
+
+# The bare loop every Lightning fit interleaves with, and the timers of the
+# fits (appended by StepTimer; Hydra finds `step_timer` through this module's
+# name, `__main__` when run as a script).
+_BARE: BareLoop | None = None
+_TIMERS: list[Any] = []
+
+
+def _cpu() -> int:
+    return time.process_time_ns()
+
+
+# `import lightning` sets this for the whole process: every
+# torch.cuda.is_available() (Adam.step asks once per step) then dlopens NVML,
+# ~40 us here. A bare PyTorch process does not have it; the bare epochs run
+# without it, the Lightning epochs with it, as they would in their own processes.
+_NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+class BareLoop:
+    """The plain PyTorch side: its own model, optimizer and DataLoader.
+
+    The DataLoader comes from `train_dataloader()` of the datamodule trainflow
+    built and set up in the warm-up fit: same rows, same loader settings,
+    however trainflow loads its data.
+    """
+
+    def __init__(self, cfg: Any, datamodule: Any) -> None:
+        import torch
+        from hydra.utils import instantiate
+
+        self.loader = datamodule.train_dataloader()
+        self.net = instantiate(cfg.model.net)
+        self.optimizer = instantiate(cfg.model.optimizer)(params=self.net.parameters())
+        self.criterion = torch.nn.CrossEntropyLoss()
+        self.clip = cfg.trainer.get("gradient_clip_val")
+
+    def epoch(self) -> dict[str, Any]:
+        import torch
+
+        net, optimizer, criterion, clip = self.net, self.optimizer, self.criterion, self.clip
+        ends: list[int] = []
+        record: dict[str, Any] = {"start": time.perf_counter_ns(), "ends": ends}
+        nvml = os.environ.pop(_NVML_CHECK, None)
+        try:
+            with torch.enable_grad():
+                net.train()
+                last = len(self.loader) - 1
+                for i, (x, y) in enumerate(self.loader):
+                    loss = criterion(net(x), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if clip:
+                        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+                    optimizer.step()
+                    ends.append(time.perf_counter_ns())
+                    if i == 0:
+                        record["cpu_first"] = _cpu()
+                    elif i == last:
+                        record["cpu_last"] = _cpu()
+        finally:
+            if nvml is not None:
+                os.environ[_NVML_CHECK] = nvml
+        return record
 
 
 def _step_timer_class() -> type:
     from lightning.pytorch import Callback
 
     class StepTimer(Callback):
-        """Timestamps of epoch starts and of every optimizer step's end."""
+        """Clock at epoch starts and at every optimizer step's end; runs a
+        bare epoch after the last training step of every epoch."""
 
         def __init__(self) -> None:
             self.epochs: list[dict[str, Any]] = []
-            self.threads = None
-            _RECORDS.append({"epochs": self.epochs, "timer": self})
+            self.bare: list[dict[str, Any] | None] = []
+            self.threads: int | None = None
+            self.datamodule: Any = None
+            _TIMERS.append(self)
 
         def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
             import torch
 
             self.threads = torch.get_num_threads()
+            self.datamodule = trainer.datamodule
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
             self.epochs.append({"start": time.perf_counter_ns(), "ends": []})
+            self.bare.append(None)
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                                batch_idx: int) -> None:
-            self.epochs[-1]["ends"].append(time.perf_counter_ns())
+            epoch = self.epochs[-1]
+            epoch["ends"].append(time.perf_counter_ns())
+            # CPU time (a slow syscall here, ~10 us) only at the epoch's edges
+            if batch_idx == 0:
+                epoch["cpu_first"] = _cpu()
+            elif batch_idx == trainer.num_training_batches - 1:
+                epoch["cpu_last"] = _cpu()
+                if _BARE is not None:
+                    self.bare[-1] = _BARE.epoch()
 
     return StepTimer
 
@@ -112,7 +200,7 @@ def compose_train(overrides: list[str], output_dir: Path) -> Any:
     return cfg
 
 
-def ours_overrides(epochs: int, uri: str, progress_bar: bool) -> list[str]:
+def train_overrides(epochs: int, uri: str, progress_bar: bool = True) -> list[str]:
     over = [
         "experiment=example",
         f"trainer.max_epochs={epochs}",
@@ -127,72 +215,85 @@ def ours_overrides(epochs: int, uri: str, progress_bar: bool) -> list[str]:
     return over
 
 
-# -- the two sides ------------------------------------------------------------
-def run_bare(cfg: Any, epochs: int) -> list[dict[str, Any]]:
-    import torch
-    from hydra.utils import instantiate
-
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.setup("fit")
-    loader = datamodule.train_dataloader()
-    net = instantiate(cfg.model.net)
-    optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
-    criterion = torch.nn.CrossEntropyLoss()
-    clip = cfg.trainer.get("gradient_clip_val")
-    net.train()
-    epochs_out = []
-    for _ in range(epochs):
-        ends: list[int] = []
-        epochs_out.append({"start": time.perf_counter_ns(), "ends": ends})
-        for x, y in loader:
-            loss = criterion(net(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
-            optimizer.step()
-            ends.append(time.perf_counter_ns())
-    return epochs_out
-
-
-def run_ours(cfg: Any) -> tuple[list[dict[str, Any]], Any]:
+# -- the Lightning sides ------------------------------------------------------
+def run_ours(cfg: Any) -> Any:
+    """The train step exactly as `steps/train.py` runs it (minus Hydra's main)."""
     from trainflow.tracking.run import step_run
     from trainflow.training.train import train
 
-    before = len(_RECORDS)
+    before = len(_TIMERS)
     with step_run("train", cfg) as run:
         train(cfg, run)
-    record = _RECORDS[before]
-    return record["epochs"], record["timer"]
+    return _TIMERS[before]
+
+
+def run_plain_lightning(cfg: Any, datamodule: Any, uri: str | None, tmp: Path) -> Any:
+    """Breakdown: Lightning + our module (+ RunLogger); nothing else. The
+    datamodule is the one trainflow built in the warm-up fit."""
+    import lightning as L
+    from hydra.utils import instantiate
+    from mlflow import MlflowClient
+
+    from trainflow.tracking.lightning import RunLogger
+
+    model = instantiate(cfg.model, _convert_="all")
+    timer = step_timer()
+    logger: Any = False
+    if uri is not None:
+        client = MlflowClient(uri)
+        run = client.create_run(client.get_experiment_by_name("trainflow").experiment_id)
+        logger = RunLogger(client, run.info.run_id, cfg.tracking.flush_every_s, cfg.tracking.log_checkpoints)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_epochs=cfg.trainer.max_epochs, min_epochs=cfg.trainer.max_epochs,
+        gradient_clip_val=cfg.trainer.gradient_clip_val, logger=logger, callbacks=[timer],
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        default_root_dir=str(tmp),
+    )
+    try:
+        trainer.fit(model=model, datamodule=datamodule)
+    finally:
+        if logger:
+            logger.close()
+            client.set_terminated(run.info.run_id)
+    return timer
 
 
 # -- statistics -------------------------------------------------------------
-def step_stats(epochs: list[dict[str, Any]], warmup: int) -> dict[str, float]:
-    intervals = []
-    for epoch in epochs[warmup:]:
-        ends = epoch["ends"]
-        intervals += [(b - a) / 1e3 for a, b in zip(ends, ends[1:], strict=False)]
-    tails = [nxt["start"] - cur["ends"][-1] for cur, nxt in zip(epochs[warmup:], epochs[warmup + 1:],
-                                                                 strict=False) if cur["ends"]]
-    return {
-        "mean_us": sum(intervals) / len(intervals),
-        "median_us": statistics.median(intervals),
-        "n": len(intervals),
-        "steps_per_epoch": len(epochs[-1]["ends"]),
-        "tail_ms": statistics.median(tails) / 1e6 if tails else float("nan"),
-    }
+def epoch_step_time(epoch: dict[str, Any]) -> tuple[float, float] | None:
+    """Mean (wall, cpu) microseconds per interval between step ends."""
+    ends = epoch["ends"]
+    if len(ends) < 2 or "cpu_last" not in epoch:
+        return None
+    n = len(ends) - 1
+    return (ends[-1] - ends[0]) / n / 1e3, (epoch["cpu_last"] - epoch["cpu_first"]) / n / 1e3
+
+
+def pairs_of(timer: Any, warmup: int) -> list[dict[str, float]]:
+    out = []
+    epochs = timer.epochs
+    for k in range(warmup, len(epochs)):
+        ours, bare = epoch_step_time(epochs[k]), timer.bare[k] and epoch_step_time(timer.bare[k])
+        if ours is None or not bare:
+            continue
+        tail = (epochs[k + 1]["start"] - epochs[k]["ends"][-1]) / 1e6 if k + 1 < len(epochs) else None
+        bare_ms = (timer.bare[k]["ends"][-1] - timer.bare[k]["start"]) / 1e6
+        out.append({"ours": ours[0], "bare": bare[0], "ours_cpu": ours[1], "bare_cpu": bare[1],
+                    "tail_ms": None if tail is None else tail - bare_ms})
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per round, the first is warm-up")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of every variant")
-    parser.add_argument("--warmup-epochs", type=int, default=1)
-    parser.add_argument("--variants", default="bare,ours,ours_nopbar",
-                        help="comma list of bare, ours, ours_nopbar")
+    parser.add_argument("--epochs", type=int, default=8, help="epochs per fit; the first is warm-up")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds; each fits every variant once")
+    parser.add_argument("--variants", default="ours,ours_nopbar,lightning",
+                        help=f"comma list of {', '.join(VARIANTS)}; the first named 'ours*' gives the last line")
     args = parser.parse_args()
-    if args.epochs <= args.warmup_epochs:
-        parser.error("--epochs must exceed --warmup-epochs")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or set(variants) - set(VARIANTS):
+        parser.error(f"--variants: choose from {', '.join(VARIANTS)}")
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2 (the first is warm-up)")
 
     for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_URI"):
         os.environ.pop(key, None)
@@ -206,60 +307,75 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = set(variants) - {"bare", "ours", "ours_nopbar"}
-    if unknown or "bare" not in variants:
-        parser.error(f"--variants needs bare and known names, got {args.variants}")
-
     tmp = Path(tempfile.mkdtemp(prefix="trainflow-bench-"))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    # Experiment created up front: the store's migrations stay out of the
-    # rounds and the artifacts land in tmp, not in the project's mlruns/.
+    # Experiment made up front: the store's migrations stay out of the rounds
+    # and artifacts land in tmp, not in the project's mlruns/.
     mlflow.MlflowClient(uri).create_experiment("trainflow", artifact_location=(tmp / "mlruns").as_uri())
 
-    results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
-    threads: dict[str, int | None] = {}
+    # Warm-up: one untimed train step (imports, first checkpoint, first
+    # upload); its datamodule feeds the bare loop and the breakdown variants.
+    global _BARE
+    cfg = compose_train(train_overrides(2, uri), tmp / "warmup")
+    datamodule = run_ours(cfg).datamodule
+    _BARE = BareLoop(cfg, datamodule)
+    _BARE.epoch()
+
+    pairs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    threads: dict[str, Any] = {}
     t_start = time.monotonic()
     for r in range(args.rounds):
         order = variants[r % len(variants):] + variants[: r % len(variants)]
         for variant in order:
             out = tmp / f"round{r}-{variant}"
-            cfg = compose_train(ours_overrides(args.epochs, uri, variant == "ours"), out)
-            if variant == "bare":
-                epochs = run_bare(cfg, args.epochs)
-                threads[variant] = torch.get_num_threads()
+            cfg = compose_train(train_overrides(args.epochs, uri, variant != "ours_nopbar"), out)
+            if variant.startswith("ours"):
+                timer = run_ours(cfg)
             else:
-                epochs, timer = run_ours(cfg)
-                threads[variant] = timer.threads
-            results[variant].append(step_stats(epochs, args.warmup_epochs))
-        line = "  ".join(f"{v} {results[v][-1]['mean_us']:.0f}us" for v in variants)
-        print(f"round {r + 1}/{args.rounds}: {line}", file=sys.stderr, flush=True)
+                logged = uri if variant == "lightning_runlogger" else None
+                timer = run_plain_lightning(cfg, datamodule, logged, out)
+            threads[variant] = timer.threads
+            pairs[variant] += pairs_of(timer, warmup=1)
+        summary = "  ".join(f"{v} {statistics.median(p['ours'] / p['bare'] for p in pairs[v]):.3f}"
+                            for v in variants)
+        print(f"round {r + 1}/{args.rounds}: median ratio so far: {summary}", file=sys.stderr, flush=True)
     elapsed = time.monotonic() - t_start
 
-    bare = statistics.median(s["mean_us"] for s in results["bare"])
+    def med(rows: list[dict[str, float]], key: str) -> float:
+        values = [row[key] for row in rows if row.get(key) is not None]
+        return statistics.median(values) if values else float("nan")
+
+    all_pairs = [p for v in variants for p in pairs[v]]
+    steps = len(_TIMERS[-1].epochs[-1]["ends"])
     print()
-    print(f"steady-state step time, median of {args.rounds} interleaved rounds "
-          f"({args.epochs} epochs each, first {args.warmup_epochs} excluded; "
-          f"{results['bare'][0]['steps_per_epoch']} steps/epoch; {elapsed:.0f}s total)")
-    print(f"stdout is a terminal: {sys.stdout.isatty()} (RichProgressBar only draws on one)")
-    header = (f"{'variant':<12} {'us/step':>8} {'steps/s':>8} {'ratio':>6} {'min..max us/step':>17} "
-              f"{'median step':>11} {'epoch tail':>10} {'threads':>7}")
+    print(f"steady-state time per optimizer step: {args.rounds} rounds x {args.epochs} epochs per variant "
+          f"(first epoch of each fit dropped), {steps} steps/epoch, bare and Lightning epochs alternating; "
+          f"{elapsed:.0f}s")
+    print(f"torch threads: bare {torch.get_num_threads()}, "
+          + ", ".join(f"{v} {threads[v]}" for v in variants)
+          + f"; stdout is a terminal: {sys.stdout.isatty()} (RichProgressBar only draws on one)")
+    header = (f"{'variant':<20} {'pairs':>5} {'us/step':>8} {'steps/s':>8} {'ratio':>6} {'ratio q1..q3':>12} "
+              f"{'cpu ratio':>9} {'epoch tail':>10}")
     print(header)
     print("-" * len(header))
+    bare = med(all_pairs, "bare")
+    print(f"{'bare':<20} {len(all_pairs):>5} {bare:>8.0f} {1e6 / bare:>8.0f} {1.0:>6.3f} {'':>12} {1.0:>9.3f} "
+          f"{'-':>10}")
+    ratios: dict[str, float] = {}
     for v in variants:
-        means = [s["mean_us"] for s in results[v]]
-        med = statistics.median(means)
-        med_step = statistics.median(s["median_us"] for s in results[v])
-        tail = statistics.median(s["tail_ms"] for s in results[v])
-        tail_s = "-" if v == "bare" else f"{tail:.1f}ms"
-        print(f"{v:<12} {med:>8.0f} {1e6 / med:>8.0f} {med / bare:>6.3f} "
-              f"{min(means):>8.0f}..{max(means):<8.0f} {med_step:>9.0f}us {tail_s:>10} "
-              f"{threads.get(v)!s:>7}")
-    print("(ratio: us/step over bare's; median step: median single interval; epoch tail: last step "
-          "end to next epoch start = epoch-end hooks + validation + checkpointing)")
-    ours_key = "ours" if "ours" in variants else variants[-1]
-    ours = statistics.median(s["mean_us"] for s in results[ours_key])
-    print(f"framework_tax {ours / bare:.3f}")
+        rows = pairs[v]
+        r = sorted(p["ours"] / p["bare"] for p in rows)
+        q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+        ratios[v] = statistics.median(r)
+        cpu = statistics.median(p["ours_cpu"] / p["bare_cpu"] for p in rows)
+        ours = med(rows, "ours")
+        print(f"{v:<20} {len(rows):>5} {ours:>8.0f} {1e6 / ours:>8.0f} {ratios[v]:>6.3f} "
+              f"{q[0]:>5.2f}..{q[2]:<5.2f} {cpu:>9.3f} {med(rows, 'tail_ms'):>8.1f}ms")
+    print("ratio: median over pairs of (variant / adjacent bare epoch) time per step; cpu ratio: the same in "
+          "process CPU time; epoch tail: last step of an epoch to the next epoch's start, minus the bare epoch "
+          "run there (= epoch-end hooks, validation, checkpoint save + staging)")
+    headline = next((v for v in variants if v.startswith("ours")), variants[0])
+    print(f"framework_tax {ratios[headline]:.3f}")
 
 
 if __name__ == "__main__":

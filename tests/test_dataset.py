@@ -47,7 +47,7 @@ def test_a_changed_split_file_is_a_digest_mismatch_naming_the_source(tmp_path: P
 
 def test_missing_manifest_and_corrupt_parquet_are_named(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no manifest.json"):
+    with pytest.raises(DataError, match=r"no manifest\.json"):
         verify_dataset(tmp_path / "empty")
     small_dataset(tmp_path / "d")
     (tmp_path / "d" / "train.parquet").write_bytes(b"not parquet")

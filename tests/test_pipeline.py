@@ -79,7 +79,7 @@ def test_first_run_chains_three_child_steps_by_uri(pipeline) -> None:
     assert evaluated.data.tags["trainflow.evaluated"] == f"models:/{MODEL}/1"
     assert evaluated.data.tags["trainflow.promotion.decision"] == "promoted"
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
-    assert "main" == main.data.tags["trainflow.step"]
+    assert main.data.tags["trainflow.step"] == "main"
 
 
 def test_second_run_reuses_every_step_and_links_them(pipeline) -> None:
@@ -128,7 +128,7 @@ def test_evaluate_from_the_champion_alias(pipeline, mlflow_server) -> None:
 
 
 def test_changed_training_override_reruns_train_and_evaluate_only(pipeline, mlflow_server) -> None:
-    client, exp, first, _ = pipeline
+    client, exp, _, _ = pipeline
     # A learning rate that cannot learn in two short epochs: a worse candidate.
     run_pipeline(mlflow_server.uri, ["train.model.optimizer.lr=1e-6"])
     now = step_runs(client, exp)
