@@ -54,7 +54,7 @@ def test_every_model_uri_form_resolves_to_the_same_model(trained, tmp_path) -> N
 def test_pyfunc_returns_label_names_with_probabilities(trained) -> None:
     import mlflow.pyfunc
 
-    _, _, result, _ = trained
+    assert trained[2].registered == f"models:/{MODEL}/1"
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}/1")
     assert [c.name for c in model.metadata.get_input_schema().inputs] == FEATURES
     from sklearn.datasets import load_digits

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,6 +68,26 @@ class StepRun:
     def artifact_uri(self, path: str = "") -> str:
         return f"runs:/{self.run_id}/{path}".rstrip("/")
 
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Wall time of a phase as metric `time/<phase>_s`: where a step's time goes."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.client.log_metric(self.run_id, f"time/{phase}_s", time.perf_counter() - start)
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux), imports included."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started = int(stat.read().rsplit(")", 1)[1].split()[19]) / ticks
+            return float(uptime.read().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None
+
 
 class _Interrupted:
     """Which signal asked the step to stop, so the run ends KILLED, not FAILED."""
@@ -115,6 +136,9 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None) -> Iter
     _Interrupted.signum = None
     status = "FAILED"
     try:
+        age = process_age_s()
+        if age is not None:
+            client.log_metric(ctx.run_id, "time/startup_s", age)
         _log_run_identity(ctx, cfg, tree)
         yield ctx
         status = "FINISHED"

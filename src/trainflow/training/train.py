@@ -40,7 +40,8 @@ def train(cfg: DictConfig, run: StepRun) -> TrainResult:
 
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
     datamodule = instantiate(cfg.data, _convert_="all")
-    dataset = dataset_for_step(cfg.data, datamodule, run, Path(cfg.paths.cache_dir) / "datasets", "training")
+    with run.timed("data"):
+        dataset = dataset_for_step(cfg.data, datamodule, run, Path(cfg.paths.cache_dir) / "datasets", "training")
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = instantiate(cfg.model, _convert_="all")
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
@@ -50,15 +51,17 @@ def train(cfg: DictConfig, run: StepRun) -> TrainResult:
     try:
         if cfg.get("train"):
             resume = resolve_checkpoint(cfg.ckpt_path, run.output_dir / "resume") if cfg.get("ckpt_path") else None
-            trainer.fit(model=model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+            with run.timed("fit"):
+                trainer.fit(model=model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         metrics = scalar_metrics(trainer.callback_metrics)
 
         best = best_checkpoint(trainer)
         if cfg.get("test"):
             if best is None:
                 log.warning("No best checkpoint found: testing with the current weights")
-            trainer.test(model=model, datamodule=datamodule, ckpt_path=str(best) if best else None,
-                         weights_only=True)
+            with run.timed("test"):
+                trainer.test(model=model, datamodule=datamodule, ckpt_path=str(best) if best else None,
+                             weights_only=True)
             metrics.update(scalar_metrics(trainer.callback_metrics))
     finally:
         if trainer.is_global_zero:
@@ -72,7 +75,8 @@ def train(cfg: DictConfig, run: StepRun) -> TrainResult:
         checkpoint_artifacts=dict(logger.logged_checkpoints),
     )
     if trainer.is_global_zero and cfg.get("train") and cfg.registry.get("register"):
-        result.registered = _log_model(cfg, run, model, datamodule, result, trainer)
+        with run.timed("log_model"):
+            result.registered = _log_model(cfg, run, model, datamodule, result, trainer)
     return result
 
 
