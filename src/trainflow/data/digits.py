@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import torch
 from lightning.pytorch import LightningDataModule
@@ -87,6 +88,12 @@ class DigitsDataModule(LightningDataModule):
             extra={"features": FEATURES, "target": "label", "seed": self.seed,
                    "val_fraction": self.val_fraction, "test_fraction": self.test_fraction},
         )
+
+    def serving_spec(self, rows: int = 5) -> tuple[str, dict, pd.DataFrame]:
+        """The pyfunc class, its meta.json, and an input example (test rows)."""
+        x = self.splits["test"].tensors[0][:rows].numpy()
+        meta = {"features": FEATURES, "label_names": self.label_names}
+        return "trainflow.tracking.pyfunc.LabelledClassifier", meta, pd.DataFrame(x, columns=FEATURES)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:

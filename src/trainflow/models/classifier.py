@@ -67,6 +67,12 @@ class ClassificationModule(LightningModule):
         loss = self.criterion(logits, targets)
         return loss, logits.argmax(dim=-1), targets
 
+    def predict_probabilities(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class probabilities and targets of the positions that count (evaluate's report)."""
+        x, y = batch
+        logits, targets = self.mask_outputs(self.forward(x), y)
+        return torch.softmax(logits, dim=-1), targets
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, preds, targets = self.model_step(batch)
         self.train_loss.update(loss.detach())

@@ -38,36 +38,44 @@ class LoggedModel:
     version: ModelVersion | None
 
 
-def log_classifier(run: StepRun, model_cfg: DictConfig, weights: dict, *, features: list[str],
-                   label_names: list[str], example: Any, tags: dict[str, str],
-                   register_as: str | None) -> LoggedModel:
+@dataclass
+class ServingSpec:
+    """What a data module says serving needs: the PythonModel class (dotted
+    path), the `meta.json` it reads, and an input example in the form users send."""
+
+    pyfunc: str
+    meta: dict[str, Any]
+    example: Any
+
+
+def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: ServingSpec,
+                      tags: dict[str, str], register_as: str | None) -> LoggedModel:
     """Log the pyfunc into the step's run and, if asked, register a version."""
     import mlflow
     import torch
+    from hydra._internal.utils import _locate
     from mlflow.models import infer_signature
 
     import trainflow
     from trainflow.tracking.lockfile import locked_requirements
-    from trainflow.tracking.pyfunc import LabelledClassifier
 
     with tempfile.TemporaryDirectory(prefix="trainflow-model-") as tmp:
         folder = Path(tmp)
         torch.save(weights, folder / "weights.pt")
         (folder / "model.yaml").write_text(OmegaConf.to_yaml(model_cfg, resolve=True))
-        (folder / "meta.json").write_text(json.dumps({"features": features, "label_names": label_names}))
+        (folder / "meta.json").write_text(json.dumps(spec.meta))
         artifacts = {"weights": str(folder / "weights.pt"), "model_config": str(folder / "model.yaml"),
                      "meta": str(folder / "meta.json")}
-        python_model = LabelledClassifier()
+        python_model = _locate(spec.pyfunc)()
         # The signature comes from a real prediction of the model being logged.
-        context = type("Ctx", (), {"artifacts": artifacts})()
-        python_model.load_context(context)
-        output = python_model.predict(None, example)
+        python_model.load_context(_Context(artifacts))
+        output = python_model.predict(None, spec.example)
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=python_model,
             artifacts=artifacts,
-            signature=infer_signature(example, output),
-            input_example=example,
+            signature=infer_signature(spec.example, output),
+            input_example=spec.example,
             pip_requirements=locked_requirements(run.root / "uv.lock"),
             code_paths=[str(Path(trainflow.__file__).parent)],
             tags=tags,
@@ -79,6 +87,11 @@ def log_classifier(run: StepRun, model_cfg: DictConfig, weights: dict, *, featur
         run.client.set_tag(run.run_id, "trainflow.registered", f"models:/{register_as}/{version.version}")
         print(f"registered models:/{register_as}/{version.version}", flush=True)
     return LoggedModel(info.model_uri, getattr(info, "model_id", None), version)
+
+
+@dataclass
+class _Context:
+    artifacts: dict[str, str]
 
 
 @dataclass

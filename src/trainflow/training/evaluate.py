@@ -116,9 +116,10 @@ def _log_report(run: StepRun, module: Any, datamodule: Any, dataset: FetchedData
     module.eval()
     probs, targets = [], []
     with torch.no_grad():
-        for x, y in datamodule.test_dataloader():
-            probs.append(torch.softmax(module(x), dim=-1))
-            targets.append(y)
+        for batch in datamodule.test_dataloader():
+            batch_probs, batch_targets = module.predict_probabilities(batch)
+            probs.append(batch_probs)
+            targets.append(batch_targets)
     p, t = torch.cat(probs), torch.cat(targets)
     names = dataset.manifest.label_names or [str(i) for i in range(p.shape[1])]
     report = classification_report(p, t, names)

@@ -89,18 +89,15 @@ def best_checkpoint(trainer: Any) -> Path | None:
 def _log_model(cfg: DictConfig, run: StepRun, model: Any, datamodule: Any, result: TrainResult,
                trainer: Any) -> str | None:
     """The best weights as a pyfunc; a registry version when a name is configured."""
-    import pandas as pd
     import torch
 
-    from trainflow.tracking.registry import log_classifier
+    from trainflow.tracking.registry import ServingSpec, log_trained_model
 
     if result.best_checkpoint is not None:
         weights = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     else:
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    features = result.dataset.manifest.extra.get("features", [])
-    x_test = datamodule.splits["test"].tensors[0][:5].numpy()
-    example = pd.DataFrame(x_test, columns=features)
+    pyfunc, meta, example = datamodule.serving_spec()
     callback = getattr(trainer, "checkpoint_callback", None)
     monitor = getattr(callback, "monitor", None) or cfg.optimized_metric
     score = getattr(callback, "best_model_score", None)
@@ -113,9 +110,8 @@ def _log_model(cfg: DictConfig, run: StepRun, model: Any, datamodule: Any, resul
         "trainflow.git.commit": run.code.commit or "",
         "trainflow.code_version": run.code.id,
     }
-    logged = log_classifier(run, cfg.model, weights, features=features,
-                            label_names=result.dataset.manifest.label_names, example=example, tags=tags,
-                            register_as=cfg.registry.get("model_name"))
+    logged = log_trained_model(run, cfg.model, weights, ServingSpec(pyfunc, meta, example), tags,
+                               register_as=cfg.registry.get("model_name"))
     run.set_output(logged.model_uri, "model")
     if logged.version is not None:
         uri = f"models:/{logged.version.name}/{logged.version.version}"
