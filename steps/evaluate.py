@@ -22,5 +22,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    accept_mlflow_params()
+    accept_mlflow_params(config_name="evaluate")
     main()

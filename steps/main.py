@@ -24,5 +24,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    accept_mlflow_params(step_prefixes=STEPS)
+    accept_mlflow_params(step_prefixes=STEPS, config_name="main")
     main()

@@ -23,5 +23,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    accept_mlflow_params()
+    accept_mlflow_params(config_name="train")
     main()

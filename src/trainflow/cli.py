@@ -54,7 +54,70 @@ def force_step_overrides(overrides: list[str], step_prefixes: tuple[str, ...]) -
     return out
 
 
-def accept_mlflow_params(step_prefixes: tuple[str, ...] = ()) -> None:
-    """Rewrite sys.argv in place before @hydra.main parses it."""
+def accept_mlflow_params(step_prefixes: tuple[str, ...] = (), config_name: str | None = None) -> None:
+    """Rewrite sys.argv in place before @hydra.main parses it.
+
+    With `config_name`, the overrides are composed once first, so a bad one
+    fails in one line naming the key instead of Hydra's multi-line report.
+    """
     argv = mlflow_params_to_overrides(sys.argv[1:])
     sys.argv[1:] = force_step_overrides(argv, step_prefixes) if step_prefixes else argv
+    if config_name is not None:
+        precheck_overrides(config_name, sys.argv[1:])
+
+
+def compose_error(exc: BaseException) -> str:
+    """Hydra's message on one line: what failed, and the key it names."""
+    import re
+
+    parts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(parts) < 2:
+        text = " ".join(line.strip() for line in str(seen).splitlines() if line.strip())
+        text = re.sub(r"\s*(reference_type|object_type)=\S+", "", text)
+        text = re.sub(r"\s*Config search path:.*$", "", text)
+        if text and "$VALUE" not in text and not any(text in p for p in parts):
+            parts.append(text)
+        seen = seen.__cause__ or seen.__context__
+    return "; ".join(parts) or type(exc).__name__
+
+
+def precheck_overrides(config_name: str, overrides: list[str]) -> None:
+    """Compose with Hydra's compose API; on failure print one line and exit 2.
+
+    Hydra flags (multirun, --cfg, --help) are left to Hydra itself.
+    """
+    if any(arg.startswith("-") for arg in overrides):
+        return
+    from hydra import compose, initialize_config_dir
+
+    from trainflow.config.schema import register_configs
+    from trainflow.project import project_root
+
+    register_configs()
+    config_dir = project_root() / "configs"
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            compose(config_name=config_name, overrides=overrides)
+    except Exception as exc:  # noqa: BLE001 - any compose failure is the user's config
+        message = f"{config_name} config: {compose_error(exc)}"
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        _record_on_mlflow_run(message)
+        raise SystemExit(2) from None
+
+
+def _record_on_mlflow_run(message: str) -> None:
+    """Under `mlflow run` the run exists already: say on it why it failed."""
+    import os
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+        client.set_tag(run_id, "trainflow.error", message[:5000])
+        client.set_terminated(run_id, "FAILED")
+    except Exception:  # noqa: BLE001, S110 - mlflow run marks it FAILED anyway
+        pass

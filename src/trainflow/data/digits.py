@@ -12,6 +12,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainflow.data.dataset import Manifest, read_manifest, read_split, write_dataset
+from trainflow.errors import ConfigError, DataError
 
 LABEL_NAMES = [str(d) for d in range(10)]
 FEATURES = [f"pixel_{i:02d}" for i in range(64)]
@@ -32,7 +33,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
     from sklearn.model_selection import train_test_split
 
     if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise ValueError(
+        raise ConfigError(
             f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} "
             "must be fractions in (0, 1) that leave rows for training"
         )
@@ -104,7 +105,13 @@ class DigitsDataModule(LightningDataModule):
         manifest = read_manifest(folder)
         self.label_names = manifest.label_names or self.label_names
         for split in manifest.splits:
-            x, y = from_table(read_split(folder, split))
+            table = read_split(folder, split)
+            if table.num_rows == 0:
+                raise DataError(f"{folder}/{split}.parquet: the {split} split is empty")
+            missing = [c for c in (*FEATURES, "label") if c not in table.column_names]
+            if missing:
+                raise DataError(f"{folder}/{split}.parquet: not a digits dataset (no column {missing[0]})")
+            x, y = from_table(table)
             self.splits[split] = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -66,6 +66,10 @@ def run_pipeline(cfg: Any, run: StepRun) -> PipelineResult:
     shared, per_step = split_overrides(hydra_overrides())
     use_cache = bool(cfg.get("cache", True))
     outcomes: dict[str, StepOutcome] = {}
+    # Every step's config must compose before the first step starts: a typo
+    # in `-P evaluate.x=...` fails now, not after minutes of training.
+    for step in STEPS:
+        compose_step_config(step, [*shared, *per_step[step]])
 
     prepared = _step(run, "prepare_data", [*shared, *per_step["prepare_data"]], {}, use_cache)
     outcomes["prepare_data"] = prepared
@@ -140,10 +144,12 @@ def compose_step_config(step: str, overrides: list[str]) -> dict[str, Any]:
 
     if not GlobalHydra.instance().is_initialized():
         raise TrainflowError("pipeline: Hydra is not initialised (run through steps/main.py)")
+    from trainflow.cli import compose_error
+
     try:
         cfg = compose(config_name=step, overrides=overrides)
     except Exception as exc:
-        raise ConfigError(f"{step}: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(f"{step} config: {compose_error(exc)}") from exc
     OmegaConf.set_struct(cfg, False)
     for key in cfg.paths:
         cfg.paths[key] = f"<{key}>"

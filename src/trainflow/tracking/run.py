@@ -30,6 +30,7 @@ from trainflow.errors import TrackingError, TrainflowError
 from trainflow.project import project_root
 from trainflow.tracking.codeversion import CodeVersion, code_version
 from trainflow.tracking.params import flatten, new_params
+from trainflow.tracking.ranks import LEADER_RUN_ENV, ReadOnlyClient, is_follower
 from trainflow.tracking.redact import redact
 from trainflow.tracking.uri import bound_http_client, check_reachable, resolve_tracking_uri
 
@@ -56,6 +57,7 @@ class StepRun:
     output_dir: Path
     code: CodeVersion
     attached: bool  # True when `mlflow run` (or a parent) created the run
+    leader: bool = True  # False on non-zero DDP ranks: they write nothing
     outputs: dict[str, str] = field(default_factory=dict)
 
     def set_output(self, uri: str, name: str = "output") -> None:
@@ -63,7 +65,8 @@ class StepRun:
         self.outputs[name] = uri
         key = TAG_OUTPUT if name == "output" else f"{TAG_OUTPUT}.{name}"
         self.client.set_tag(self.run_id, key, uri)
-        print(f"{self.step} {name}: {uri}", flush=True)
+        if self.leader:
+            print(f"{self.step} {name}: {uri}", flush=True)
 
     def artifact_uri(self, path: str = "") -> str:
         return f"runs:/{self.run_id}/{path}".rstrip("/")
@@ -111,6 +114,10 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None) -> Iter
 
     root = project_root()
     output_dir = output_dir or _hydra_output_dir() or Path(tempfile.mkdtemp(prefix=f"trainflow-{step}-"))
+    if is_follower():
+        with _follower_run(step, cfg, root, output_dir) as ctx:
+            yield ctx
+        return
     try:
         tree = apply_extras(cfg, output_dir)
         uri = resolve_tracking_uri(cfg.tracking.get("uri"), root)
@@ -120,6 +127,8 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None) -> Iter
         run, attached = _attach_or_start(mlflow, cfg, step, root, uri)
     except TrainflowError as exc:
         _fail_cleanly(exc)
+    # DDP ranks that Lightning starts later inherit this and follow the run.
+    os.environ[LEADER_RUN_ENV] = run.info.run_id
     client = mlflow.MlflowClient(uri)
     ctx = StepRun(
         step=step,
@@ -161,10 +170,26 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None) -> Iter
         _record_error(ctx, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         raise
     finally:
+        os.environ.pop(LEADER_RUN_ENV, None)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         if mlflow.active_run() is not None:
             _end(mlflow, status)
+
+
+@contextmanager
+def _follower_run(step: str, cfg: DictConfig, root: Path, output_dir: Path) -> Iterator[StepRun]:
+    """A non-zero DDP rank: the leader's run, read-only, and quiet logs."""
+    import mlflow
+
+    uri = resolve_tracking_uri(cfg.tracking.get("uri"), root)
+    mlflow.set_tracking_uri(uri)
+    run_id = os.environ[LEADER_RUN_ENV]
+    client = mlflow.MlflowClient(uri)
+    logging.getLogger().setLevel(logging.WARNING)
+    yield StepRun(step=step, run_id=run_id, experiment_id=client.get_run(run_id).info.experiment_id,
+                  tracking_uri=uri, client=ReadOnlyClient(client), root=root,  # type: ignore[arg-type]
+                  output_dir=output_dir, code=code_version(root), attached=True, leader=False)
 
 
 def _fail_cleanly(exc: TrainflowError) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 from trainflow.errors import UriError
@@ -32,4 +33,6 @@ def resolve_checkpoint(uri: str, dst: Path) -> Path:
         if len(found) != 1:
             raise UriError(f"ckpt_path: {uri} holds {len(found)} .ckpt files; name one")
         local = found[0]
+    if not zipfile.is_zipfile(local):
+        raise UriError(f"ckpt_path: {uri} is not a torch checkpoint")
     return local

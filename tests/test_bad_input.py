@@ -1,0 +1,230 @@
+"""Bad input: one line naming the culprit, a non-zero exit, nothing claimed.
+
+Each case runs the step as its script would, in-process for speed: the
+override precheck, then the step contract around the step. None may register
+a version, move an alias, or leave a FINISHED run that claims an output.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from conftest import TINY, free_port
+from trainflow.cli import precheck_overrides
+from trainflow.data.dataset import MANIFEST, files_digest
+from trainflow.tracking.run import TAG_OUTPUT, step_run
+
+MODEL = "bad-input-model"
+RUN_ID = "0123456789abcdef0123456789abcdef"
+
+
+def _step(config_name: str) -> Callable:
+    if config_name == "train":
+        from trainflow.training.train import train
+
+        return train
+    if config_name == "evaluate":
+        from trainflow.training.evaluate import evaluate
+
+        return evaluate
+    from trainflow.pipeline.prepare import prepare_data
+
+    return prepare_data
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One embedded store with a registered champion, shared by every case."""
+    import mlflow
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from conftest import ROOT
+    from trainflow.config.schema import register_configs
+    from trainflow.training.train import train
+
+    tmp = tmp_path_factory.mktemp("bad-input")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    register_configs()
+    GlobalHydra.instance().clear()
+    overrides = [p for p in TINY if not p.startswith("registry.")] + [f"registry.model_name={MODEL}"]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp / "train")
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    with step_run("train", cfg) as run:
+        result = train(cfg, run)
+    client = MlflowClient(uri)
+    client.set_registered_model_alias(MODEL, "champion", "1")
+    yield {"uri": uri, "client": client, "run_id": run.run_id, "dataset": result.dataset.path, "tmp": tmp}
+    GlobalHydra.instance().clear()
+    mp.undo()
+
+
+def registry_state(client: MlflowClient) -> tuple:
+    versions = sorted(str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'"))
+    return versions, client.get_model_version_by_alias(MODEL, "champion").version
+
+
+def run_case(compose, capsys, tmp_path, config_name: str, overrides: list[str]) -> tuple[int, str]:
+    """Exit code and the one `error:` line of a step run with these overrides."""
+    capsys.readouterr()
+    code = 0
+    try:
+        precheck_overrides(config_name, overrides)
+        cfg = compose(config_name, overrides, output_dir=tmp_path / "out")
+        with step_run(config_name, cfg) as run:
+            _step(config_name)(cfg, run)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, errors
+    return code, errors[0]
+
+
+def check_nothing_claimed(store, before: tuple) -> None:
+    client = store["client"]
+    assert registry_state(client) == before
+    for run in client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000):
+        if run.info.run_id != store["run_id"] and run.info.status == "FINISHED":
+            assert TAG_OUTPUT not in run.data.tags, run.data.tags
+
+
+def corrupt_dataset(store, tmp_path: Path, how: str) -> Path:
+    folder = tmp_path / how
+    shutil.copytree(store["dataset"], folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    if how == "digest":
+        shutil.copy(folder / "val.parquet", folder / "test.parquet")
+    elif how == "parquet":
+        (folder / "train.parquet").write_bytes(b"PAR1 this is not parquet")
+        manifest["digest"] = files_digest(folder, list(manifest["splits"]))
+    elif how == "empty":
+        table = pq.read_table(folder / "train.parquet").slice(0, 0)
+        pq.write_table(table, folder / "train.parquet")
+        manifest["digest"] = files_digest(folder, list(manifest["splits"]))
+    elif how == "schema":
+        pq.write_table(pa.table({"x": [1.0]}), folder / "train.parquet")
+        manifest["digest"] = files_digest(folder, list(manifest["splits"]))
+    elif how == "manifest":
+        (folder / MANIFEST).write_text("{not json")
+        return folder
+    elif how == "missing":
+        (folder / "val.parquet").unlink()
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return folder
+
+
+# (config, overrides, what the error line must contain, exit code). `{...}` fill from the fixture.
+CASES = [
+    ("train", ["trainer.max_epoch=3"], "trainer.max_epoch", 2),
+    ("train", ["trainer.max_epochs=ten"], "trainer.max_epochs", 2),
+    ("train", ["data=nope"], "data/nope", 2),
+    ("train", ["experiment=nope"], "experiment/nope", 2),
+    ("train", ["trainer=tpu_pod"], "trainer/tpu_pod", 2),
+    ("train", ["seed=abc"], "seed", 2),
+    ("train", ["extras.print_config=maybe"], "extras.print_config", 2),
+    ("train", ["tracking.connect_timeout_s=soon"], "tracking.connect_timeout_s", 2),
+    ("evaluate", ["promote=perhaps"], "promote", 2),
+    ("main", ["cache=sometimes"], "cache", 2),
+    ("train", ["+model.optimizer.lrr=0.1"], "model.optimizer.lrr", 1),
+    ("train", ["model.net.lin1_size=wide"], "model.net.lin1_size", 1),
+    ("train", ["model._target_=trainflow.models.nope.Module"], "model._target_", 1),
+    ("train", ["+callbacks.model_checkpoint.every_n_epoch=1"], "callbacks.model_checkpoint.every_n_epoch", 1),
+    ("train", ["data.val_fraction=1.5"], "data.val_fraction", 1),
+    ("train", ["data.uri=/no/such/dataset"], "/no/such/dataset", 1),
+    ("train", ["data.uri={empty_dir}"], "no manifest.json", 1),
+    ("train", ["data.uri={digest}"], "digest mismatch", 1),
+    ("train", ["data.uri={parquet}"], "train.parquet: unreadable parquet", 1),
+    ("train", ["data.uri={empty}"], "train split is empty", 1),
+    ("train", ["data.uri={schema}"], "not a digits dataset", 1),
+    ("train", ["data.uri={manifest}"], "malformed manifest", 1),
+    ("train", ["data.uri={missing}"], "val.parquet", 1),
+    ("train", [f"data.uri=runs:/{RUN_ID}/dataset"], f"runs:/{RUN_ID}/dataset", 1),
+    ("train", ["data.uri=runs:/{run_id}/no-such-path"], "no-such-path", 1),
+    ("train", ["ckpt_path=/no/such.ckpt"], "/no/such.ckpt", 1),
+    ("train", ["ckpt_path={not_a_ckpt}"], "is not a torch checkpoint", 1),
+    ("evaluate", [], "model_uri / ckpt_path", 1),
+    ("evaluate", ["model_uri=models:/no-such-model@champion"], "no registered model 'no-such-model'", 1),
+    ("evaluate", [f"model_uri=models:/{MODEL}@no-such-alias"], "no alias 'no-such-alias'", 1),
+    ("evaluate", [f"model_uri=models:/{MODEL}/999"], "no version '999'", 1),
+    ("evaluate", [f"model_uri=runs:/{RUN_ID}/model"], f"runs:/{RUN_ID}/model", 1),
+    ("evaluate", ["model_uri=models:/m-0000000000000000000000000000dead"], "models:/m-0000000000000000000000000000dead", 1),
+    ("evaluate", ["model_uri=ftp:/somewhere"], "ftp:/somewhere", 1),
+    ("evaluate", [f"model_uri=models:/{MODEL}/1", "data.uri={digest}"], "digest mismatch", 1),
+    ("evaluate", ["ckpt_path=runs:/{run_id}/checkpoints/none"], "checkpoints/none", 1),
+    ("evaluate", [f"model_uri=models:/{MODEL}/1", "optimized_metric=test/nope", "promote=true"], "test/nope", 1),
+    ("train", ["tracking.uri=bogus://nowhere"], "bogus://nowhere", 1),
+]
+
+
+@pytest.mark.parametrize(("config_name", "overrides", "expected", "exit_code"), CASES,
+                         ids=[f"{c[0]}:{' '.join(c[1]) or 'none'}" for c in CASES])
+def test_bad_input_fails_in_one_line(store, compose, capsys, tmp_path, monkeypatch, config_name, overrides,
+                                     expected, exit_code) -> None:
+    if any("tracking.uri" in o for o in overrides):
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    fill = {
+        "run_id": store["run_id"],
+        "empty_dir": str(tmp_path / "empty-dir"),
+        "not_a_ckpt": str(tmp_path / "notes.ckpt"),
+    }
+    (tmp_path / "empty-dir").mkdir()
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    for how in ("digest", "parquet", "empty", "schema", "manifest", "missing"):
+        if any("{" + how + "}" in o for o in overrides):
+            fill[how] = str(corrupt_dataset(store, tmp_path, how))
+    overrides = [o.format(**fill) for o in overrides]
+    before = registry_state(store["client"])
+    code, line = run_case(compose, capsys, tmp_path, config_name, [*TINY_FOR[config_name], *overrides])
+    assert code == exit_code, line
+    assert expected in line, line
+    check_nothing_claimed(store, before)
+
+
+TINY_FOR = {
+    "train": [p for p in TINY if not p.startswith("registry.")] + [f"registry.model_name={MODEL}"],
+    "evaluate": ["extras.print_config=false", "trainer.limit_test_batches=2"],
+    "prepare_data": ["extras.print_config=false"],
+    "main": ["extras.print_config=false"],
+}
+
+
+def test_an_unreachable_server_and_a_wrong_port(store, compose, capsys, tmp_path, monkeypatch) -> None:
+    """A closed port fails fast; a port where something else answers fails naming the URI."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", closed)
+    code, line = run_case(compose, capsys, tmp_path, "train", TINY_FOR["train"])
+    assert code == 1 and line.startswith(f"error: cannot reach tracking server {closed}")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        other = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+        code, line = run_case(compose, capsys, tmp_path, "train", TINY_FOR["train"])
+    finally:
+        server.shutdown()
+    assert code == 1 and other in line, line
+
+
+def test_the_corpus_is_large_enough() -> None:
+    assert len(CASES) + 2 >= 30
