@@ -1,6 +1,6 @@
 """Framework tax: trainflow's train step vs a bare PyTorch loop, in time per optimizer step.
 
-    uv run python bench/framework_tax.py                  # --epochs 8 --rounds 4
+    uv run python bench/framework_tax.py                  # --epochs 8 --rounds 6
     uv run python bench/framework_tax.py --variants ours,ours_nopbar,lightning,lightning_runlogger
 
 Same optimizer steps on both sides: SimpleDenseNet with the sizes of
@@ -10,7 +10,14 @@ DigitsDataModule (batch 64, shuffle, num_workers 0), CrossEntropyLoss, Adam
 `trainer.gradient_clip_val` (0.5), CPU, `torch.set_num_threads(1)`.
 
 bare          a hand-written `for x, y in loader:` loop (forward, loss, zero_grad,
-              backward, clip_grad_norm_, step); nothing else.
+              backward, clip_grad_norm_, step); nothing else. Its DataLoader is
+              `train_dataloader()` of the datamodule trainflow built in a
+              warm-up train step (same rows, same loader settings). It runs
+              without PYTORCH_NVML_BASED_CUDA_CHECK, which `import lightning`
+              sets for the whole process and a bare PyTorch process does not
+              have (with it, each `torch.cuda.is_available()`, asked once per
+              Adam.step, tries to dlopen NVML: ~380 us in a process with
+              Lightning and MLflow loaded, ~14 us without).
 ours          `trainflow.training.train.train(cfg, run)` itself inside
               `trainflow.tracking.run.step_run("train", cfg)`; cfg composed from
               the real configs with `experiment=example`: DigitsDataModule,
@@ -18,7 +25,8 @@ ours          `trainflow.training.train.train(cfg, run)` itself inside
               configured callback (ModelCheckpoint + upload, EarlyStopping,
               RichModelSummary, RichProgressBar), RunLogger into a real MLflow
               run in a temporary sqlite store. Overridden: trainer.max_epochs /
-              min_epochs, test=false, extras.print_config=false, paths, and one
+              min_epochs, test=false, registry.register=false (both after fit),
+              extras.print_config=false, paths.cache_dir (temporary), and one
               added callback (the timer).
 ours_nopbar   the same with `~callbacks.rich_progress_bar trainer.enable_progress_bar=false`.
 lightning     (breakdown) a plain `L.Trainer(logger=False, callbacks=[timer],
@@ -81,9 +89,10 @@ def _cpu() -> int:
 
 
 # `import lightning` sets this for the whole process: every
-# torch.cuda.is_available() (Adam.step asks once per step) then dlopens NVML,
-# ~40 us here. A bare PyTorch process does not have it; the bare epochs run
-# without it, the Lightning epochs with it, as they would in their own processes.
+# torch.cuda.is_available() (Adam.step asks once per step) then tries to dlopen
+# NVML, ~380 us in this process vs ~14 us without. A bare PyTorch process does
+# not have it; the bare epochs run without it, the Lightning epochs with it, as
+# they would in their own processes.
 _NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 
@@ -200,14 +209,16 @@ def compose_train(overrides: list[str], output_dir: Path) -> Any:
     return cfg
 
 
-def train_overrides(epochs: int, uri: str, progress_bar: bool = True) -> list[str]:
+def train_overrides(epochs: int, uri: str, tmp: Path, progress_bar: bool = True) -> list[str]:
     over = [
         "experiment=example",
         f"trainer.max_epochs={epochs}",
         f"trainer.min_epochs={epochs}",
         "test=false",
+        "registry.register=false",
         "extras.print_config=false",
         f"tracking.uri={uri}",
+        f"paths.cache_dir={tmp / 'cache'}",
         f"+callbacks.bench_step_timer._target_={__name__}.step_timer",
     ]
     if not progress_bar:
@@ -285,7 +296,7 @@ def pairs_of(timer: Any, warmup: int) -> list[dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=8, help="epochs per fit; the first is warm-up")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds; each fits every variant once")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds; each fits every variant once")
     parser.add_argument("--variants", default="ours,ours_nopbar,lightning",
                         help=f"comma list of {', '.join(VARIANTS)}; the first named 'ours*' gives the last line")
     args = parser.parse_args()
@@ -316,7 +327,7 @@ def main() -> None:
     # Warm-up: one untimed train step (imports, first checkpoint, first
     # upload); its datamodule feeds the bare loop and the breakdown variants.
     global _BARE
-    cfg = compose_train(train_overrides(2, uri), tmp / "warmup")
+    cfg = compose_train(train_overrides(2, uri, tmp), tmp / "warmup")
     datamodule = run_ours(cfg).datamodule
     _BARE = BareLoop(cfg, datamodule)
     _BARE.epoch()
@@ -328,7 +339,7 @@ def main() -> None:
         order = variants[r % len(variants):] + variants[: r % len(variants)]
         for variant in order:
             out = tmp / f"round{r}-{variant}"
-            cfg = compose_train(train_overrides(args.epochs, uri, variant != "ours_nopbar"), out)
+            cfg = compose_train(train_overrides(args.epochs, uri, tmp, variant != "ours_nopbar"), out)
             if variant.startswith("ours"):
                 timer = run_ours(cfg)
             else:
