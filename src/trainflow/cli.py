@@ -99,7 +99,7 @@ def precheck_overrides(config_name: str, overrides: list[str]) -> None:
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             compose(config_name=config_name, overrides=overrides)
-    except Exception as exc:  # noqa: BLE001 - any compose failure is the user's config
+    except Exception as exc:
         message = f"{config_name} config: {compose_error(exc)}"
         print(f"error: {message}", file=sys.stderr, flush=True)
         _record_on_mlflow_run(message)
@@ -119,5 +119,5 @@ def _record_on_mlflow_run(message: str) -> None:
         client = MlflowClient()
         client.set_tag(run_id, "trainflow.error", message[:5000])
         client.set_terminated(run_id, "FAILED")
-    except Exception:  # noqa: BLE001, S110 - mlflow run marks it FAILED anyway
+    except Exception:
         pass

@@ -96,8 +96,6 @@ class RunLogger(Logger):
                     continue
                 self._uploaded[alias] = mtime
                 self._stage_checkpoint(alias, Path(path), checkpoint_callback)
-        # Metrics up to this epoch go out with the checkpoint that reflects them.
-        self._submit(self._flush_pending)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

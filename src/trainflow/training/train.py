@@ -47,6 +47,7 @@ def train(cfg: DictConfig, run: StepRun) -> TrainResult:
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     logger = RunLogger(run.client, run.run_id, cfg.tracking.flush_every_s, cfg.tracking.log_checkpoints)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    _skip_nvml_probe(trainer)
 
     try:
         if cfg.get("train"):
@@ -78,6 +79,21 @@ def train(cfg: DictConfig, run: StepRun) -> TrainResult:
         with run.timed("log_model"):
             result.registered = _log_model(cfg, run, model, datamodule, result, trainer)
     return result
+
+
+def _skip_nvml_probe(trainer: Any) -> None:
+    """Undo `import lightning`'s PYTORCH_NVML_BASED_CUDA_CHECK on CPU runs.
+
+    With it set, every `torch.cuda.is_available()` (Adam calls it each step)
+    loads NVML: ~380 µs a step on this kind of machine, for a GPU that the
+    CPU accelerator never uses.
+    """
+    import os
+
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if isinstance(trainer.accelerator, CPUAccelerator):
+        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
 
 def best_checkpoint(trainer: Any) -> Path | None:
