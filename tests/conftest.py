@@ -65,21 +65,25 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) 
 class MlflowServer:
     """`mlflow server` on 127.0.0.1 with a sqlite backend and served artifacts."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, app_name: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self.app_name = app_name
+        self.env = env or {}
 
     def start(self, timeout_s: float = 90) -> None:
-        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **self.env)
         env.pop("MLFLOW_TRACKING_URI", None)
+        app = ["--app-name", self.app_name] if self.app_name else []
         log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(
             [f"{VENV_BIN}/mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", "1",
              "--backend-store-uri", f"sqlite:///{self.workdir / 'server.db'}",
-             "--artifacts-destination", str(self.workdir / "artifacts")],
+             "--artifacts-destination", str(self.workdir / "artifacts"), *app],
             cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         wait_http(f"{self.uri}/health", timeout_s, self.proc)

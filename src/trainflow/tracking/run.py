@@ -31,7 +31,7 @@ from trainflow.project import project_root
 from trainflow.tracking.codeversion import CodeVersion, code_version
 from trainflow.tracking.params import flatten, new_params
 from trainflow.tracking.ranks import LEADER_RUN_ENV, ReadOnlyClient, is_follower
-from trainflow.tracking.redact import redact
+from trainflow.tracking.redact import is_secret_key, redact
 from trainflow.tracking.uri import bound_http_client, check_reachable, resolve_tracking_uri
 
 if TYPE_CHECKING:
@@ -303,6 +303,10 @@ def _log_run_identity(ctx: StepRun, cfg: DictConfig, tree: str | None) -> None:
     _set_tags(ctx, tags)
     if cfg.tracking.get("log_params", True):
         logged = ctx.client.get_run(ctx.run_id).data.params
+        for key in logged:
+            if is_secret_key(key):
+                log.warning("param %s was logged by `mlflow run` before trainflow could redact it: "
+                            "pass secrets through the environment, not -P", key)
         params = new_params(flatten({k: v for k, v in resolved.items() if k != "hydra"}), logged)
         _log_params(ctx, params)
     _log_text(ctx, OmegaConf.to_yaml(OmegaConf.create(resolved)), "config.yaml")
