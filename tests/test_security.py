@@ -54,9 +54,8 @@ def logged_bytes(client: MlflowClient, run_id: str, dst: Path) -> tuple[bytes, s
 
 
 def logged_bytes_of_model(source: str, uri: str, dst: Path) -> tuple[bytes, set[str]]:
-    from mlflow.artifacts import download_artifacts
-
     import mlflow
+    from mlflow.artifacts import download_artifacts
 
     mlflow.set_tracking_uri(uri)
     local = Path(download_artifacts(artifact_uri=source, dst_path=str(dst)))
