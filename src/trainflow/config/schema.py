@@ -113,6 +113,8 @@ class StepSchema:
 class TrainSchema(StepSchema):
     train: bool = True
     test: bool = True
+    # run id of an interrupted train run to continue in place
+    resume: str | None = None
 
 
 @dataclass

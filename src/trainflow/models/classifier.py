@@ -46,15 +46,19 @@ class ClassificationModule(LightningModule):
         self.val_loss = MeanMetric(nan_strategy="disable")
         self.test_loss = MeanMetric(nan_strategy="disable")
         self.val_acc_best = MaxMetric()
+        # in the checkpoint, so a resumed run keeps its best epoch
+        self.val_acc_best.persistent(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def on_train_start(self) -> None:
-        # Sanity-check validation must not count as the best epoch.
+        # Sanity-check validation must not count as the best epoch; a resumed
+        # fit keeps the best it restored.
         self.val_loss.reset()
         self.val_acc.reset()
-        self.val_acc_best.reset()
+        if self.trainer.ckpt_path is None:
+            self.val_acc_best.reset()
 
     def mask_outputs(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Drop positions that must not count (identity for one label per sample).

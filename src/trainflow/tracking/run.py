@@ -217,6 +217,8 @@ def _attach_or_start(mlflow: Any, cfg: DictConfig, step: str, root: Path, uri: s
     name = cfg.tracking.get("run_name") or default_run_name(step, cfg)
     run_id = os.environ.get("MLFLOW_RUN_ID")
     try:
+        if cfg.get("resume"):
+            return _reopen(mlflow, str(cfg.resume), run_id), True
         if run_id:
             run = mlflow.start_run(run_id=run_id)
             mlflow.set_tag("mlflow.runName", name)
@@ -230,6 +232,35 @@ def _attach_or_start(mlflow: Any, cfg: DictConfig, step: str, root: Path, uri: s
     except Exception as exc:
         where = f"run {run_id}" if run_id else f"experiment '{cfg.tracking.experiment_name}'"
         raise TrackingError(f"tracking store {uri}: cannot open {where}: {_first_line(exc)}") from exc
+
+
+def _reopen(mlflow: Any, resume: str, created: str | None) -> Any:
+    """Continue an interrupted run in place.
+
+    `mlflow run -P resume=...` has already made a fresh run; it is closed at
+    once, tagged with where the work went, so the resumed run stays the one
+    run that holds the whole training history.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        previous = client.get_run(resume)
+    except MlflowException as exc:
+        raise TrackingError(f"resume: no run {resume}") from exc
+    if previous.data.tags.get(TAG_STEP) != "train":
+        raise TrackingError(f"resume: run {resume} is not a train run")
+    if previous.info.status == "FINISHED":
+        raise TrackingError(f"resume: run {resume} finished; nothing to resume")
+    if created and created != resume:
+        client.set_tag(created, "trainflow.resumed_into", resume)
+        client.set_terminated(created, "FINISHED")
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    run = mlflow.start_run(run_id=resume)
+    count = int(previous.data.tags.get("trainflow.resumes", "0")) + 1
+    client.set_tag(resume, "trainflow.resumes", str(count))
+    client.delete_tag(resume, TAG_ERROR) if TAG_ERROR in previous.data.tags else None
+    return run
 
 
 def _first_line(exc: BaseException) -> str:

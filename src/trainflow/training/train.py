@@ -17,6 +17,7 @@ from trainflow.tracking.run import StepRun
 from trainflow.training.checkpoints import resolve_checkpoint
 from trainflow.training.instantiate import instantiate_callbacks
 from trainflow.training.metrics import scalar_metrics
+from trainflow.training.resume import RngState, prepare_resume
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,16 @@ def train(cfg: DictConfig, run: StepRun) -> TrainResult:
         dataset = dataset_for_step(cfg.data, datamodule, run, Path(cfg.paths.cache_dir) / "datasets", "training")
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = instantiate(cfg.model, _convert_="all")
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), RngState()]
     logger = RunLogger(run.client, run.run_id, cfg.tracking.flush_every_s, cfg.tracking.log_checkpoints)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     _skip_nvml_probe(trainer)
 
     try:
         if cfg.get("train"):
-            resume = resolve_checkpoint(cfg.ckpt_path, run.output_dir / "resume") if cfg.get("ckpt_path") else None
+            start = _start_checkpoint(cfg, run, trainer)
             with run.timed("fit"):
-                trainer.fit(model=model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+                trainer.fit(model=model, datamodule=datamodule, ckpt_path=start, weights_only=True)
         metrics = scalar_metrics(trainer.callback_metrics)
 
         best = best_checkpoint(trainer)
@@ -79,6 +80,17 @@ def train(cfg: DictConfig, run: StepRun) -> TrainResult:
         with run.timed("log_model"):
             result.registered = _log_model(cfg, run, model, datamodule, result, trainer)
     return result
+
+
+def _start_checkpoint(cfg: DictConfig, run: StepRun, trainer: Any) -> Path | None:
+    """What fit starts from: the run's own last checkpoint (resume), a given one, or nothing."""
+    if cfg.get("resume"):
+        callback = getattr(trainer, "checkpoint_callback", None)
+        dirpath = Path(callback.dirpath) if callback is not None and callback.dirpath else run.output_dir
+        return prepare_resume(run.run_id, dirpath, run.output_dir / "resume")
+    if cfg.get("ckpt_path"):
+        return resolve_checkpoint(cfg.ckpt_path, run.output_dir / "start")
+    return None
 
 
 def _skip_nvml_probe(trainer: Any) -> None:

@@ -1,0 +1,96 @@
+"""Continuing an interrupted train run from its last logged checkpoint.
+
+The checkpoint holds weights, optimizer, scheduler, loop counters and
+callback state (Lightning), plus the RNG states (`RngState` below), so a
+deterministic run that is interrupted and resumed ends where an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback
+
+from trainflow.errors import UriError
+
+_CKPT_KEY = "trainflow_rng"
+
+
+class RngState(Callback):
+    """Save and restore python, numpy and torch RNG states with each checkpoint.
+
+    Lightning restores the loops but not the generators that shuffle the
+    next epoch; without them a resumed run draws other batches. States are
+    stored as tensors and ints so the checkpoint still loads with
+    `weights_only=True`.
+    """
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        version, state, gauss = random.getstate()
+        checkpoint[_CKPT_KEY] = {
+            "torch": torch.get_rng_state(),
+            "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                      "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+            "python": {"version": version, "state": torch.tensor(state, dtype=torch.int64),
+                       "gauss": gauss},
+        }
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(_CKPT_KEY)
+        if not saved:
+            return
+        torch.set_rng_state(saved["torch"])
+        n = saved["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached"]))
+        p = saved["python"]
+        random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+
+
+def prepare_resume(run_id: str, checkpoint_dir: Path, staging: Path) -> Path:
+    """Download the run's `last` (and `best`) checkpoints, re-homed in this run's folder.
+
+    ModelCheckpoint only restores its best score and paths when the
+    checkpoint's dirpath equals its own; a resumed process has a new Hydra
+    output folder, so the paths inside the checkpoint are rewritten to it and
+    `best.ckpt` is put back where they now point.
+    """
+    from mlflow.artifacts import download_artifacts
+
+    staging.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        last_dir = Path(download_artifacts(artifact_uri=f"runs:/{run_id}/checkpoints/last", dst_path=str(staging)))
+    except Exception as exc:
+        raise UriError(f"resume: run {run_id} has no checkpoints/last to resume from: "
+                       f"{str(exc).strip().splitlines()[0]}") from exc
+    checkpoint = torch.load(last_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    old_dirs = set()
+    for key, state in checkpoint.get("callbacks", {}).items():
+        if key.startswith("ModelCheckpoint") and isinstance(state, dict) and state.get("dirpath"):
+            old_dirs.add(str(state["dirpath"]))
+            checkpoint["callbacks"][key] = _rehome(state, str(state["dirpath"]), str(checkpoint_dir))
+    try:
+        best_dir = Path(download_artifacts(artifact_uri=f"runs:/{run_id}/checkpoints/best",
+                                           dst_path=str(staging / "best")))
+        shutil.copy(best_dir / "best.ckpt", checkpoint_dir / "best.ckpt")
+    except Exception:  # noqa: BLE001 - a run interrupted before its first best
+        pass
+    resumed = staging / "resume.ckpt"
+    torch.save(checkpoint, resumed)
+    return resumed
+
+
+def _rehome(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, str):
+        return new + value[len(old):] if value.startswith(old) else value
+    if isinstance(value, dict):
+        return {_rehome(k, old, new): _rehome(v, old, new) for k, v in value.items()}
+    return value
