@@ -81,7 +81,7 @@ def prepare_resume(run_id: str, checkpoint_dir: Path, staging: Path) -> Path:
         best_dir = Path(download_artifacts(artifact_uri=f"runs:/{run_id}/checkpoints/best",
                                            dst_path=str(staging / "best")))
         shutil.copy(best_dir / "best.ckpt", checkpoint_dir / "best.ckpt")
-    except Exception:  # noqa: BLE001 - a run interrupted before its first best
+    except Exception:
         pass
     resumed = staging / "resume.ckpt"
     torch.save(checkpoint, resumed)
