@@ -42,6 +42,7 @@ class TrackingSchema:
     connect_timeout_s: float = 10.0
     http_max_retries: int = 2
     flush_every_s: float = 5.0
+    outage_grace_s: float = 60.0
     log_checkpoints: bool = True
     log_params: bool = True
 

@@ -59,6 +59,7 @@ class StepRun:
     attached: bool  # True when `mlflow run` (or a parent) created the run
     leader: bool = True  # False on non-zero DDP ranks: they write nothing
     outputs: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def set_output(self, uri: str, name: str = "output") -> None:
         """Hand the step's product on: a tag other steps and the pipeline read."""
@@ -73,12 +74,25 @@ class StepRun:
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
-        """Wall time of a phase as metric `time/<phase>_s`: where a step's time goes."""
+        """Wall time of a phase as metric `time/<phase>_s`: where a step's time goes.
+
+        Kept until the step ends, so timing a phase never needs the server
+        (training may outlive a tracking outage).
+        """
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.client.log_metric(self.run_id, f"time/{phase}_s", time.perf_counter() - start)
+            self.timings[f"time/{phase}_s"] = time.perf_counter() - start
+
+    def log_timings(self) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in self.timings.items()]
+        self.timings = {}
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
 
 
 def process_age_s() -> float | None:
@@ -147,9 +161,10 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None) -> Iter
     try:
         age = process_age_s()
         if age is not None:
-            client.log_metric(ctx.run_id, "time/startup_s", age)
+            ctx.timings["time/startup_s"] = age
         _log_run_identity(ctx, cfg, tree)
         yield ctx
+        ctx.log_timings()
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit) as exc:
         if _Interrupted.signum is None and isinstance(exc, SystemExit) and not exc.code:

@@ -46,7 +46,8 @@ def train(cfg: DictConfig, run: StepRun) -> TrainResult:
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = instantiate(cfg.model, _convert_="all")
     callbacks = [*instantiate_callbacks(cfg.get("callbacks")), RngState()]
-    logger = RunLogger(run.client, run.run_id, cfg.tracking.flush_every_s, cfg.tracking.log_checkpoints)
+    logger = RunLogger(run.client, run.run_id, cfg.tracking.flush_every_s, cfg.tracking.log_checkpoints,
+                       cfg.tracking.outage_grace_s, run.output_dir / "unsynced")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     _skip_nvml_probe(trainer)
 
