@@ -177,7 +177,7 @@ class RunLogger(Logger):
                     if self._checkpoints.get(alias, (None,))[0] == staged:
                         del self._checkpoints[alias]
                 shutil.rmtree(staged, ignore_errors=True)
-        except Exception as exc:  # noqa: BLE001 - any failure means: keep it, retry later
+        except Exception as exc:
             self._note_outage(exc)
             return False
         if self.outage_s:

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         metrics, artifacts = sync(args.folder, args.tracking_uri)
-    except Exception as exc:  # noqa: BLE001 - one line for the user
+    except Exception as exc:
         print(f"error: sync {args.folder}: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 1
     print(f"synced {metrics} metrics and {artifacts} checkpoint folders from {args.folder}")
