@@ -1,0 +1,46 @@
+"""trainer=ddp_sim: two CPU processes over gloo, one MLflow run, one version, rank-zero logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from conftest import TINY, all_runs, run_step
+
+pytestmark = pytest.mark.slow
+
+MODEL = "ddp-digits"
+
+
+def test_ddp_sim_makes_one_run_one_version_and_reduced_metrics(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [p for p in TINY if not p.startswith(("registry.", "trainer.limit_test"))]
+    done = run_step(["steps/train.py", *overrides, "trainer=ddp_sim", f"registry.model_name={MODEL}"], uri,
+                    timeout=300, OMP_NUM_THREADS="1")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    runs = all_runs(uri)
+    assert len(runs) == 1, [r.data.tags.get("mlflow.runName") for r in runs]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    client = MlflowClient(uri)
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")] == ["1"]
+    # rank zero alone writes the step's lines
+    assert done.stdout.count("train output:") == 1
+    assert done.stdout.count("Instantiating datamodule") == 1
+
+    # test/acc is over the whole test split (both ranks' halves), not rank zero's half
+    import mlflow.pyfunc
+
+    mlflow.set_tracking_uri(uri)
+    dataset = Path(client.download_artifacts(run.info.run_id, "dataset", str(tmp_path / "ds")))
+    test = pq.read_table(dataset / "test.parquet").to_pandas()
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/1")
+    predicted = model.predict(test.drop(columns=["label"]).astype(np.float32))
+    accuracy = float((predicted.label.astype(int) == test.label).mean())
+    assert run.data.metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
+    assert isinstance(predicted, pd.DataFrame)
