@@ -26,6 +26,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.pop("MLFLOW_RUN_ID", None)
+# Two xdist workers share two cores: one torch thread per process, no oversubscription.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
 # Overrides that make a train step take CPU-seconds; each test adds its own.

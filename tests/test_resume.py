@@ -48,7 +48,9 @@ def test_interrupted_then_resumed_matches_uninterrupted(tmp_path) -> None:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     interrupted = runs[0].info.run_id
-    assert client.get_run(interrupted).info.status == "KILLED"
+    killed = client.get_run(interrupted)
+    assert killed.info.status == "KILLED" and "SIGTERM" in killed.data.tags["trainflow.error"]
+    assert "interrupted by SIGTERM" in err
     epochs_done = len(history(client, interrupted, "val/acc"))
     assert epochs_done < 8, "the interruption came too late to test anything"
     assert {a.path for a in client.list_artifacts(interrupted, "checkpoints/last")} >= {"checkpoints/last/last.ckpt"}
