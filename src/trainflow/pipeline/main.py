@@ -65,32 +65,36 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str
 def run_pipeline(cfg: Any, run: StepRun) -> PipelineResult:
     shared, per_step = split_overrides(hydra_overrides())
     use_cache = bool(cfg.get("cache", True))
+    promote = f"promote={str(bool(cfg.get('promote', True))).lower()}"
+    overrides = {
+        "prepare_data": [*shared, *per_step["prepare_data"]],
+        "train": [*shared, *per_step["train"]],
+        "evaluate": [*shared, promote, *per_step["evaluate"]],
+    }
+    # Every step's config composes before the first step starts (a typo in
+    # `-P evaluate.x=...` fails now, not after training). The URIs that steps
+    # hand on are added later; cache keys leave them out (their digests count).
+    configs = {step: compose_step_config(step, overrides[step]) for step in STEPS}
     outcomes: dict[str, StepOutcome] = {}
-    # Every step's config must compose before the first step starts: a typo
-    # in `-P evaluate.x=...` fails now, not after minutes of training.
-    for step in STEPS:
-        compose_step_config(step, [*shared, *per_step[step]])
 
-    prepared = _step(run, "prepare_data", [*shared, *per_step["prepare_data"]], {}, use_cache)
+    prepared = _step(run, "prepare_data", overrides["prepare_data"], configs["prepare_data"], {}, use_cache)
     outcomes["prepare_data"] = prepared
     digest = prepared.tags.get("trainflow.data.digest", "")
     data = [f"data.uri={prepared.output}"]
 
-    trained = _step(run, "train", [*shared, *per_step["train"], *data], {"data": digest}, use_cache)
+    trained = _step(run, "train", [*overrides["train"], *data], configs["train"], {"data": digest}, use_cache)
     outcomes["train"] = trained
 
-    evaluate = [*shared, *per_step["evaluate"], *data, f"model_uri={trained.output}"]
-    if cfg.get("promote", True) and trained.output.startswith("models:/") and "/m-" not in trained.output:
-        evaluate.append("promote=true")
-    outcomes["evaluate"] = _step(run, "evaluate", evaluate, {"data": digest, "model": trained.output,
-                                                            "train_run": trained.run_id}, use_cache)
+    outcomes["evaluate"] = _step(
+        run, "evaluate", [*overrides["evaluate"], *data, f"model_uri={trained.output}"], configs["evaluate"],
+        {"data": digest, "model": trained.output, "train_run": trained.run_id}, use_cache)
     result = PipelineResult(outcomes)
     _record(run, result)
     return result
 
 
-def _step(run: StepRun, step: str, overrides: list[str], inputs: dict[str, str], use_cache: bool) -> StepOutcome:
-    resolved = compose_step_config(step, overrides)
+def _step(run: StepRun, step: str, overrides: list[str], resolved: dict[str, Any], inputs: dict[str, str],
+          use_cache: bool) -> StepOutcome:
     key = cache_key(step, resolved, code_digest(run.root, CODE_SCOPES[step]), inputs)
     if use_cache:
         hit = find_finished_run(run.client, [run.experiment_id], key)

@@ -170,10 +170,13 @@ def _record_on_model(run: StepRun, model: ResolvedModel, metrics: dict[str, floa
 
 
 def _promote(cfg: DictConfig, run: StepRun, subject: _Subject, metrics: dict[str, float],
-             dataset: FetchedDataset) -> Promotion:
+             dataset: FetchedDataset) -> Promotion | None:
     model = subject.model
     if model is None or model.name is None or model.version is None:
-        raise ConfigError(f"promote: {subject.source} is not a registered model version (use models:/NAME/N)")
+        # Only registry versions carry aliases; the metrics above still stand.
+        log.warning("promote: %s is not a registered model version; nothing to promote", subject.source)
+        run.client.set_tag(run.run_id, "trainflow.promotion.decision", "skipped: not a registered version")
+        return None
     metric = cfg.optimized_metric
     if metric not in metrics:
         raise ConfigError(f"optimized_metric: '{metric}' was not measured (have: {', '.join(sorted(metrics))})")
