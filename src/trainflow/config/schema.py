@@ -111,11 +111,43 @@ class StepSchema:
 
 
 @dataclass
+class SearchParamSchema:
+    """One dimension of a search space (`sweep.params.<config key>`)."""
+
+    type: str = MISSING  # float | int | categorical
+    low: Any = None
+    high: Any = None
+    step: Any = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+
+@dataclass
+class SweepSchema:
+    """An Optuna study (configs/hparams_search/*.yaml); read by trainflow.sweep."""
+
+    direction: str = "maximize"
+    n_trials: int = 20
+    n_workers: int = 1
+    storage: str | None = None
+    study_name: str | None = None
+    sampler: Any = None
+    pruner: Any = None
+    params: dict[str, SearchParamSchema] = field(default_factory=dict)
+    enqueue_trials: list[Any] = field(default_factory=list)
+    register_best: bool = False
+
+
+@dataclass
 class TrainSchema(StepSchema):
     train: bool = True
     test: bool = True
     # run id of an interrupted train run to continue in place
     resume: str | None = None
+    # the study of `hparams_search=...` (null: not a sweep)
+    sweep: SweepSchema | None = None
+    # with ckpt_path: load only its weights (fresh optimizer, schedule, epoch 0); training/restore.py
+    only_weights_load: bool = False
 
 
 @dataclass
@@ -127,6 +159,21 @@ class EvaluateSchema(StepSchema):
 @dataclass
 class PrepareDataSchema(StepSchema):
     pass
+
+
+@dataclass
+class PredictSchema:
+    """The predict step: a model's predictions for a folder of images or a parquet file."""
+
+    task_name: str = MISSING
+    tags: list[str] = field(default_factory=list)
+    model_uri: str | None = None
+    input: str | None = None
+    batch_size: int = 256
+    on_bad_image: str = "raise"
+    paths: PathsSchema = field(default_factory=PathsSchema)
+    extras: ExtrasSchema = field(default_factory=ExtrasSchema)
+    tracking: TrackingSchema = field(default_factory=TrackingSchema)
 
 
 @dataclass
@@ -155,6 +202,7 @@ def register_configs() -> None:
     store.store(name="train_schema", node=TrainSchema)
     store.store(name="evaluate_schema", node=EvaluateSchema)
     store.store(name="prepare_data_schema", node=PrepareDataSchema)
+    store.store(name="predict_schema", node=PredictSchema)
     store.store(name="main_schema", node=MainSchema)
     if not OmegaConf.has_resolver("trainflow.project_root"):
         OmegaConf.register_new_resolver("trainflow.project_root", lambda: str(project_root()))

@@ -72,3 +72,28 @@ def find_finished_run(client: Any, experiment_ids: list[str], key: str) -> Any |
         order_by=["attributes.start_time DESC"],
     )
     return runs[0] if runs else None
+
+
+def source_inputs(resolved: dict[str, Any]) -> dict[str, str]:
+    """prepare_data's input: names, sizes and mtimes of the local files its data config points at.
+
+    The config names a folder (an image folder's `root`, treebank files), not
+    what is in it: without this, images added to `data.root` would reuse the
+    old dataset. Files are stat()ed, not read, so 100k images cost little.
+    Empty when the config names no existing local path (digits), which keeps
+    such keys as they were.
+    """
+    digest = hashlib.sha256()
+    found = False
+    for key, value in sorted((resolved.get("data") or {}).items()):
+        if key in _LOADER_KEYS or not isinstance(value, str) or "/" not in value:
+            continue
+        path = Path(value).expanduser()
+        if not path.exists():
+            continue
+        found = True
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            stat = file.stat()
+            digest.update(f"{key}\0{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return {"source": digest.hexdigest()} if found else {}

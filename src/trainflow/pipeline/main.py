@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from trainflow.errors import TrainflowError
-from trainflow.pipeline.cache import CACHE_TAG, CODE_SCOPES, cache_key, code_digest, find_finished_run
+from trainflow.pipeline.cache import CACHE_TAG, CODE_SCOPES, cache_key, code_digest, find_finished_run, source_inputs
 from trainflow.tracking.run import TAG_OUTPUT, StepRun, hydra_overrides
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,8 @@ def run_pipeline(cfg: Any, run: StepRun) -> PipelineResult:
     configs = {step: compose_step_config(step, overrides[step]) for step in STEPS}
     outcomes: dict[str, StepOutcome] = {}
 
-    prepared = _step(run, "prepare_data", overrides["prepare_data"], configs["prepare_data"], {}, use_cache)
+    prepared = _step(run, "prepare_data", overrides["prepare_data"], configs["prepare_data"],
+                     source_inputs(configs["prepare_data"]), use_cache)
     outcomes["prepare_data"] = prepared
     digest = prepared.tags.get("trainflow.data.digest", "")
     data = [f"data.uri={prepared.output}"]

@@ -124,6 +124,9 @@ def log_dataset_input(client: Any, run_id: str, fetched: FetchedDataset, context
         tags["trainflow.upstream.prepare_data"] = fetched.upstream_run_id
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
+    # figures a data module measured while building the dataset (it cannot log them: no MLflow in data/)
+    for key, value in (manifest.extra.get("metrics") or {}).items():
+        client.log_metric(run_id, str(key), float(value))
 
 
 def dataset_for_step(data_cfg: Any, datamodule: Any, run: Any, cache_root: Path, context: str) -> FetchedDataset:

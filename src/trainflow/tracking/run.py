@@ -120,8 +120,13 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 @contextmanager
-def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None) -> Iterator[StepRun]:
-    """Attach or start, tag, log config; end with the right status."""
+def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
+             parent_run_id: str | None = None) -> Iterator[StepRun]:
+    """Attach or start, tag, log config; end with the right status.
+
+    `parent_run_id`: start a new run nested under that one (a sweep's trial,
+    possibly in another process), never attaching to `MLFLOW_RUN_ID`.
+    """
     import mlflow
 
     from trainflow.config.extras import apply_extras
@@ -138,7 +143,7 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None) -> Iter
         bound_http_client(cfg.tracking.connect_timeout_s, cfg.tracking.http_max_retries)
         check_reachable(uri, cfg.tracking.connect_timeout_s)
         mlflow.set_tracking_uri(uri)
-        run, attached = _attach_or_start(mlflow, cfg, step, root, uri)
+        run, attached = _attach_or_start(mlflow, cfg, step, root, uri, parent_run_id)
     except TrainflowError as exc:
         _fail_cleanly(exc)
     # DDP ranks that Lightning starts later inherit this and follow the run.
@@ -182,13 +187,19 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None) -> Iter
         _end(mlflow, "FAILED")
         _fail_cleanly(exc)
     except BaseException as exc:
+        wrapped = wrapped_user_error(exc)
+        if wrapped is not None:  # a constructor's TrainflowError, wrapped by hydra's instantiate
+            _record_error(ctx, str(wrapped))
+            _end(mlflow, "FAILED")
+            _fail_cleanly(wrapped)
         _record_error(ctx, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         raise
     finally:
         os.environ.pop(LEADER_RUN_ENV, None)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if mlflow.active_run() is not None:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == ctx.run_id:  # never a parent's run (nested trials)
             _end(mlflow, status)
 
 
@@ -227,9 +238,13 @@ def _hydra_output_dir() -> Path | None:
     return None
 
 
-def _attach_or_start(mlflow: Any, cfg: DictConfig, step: str, root: Path, uri: str) -> tuple[Any, bool]:
+def _attach_or_start(mlflow: Any, cfg: DictConfig, step: str, root: Path, uri: str,
+                     parent_run_id: str | None = None) -> tuple[Any, bool]:
     """`mlflow run` made a run for us (MLFLOW_RUN_ID): use it, never a second one."""
     name = cfg.tracking.get("run_name") or default_run_name(step, cfg)
+    if parent_run_id:
+        # a new child: MLflow's start_run would attach to MLFLOW_RUN_ID (the parent's, under `mlflow run`)
+        os.environ.pop("MLFLOW_RUN_ID", None)
     run_id = os.environ.get("MLFLOW_RUN_ID")
     try:
         if cfg.get("resume"):
@@ -241,7 +256,8 @@ def _attach_or_start(mlflow: Any, cfg: DictConfig, step: str, root: Path, uri: s
         experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or _experiment_id(
             mlflow, cfg.tracking.experiment_name, root, uri)
         nested = mlflow.active_run() is not None
-        return mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=nested), nested
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=nested, parent_run_id=parent_run_id)
+        return run, nested or parent_run_id is not None
     except TrainflowError:
         raise
     except Exception as exc:
@@ -398,3 +414,12 @@ def _record_error(ctx: StepRun, message: str, trace: str | None = None) -> None:
     except Exception as exc:
         log.warning("could not record the error on run %s: %s", ctx.run_id, exc)
 
+
+def wrapped_user_error(exc: BaseException) -> TrainflowError | None:
+    """The TrainflowError behind hydra's InstantiationException (a check in a data or model constructor)."""
+    from hydra.errors import InstantiationException
+
+    cause = exc.__cause__ if isinstance(exc, InstantiationException) else None
+    while isinstance(cause, InstantiationException):  # nested nodes (model.net) wrap once per level
+        cause = cause.__cause__
+    return cause if isinstance(cause, TrainflowError) else None

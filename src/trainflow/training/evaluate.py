@@ -86,12 +86,24 @@ def _load_subject(cfg: DictConfig, run: StepRun) -> _Subject:
             run.client.set_tag(run.run_id, "trainflow.upstream.train", model.run_id)
         return _Subject(module, cfg.model_uri, model.run_id, model)
     checkpoint = resolve_checkpoint(cfg.ckpt_path, run.output_dir / "checkpoint")
-    module = instantiate(cfg.model, _convert_="all")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    module = instantiate(cfg.model, _convert_="all", **unset_from_checkpoint(cfg.model, saved))
+    module.load_state_dict(saved["state_dict"])
     run.client.set_tag(run.run_id, "trainflow.evaluated", cfg.ckpt_path)
     run_id = cfg.ckpt_path.split("/")[1] if str(cfg.ckpt_path).startswith("runs:/") else None
     return _Subject(module, cfg.ckpt_path, run_id)
+
+
+def unset_from_checkpoint(model_cfg: DictConfig, saved: dict[str, Any]) -> dict[str, Any]:
+    """Model keys the config leaves null, taken from the checkpoint's hyperparameters.
+
+    Sizes the train step takes from the dataset (vocabularies, tag sets) are
+    null in the model config; the checkpoint recorded the values its weights
+    were built with. Keys the config sets are left alone.
+    """
+    hparams = saved.get("hyper_parameters") or {}
+    return {str(key): hparams[key] for key in model_cfg
+            if model_cfg.get(key) is None and hparams.get(key) is not None}
 
 
 def _with_lineage(data_cfg: DictConfig, run: StepRun, subject: _Subject) -> DictConfig:

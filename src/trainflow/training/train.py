@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from trainflow.config.validate import check_targets
 from trainflow.tracking.datasets import FetchedDataset, dataset_for_step
@@ -17,6 +18,7 @@ from trainflow.tracking.run import StepRun
 from trainflow.training.checkpoints import resolve_checkpoint
 from trainflow.training.instantiate import instantiate_callbacks
 from trainflow.training.metrics import scalar_metrics
+from trainflow.training.restore import fit_start, restore_mode
 from trainflow.training.resume import RngState, prepare_resume
 
 log = logging.getLogger(__name__)
@@ -32,10 +34,12 @@ class TrainResult:
     registered: str | None = None
 
 
-def train(cfg: DictConfig, run: StepRun) -> TrainResult:
+def train(cfg: DictConfig, run: StepRun, extra_callbacks: Sequence[Any] = ()) -> TrainResult:
+    """`extra_callbacks`: objects no config can describe (a sweep's Optuna pruning callback)."""
     import lightning as L
 
     check_targets(cfg)
+    restore_mode(cfg)  # a contradictory ckpt_path/only_weights_load/resume fails before any work
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -43,9 +47,10 @@ def train(cfg: DictConfig, run: StepRun) -> TrainResult:
     datamodule = instantiate(cfg.data, _convert_="all")
     with run.timed("data"):
         dataset = dataset_for_step(cfg.data, datamodule, run, Path(cfg.paths.cache_dir) / "datasets", "training")
+    set_data_model_kwargs(cfg, datamodule)
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = instantiate(cfg.model, _convert_="all")
-    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), RngState()]
+    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), RngState(), *extra_callbacks]
     logger = RunLogger(run.client, run.run_id, cfg.tracking.flush_every_s, cfg.tracking.log_checkpoints,
                        cfg.tracking.outage_grace_s, run.output_dir / "unsynced")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
@@ -53,7 +58,7 @@ def train(cfg: DictConfig, run: StepRun) -> TrainResult:
 
     try:
         if cfg.get("train"):
-            start = _start_checkpoint(cfg, run, trainer)
+            start = fit_start(cfg, _start_checkpoint(cfg, run, trainer), trainer)  # restore mode: training/restore.py
             with run.timed("fit"):
                 trainer.fit(model=model, datamodule=datamodule, ckpt_path=start, weights_only=True)
         metrics = scalar_metrics(trainer.callback_metrics)
@@ -81,6 +86,23 @@ def train(cfg: DictConfig, run: StepRun) -> TrainResult:
         with run.timed("log_model"):
             result.registered = _log_model(cfg, run, model, datamodule, result, trainer)
     return result
+
+
+def set_data_model_kwargs(cfg: DictConfig, datamodule: Any) -> None:
+    """Put what only the dataset knows (vocabulary sizes, label names) into `cfg.model`.
+
+    A data module may define `model_kwargs()` -> {model key: value}; it is
+    asked once the dataset is fetched, before the model is built. Writing the
+    values into `cfg.model` (not just passing them to instantiate) matters:
+    that node is logged with the weights, so the pyfunc and evaluate rebuild
+    the same network. Data modules without the method change nothing.
+    """
+    model_kwargs = getattr(datamodule, "model_kwargs", None)
+    if model_kwargs is None:
+        return
+    with open_dict(cfg):
+        for key, value in model_kwargs().items():
+            OmegaConf.update(cfg.model, key, value, force_add=True)
 
 
 def _start_checkpoint(cfg: DictConfig, run: StepRun, trainer: Any) -> Path | None:

@@ -1,0 +1,239 @@
+"""Part-of-speech tagging data: CoNLL-U treebanks -> vocabularies, parquet splits, padded batches.
+
+The vocabularies (words, characters, tags) are built from the training split
+only and travel in the manifest, so the train step, evaluate and the served
+model all map text to the same indices. Index 0 is padding and index 1 the
+unknown word/character in the word and character vocabularies. Tags have no
+padding entry: padded positions get the target `IGNORE_TAG` (-100), which is
+what the model's `mask_outputs` drops before the loss and every metric. A val
+or test tag the training split never showed maps to an `<unk>` tag, which is
+added (last) only when some token needs it, so it never dilutes a macro
+average with an empty class.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from trainflow.data.conllu import Sentence, check_tag_column, load_treebank
+from trainflow.data.dataset import Manifest, read_manifest, read_split, write_dataset
+from trainflow.errors import ConfigError, DataError
+
+PAD, UNK = "<pad>", "<unk>"
+PAD_INDEX, UNK_INDEX = 0, 1
+IGNORE_TAG = -100  # target of padded positions: CrossEntropyLoss's default ignore_index
+TASK = "token-classification/pos-tagging"
+SCHEMA = pa.schema([
+    ("sent_id", pa.string()),
+    ("text", pa.string()),
+    ("words", pa.list_(pa.string())),
+    ("tags", pa.list_(pa.string())),
+    ("word_ids", pa.list_(pa.int32())),
+    ("tag_ids", pa.list_(pa.int32())),
+])
+
+Example = tuple[list[int], list[list[int]], list[int]]  # word ids, char ids per word, tag ids
+
+
+def build_vocab(counts: Counter[str], min_freq: int = 1) -> list[str]:
+    """`<pad>`, `<unk>`, then items seen at least `min_freq` times, most frequent first (ties by text)."""
+    kept = sorted((item for item, n in counts.items() if n >= min_freq), key=lambda item: (-counts[item], item))
+    return [PAD, UNK, *kept]
+
+
+def normalise(word: str, lowercase: bool) -> str:
+    return word.lower() if lowercase else word
+
+
+def encode_words(words: Sequence[str], word_index: dict[str, int], lowercase: bool) -> list[int]:
+    return [word_index.get(normalise(w, lowercase), UNK_INDEX) for w in words]
+
+
+def encode_chars(words: Sequence[str], char_index: dict[str, int], max_chars: int) -> list[list[int]]:
+    """Characters keep their case (capitals are a strong PROPN cue) even when words are lowercased."""
+    return [[char_index.get(c, UNK_INDEX) for c in w[:max_chars]] or [UNK_INDEX] for w in words]
+
+
+def pad_batch(examples: Sequence[Example]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """((words (B,T), chars (B,T,L)), targets (B,T)); padded targets are IGNORE_TAG."""
+    longest = max(len(words) for words, _, _ in examples)
+    longest_word = max(len(c) for _, chars, _ in examples for c in chars)
+    words = torch.full((len(examples), longest), PAD_INDEX, dtype=torch.long)
+    chars = torch.full((len(examples), longest, longest_word), PAD_INDEX, dtype=torch.long)
+    targets = torch.full((len(examples), longest), IGNORE_TAG, dtype=torch.long)
+    for i, (word_ids, char_ids, tag_ids) in enumerate(examples):
+        n = len(word_ids)
+        words[i, :n] = torch.tensor(word_ids)
+        targets[i, :n] = torch.tensor(tag_ids)
+        for j, word_chars in enumerate(char_ids):
+            chars[i, j, :len(word_chars)] = torch.tensor(word_chars)
+    return {"words": words, "chars": chars}, targets
+
+
+def split_sentences(sentences: list[Sentence], fraction: float, seed: int) -> tuple[list[Sentence], list[Sentence]]:
+    """(train, val): a seeded `fraction` of the sentences is held out, order kept within each."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"data.val_fraction={fraction}: must be in (0, 1) when data.val_file is not given")
+    held = set(random.Random(seed).sample(range(len(sentences)), max(1, round(fraction * len(sentences)))))
+    if len(held) >= len(sentences):
+        raise ConfigError(f"data.val_fraction={fraction} leaves no training sentences ({len(sentences)} in all)")
+    return ([s for i, s in enumerate(sentences) if i not in held], [s for i, s in enumerate(sentences) if i in held])
+
+
+def tag_vocab(train: Iterable[Sentence], others: Iterable[Sentence]) -> list[str]:
+    """Training tags sorted by name; `<unk>` last, only if a val/test tag is unseen in training."""
+    seen = sorted({tag for s in train for tag in s.tags})
+    known = set(seen)
+    unseen = any(tag not in known for s in others for tag in s.tags)
+    return [*seen, UNK] if unseen else seen
+
+
+def to_table(sentences: list[Sentence], word_index: dict[str, int], tag_index: dict[str, int],
+             lowercase: bool) -> pa.Table:
+    unk_tag = tag_index.get(UNK, -1)
+    return pa.table({
+        "sent_id": [s.sent_id for s in sentences],
+        "text": [s.text for s in sentences],
+        "words": [s.words for s in sentences],
+        "tags": [s.tags for s in sentences],
+        "word_ids": [encode_words(s.words, word_index, lowercase) for s in sentences],
+        "tag_ids": [[tag_index.get(t, unk_tag) for t in s.tags] for s in sentences],
+    }, schema=SCHEMA)
+
+
+class ConlluDataModule(LightningDataModule):
+    """Sentences of a CoNLL-U treebank, tagged with UPOS or XPOS, as padded batches.
+
+    Same contract as DigitsDataModule: `build_dataset` writes the splits and
+    vocabularies (what prepare_data logs), `uri` points the module at such a
+    folder, `serving_spec` says how the registered model reads requests, and
+    `model_kwargs` hands the model the sizes only the data knows.
+    """
+
+    def __init__(self, train_file: str, test_file: str, val_file: str | None = None, val_fraction: float = 0.1,
+                 tag_column: str = "upos", lowercase: bool = True, min_freq: int = 2, max_word_chars: int = 20,
+                 max_sentences: int | None = None, seed: int = 12345, batch_size: int = 32, num_workers: int = 0,
+                 pin_memory: bool = False, uri: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        check_tag_column(tag_column)
+        if min_freq < 1 or max_word_chars < 1:
+            raise ConfigError("data.min_freq and data.max_word_chars must be >= 1")
+        self.files = {"train": train_file, "val": val_file, "test": test_file}
+        self.val_fraction, self.seed, self.max_sentences = val_fraction, seed, max_sentences
+        self.tag_column, self.lowercase, self.min_freq = tag_column, lowercase, min_freq
+        self.max_word_chars = max_word_chars
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.uri = uri
+        self.vocab: dict[str, list[str]] = {}
+        self.splits: dict[str, list[Example]] = {}
+        self.words: dict[str, list[list[str]]] = {}
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.vocab.get("tags", []))
+
+    def read_sentences(self) -> dict[str, list[Sentence]]:
+        """train/val/test sentences; val is a seeded slice of train when no val_file is given."""
+        def load(split: str) -> list[Sentence]:
+            return load_treebank(str(self.files[split]), f"data.{split}_file", self.tag_column, self.max_sentences)
+
+        train = load("train")
+        if self.files["val"]:
+            val = load("val")
+        else:
+            train, val = split_sentences(train, self.val_fraction, self.seed)
+        return {"train": train, "val": val, "test": load("test")}
+
+    def build_dataset(self, folder: Path) -> Manifest:
+        sentences = self.read_sentences()
+        train = sentences["train"]
+        words = build_vocab(Counter(normalise(w, self.lowercase) for s in train for w in s.words), self.min_freq)
+        chars = build_vocab(Counter(c for s in train for w in s.words for c in w))
+        tags = tag_vocab(train, [*sentences["val"], *sentences["test"]])
+        word_index, tag_index = {w: i for i, w in enumerate(words)}, {t: i for i, t in enumerate(tags)}
+        tables = {split: to_table(rows, word_index, tag_index, self.lowercase) for split, rows in sentences.items()}
+        return write_dataset(
+            folder, tables, task=f"{TASK}/{self.tag_column}", source=str(self.files["train"]), label_names=tags,
+            extra={"vocab": {"words": words, "chars": chars, "tags": tags}, "pad_index": PAD_INDEX,
+                   "unk_index": UNK_INDEX, "ignore_tag": IGNORE_TAG, "tag_column": self.tag_column,
+                   "lowercase": self.lowercase, "min_freq": self.min_freq, "files": self.files,
+                   "val_fraction": None if self.files["val"] else self.val_fraction, "seed": self.seed,
+                   "max_sentences": self.max_sentences},
+        )
+
+    def _manifest(self) -> tuple[Path, Manifest]:
+        if not self.uri:
+            raise ValueError("ConlluDataModule needs `uri`: a dataset folder (train prepares one inline)")
+        folder = Path(self.uri)
+        manifest = read_manifest(folder)
+        if "vocab" not in manifest.extra:
+            raise DataError(f"{folder}: not a tagging dataset (the manifest has no vocabularies)")
+        return folder, manifest
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Model config keys only the dataset knows; the train step sets them before building the model."""
+        _, manifest = self._manifest()
+        vocab = manifest.extra["vocab"]
+        return {"vocab_size": len(vocab["words"]), "char_vocab_size": len(vocab["chars"]),
+                "num_classes": len(vocab["tags"]), "label_names": list(vocab["tags"]),
+                "pad_index": manifest.extra["pad_index"]}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        folder, manifest = self._manifest()
+        self.vocab = manifest.extra["vocab"]
+        self.lowercase = bool(manifest.extra.get("lowercase", self.lowercase))
+        char_index = {c: i for i, c in enumerate(self.vocab["chars"])}
+        for split in manifest.splits:
+            table = read_split(folder, split)
+            missing = [c for c in ("words", "word_ids", "tag_ids") if c not in table.column_names]
+            if missing:
+                raise DataError(f"{folder}/{split}.parquet: not a tagging dataset (no column {missing[0]})")
+            words = table.column("words").to_pylist()
+            if not words:
+                raise DataError(f"{folder}/{split}.parquet: the {split} split is empty")
+            self.words[split] = words
+            self.splits[split] = [
+                (word_ids, encode_chars(ws, char_index, self.max_word_chars), tag_ids)
+                for ws, word_ids, tag_ids in zip(words, table.column("word_ids").to_pylist(),
+                                                  table.column("tag_ids").to_pylist(), strict=True)
+            ]
+
+    def serving_spec(self, rows: int = 3) -> tuple[str, dict, pd.DataFrame]:
+        """The pyfunc class, its meta.json (vocabularies), and an input example (test sentences)."""
+        meta = {"words": self.vocab["words"], "chars": self.vocab["chars"], "label_names": self.label_names,
+                "lowercase": self.lowercase, "max_word_chars": self.max_word_chars, "tag_column": self.tag_column}
+        example = pd.DataFrame({"tokens": self.words["test"][:rows]})
+        return "trainflow.tracking.pyfunc.TokenTagger", meta, example
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],  # type: ignore[arg-type]  # a list is a map-style dataset
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            collate_fn=pad_batch,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
