@@ -1,0 +1,126 @@
+"""Sweep wall time: the same 8-trial study with 2 worker processes against 1.
+
+    uv run python bench/sweep.py [--trials 8] [--epochs 40] [--rounds 2] [--default-threads]
+
+Each round runs `python steps/sweep.py hparams_search=digits_optuna
+experiment=example` once per variant (order rotating per round, so all see
+the same machine), each against its own temporary sqlite tracking store:
+
+- `1`: `sweep.n_workers=1` at one torch thread (OMP_NUM_THREADS=1);
+- `2`: `sweep.n_workers=2`: the sweep's process + one worker process, one
+  torch thread each (the sweep sets that itself);
+- `1dt` (with `--default-threads`): `sweep.n_workers=1` at torch's default
+  thread count (2 here). For this tiny MLP two threads are slower than one,
+  and on a loaded machine far slower, so comparing `2` against it would
+  credit the thread setting to the workers: `1` is the like-for-like baseline.
+
+Trials train `--epochs` full epochs of digits (min_epochs = max_epochs and
+`sweep.pruner=null`, so every variant does the same work; early stopping
+cannot cut a trial short) and skip the rich progress bar and config tree.
+
+Timed: the whole command (process start to exit: imports, study creation,
+worker start-up, trials, summary), its CPU time with the worker processes'
+(`cores used` = CPU / wall: ~1 for one worker, up to 2 with two when both
+cores are free) and, from the parent run, the trials phase (`time/trials_s`)
+and each trial run's duration. The machine's 1-minute load
+average before each run is printed: the machine is shared, and with other
+jobs on its two cores a second worker has no free core to use. The ratio is
+the median `2` wall time over the median `1` wall time; on 2 idle cores the
+target is <= 0.65. The last line is `sweep_parallel_ratio <ratio>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# variant -> (sweep.n_workers, extra environment)
+VARIANTS: dict[str, tuple[int, dict[str, str]]] = {
+    "1": (1, {"OMP_NUM_THREADS": "1"}),
+    "2": (2, {}),
+    "1dt": (1, {}),
+}
+
+
+def run_sweep(workdir: Path, variant: str, trials: int, epochs: int) -> tuple[float, float, str]:
+    """Wall and CPU seconds of one sweep command (worker processes included), and its tracking URI."""
+    workers, extra = VARIANTS[variant]
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_DISABLE_TELEMETRY="true", **extra)
+    env.pop("MLFLOW_RUN_ID", None)
+    if "OMP_NUM_THREADS" not in extra:
+        env.pop("OMP_NUM_THREADS", None)
+    cmd = [sys.executable, "steps/sweep.py", "hparams_search=digits_optuna", "experiment=example",
+           f"trainer.max_epochs={epochs}", f"trainer.min_epochs={epochs}", "sweep.pruner=null",
+           f"sweep.n_trials={trials}", f"sweep.n_workers={workers}", "extras.print_config=false",
+           "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false",
+           f"hydra.run.dir={workdir / 'out'}", f"paths.cache_dir={workdir / 'cache'}"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if done.returncode != 0:
+        sys.exit(f"sweep {variant} failed:\n{done.stderr[-3000:]}")
+    return wall, cpu, uri
+
+
+def phases(uri: str) -> dict[str, float]:
+    """The parent's trials phase and the mean trial run duration."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parent = next(r for r in runs if r.data.tags.get("trainflow.step") == "sweep")
+    trials = [(r.info.end_time - r.info.start_time) / 1000 for r in runs if r is not parent]
+    return {"trials_phase_s": parent.data.metrics.get("time/trials_s", float("nan")),
+            "trial_mean_s": statistics.mean(trials), "trials": float(len(trials))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--default-threads", action="store_true", help="add the 1dt variant")
+    args = parser.parse_args()
+    names = ["1", "2", "1dt"] if args.default_threads else ["1", "2"]
+    walls: dict[str, list[float]] = {v: [] for v in names}
+    trial_phases: dict[str, list[float]] = {v: [] for v in names}
+    print(f"{'round':<7}{'variant':>8}{'load':>6}{'wall s':>9}{'cores used':>12}{'trials phase s':>16}"
+          f"{'mean trial s':>14}")
+    for index in range(args.rounds):
+        shift = index % len(names)
+        for variant in names[shift:] + names[:shift]:
+            load = os.getloadavg()[0]
+            with tempfile.TemporaryDirectory(prefix="trainflow-bench-sweep-") as tmp:
+                wall, cpu, uri = run_sweep(Path(tmp), variant, args.trials, args.epochs)
+                figures = phases(uri)
+            assert figures["trials"] == args.trials, figures
+            walls[variant].append(wall)
+            trial_phases[variant].append(figures["trials_phase_s"])
+            print(f"{index:<7}{variant:>8}{load:>6.1f}{wall:>9.1f}{cpu / wall:>12.2f}{figures['trials_phase_s']:>16.1f}"
+                  f"{figures['trial_mean_s']:>14.2f}", flush=True)
+    median = {v: statistics.median(w) for v, w in walls.items()}
+    print(f"median wall ({args.trials} trials, {args.epochs} epochs each): "
+          + ", ".join(f"{v} {s:.1f}s" for v, s in median.items()))
+    phase = {v: statistics.median(w) for v, w in trial_phases.items()}
+    print(f"trials phase only (no imports, start-up or exit), 2 / 1: {phase['2'] / phase['1']:.3f}")
+    if "1dt" in median:
+        print(f"2 workers / 1 worker at torch's default threads (breakdown): {median['2'] / median['1dt']:.3f}")
+    print(f"sweep_parallel_ratio {median['2'] / median['1']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

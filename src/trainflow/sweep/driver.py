@@ -1,0 +1,376 @@
+"""The sweep step: one parent run, an Optuna study, trials as nested train runs.
+
+    with step_run("sweep", cfg) as run:      # steps/sweep.py and the `-m` sweeper alike
+        result = run_sweep(cfg, run)
+
+Recipe: read the study config -> check one trial composes -> create the study
+and queue its trials -> start workers -> work in this process too -> wait ->
+summarise the whole study on the parent run (best value and params, a trials
+table) -> register the best trial's model if asked.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from trainflow.errors import ConfigError, TrainflowError
+from trainflow.sweep.space import SearchParam, as_override, first_values, search_space
+from trainflow.sweep.study import (
+    DIRECTIONS,
+    StudySpec,
+    build_storage,
+    open_study,
+    queue_trials,
+    redact_url,
+    resolve_storage,
+)
+from trainflow.sweep.trial import ATTR_ERROR, ATTR_RUN, ATTR_SWEEP_RUN, ATTR_WORKER, TAG_STATE, TrialSetup, trial_config
+from trainflow.sweep.worker import WorkerSpec, limit_threads, work
+from trainflow.tracking.run import StepRun, hydra_overrides
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+# How long interrupted workers get to record their trial before they are killed.
+STOP_GRACE_S = 60.0
+
+
+@dataclass
+class SweepPlan:
+    """The study config, checked and resolved: what the parent and every worker run."""
+
+    study: StudySpec
+    n_trials: int
+    n_workers: int
+    space: list[SearchParam]
+    metric: str
+    overrides: list[str]  # every trial's overrides before its sampled values
+    output_dir: Path
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
+    register_best: bool = False
+    model_name: str | None = None
+
+    def setup(self, sweep_run_id: str, worker: int) -> TrialSetup:
+        return TrialSetup(sweep_run_id=sweep_run_id, study_name=self.study.name, overrides=self.overrides,
+                          output_dir=self.output_dir, metric=self.metric, space=self.space, worker=worker)
+
+
+@dataclass
+class SweepResult:
+    study_name: str
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_trial: int | None
+    best_run_id: str | None
+    states: dict[str, int]
+    registered: str | None = None
+
+
+def run_sweep(cfg: DictConfig, run: StepRun) -> SweepResult:
+    plan = sweep_plan(cfg, run.output_dir, run.run_id)
+    check_trial_config(plan)
+    study = open_study(plan.study, build_storage(plan.study.storage))
+    queued = queue_trials(study, plan.n_trials, plan.enqueue)
+    _tag_sweep(run, plan, queued)
+    workers = start_workers(plan, run)
+    try:
+        # Imports the model code (seconds) while the workers import theirs.
+        check_trial_config(plan, targets=True)
+        with run.timed("trials"):
+            limit_threads(1 if plan.n_workers > 1 else None)
+            work(study, plan.setup(run.run_id, worker=0), plan.study.storage)
+            wait_workers(workers)
+    except BaseException as exc:
+        stop_workers(workers, signal_of(exc))
+        fail_orphans(study, run)
+        _summarise_quietly(study, run, plan)
+        raise
+    fail_orphans(study, run)
+    result = summarise(study, run, plan)
+    if plan.register_best and result.best_run_id:
+        result.registered = register_best(run, result, plan)
+    run.set_output(_output(run, result))
+    return result
+
+
+def sweep_plan(cfg: DictConfig, output_dir: Path, run_id: str) -> SweepPlan:
+    """Read `sweep` (from hparams_search); every inconsistency fails here, naming the key."""
+    if cfg.get("sweep") is None:
+        raise ConfigError("sweep: no study configured; pass hparams_search=<name> (configs/hparams_search/)")
+    node = OmegaConf.to_container(cfg.sweep, resolve=True)
+    assert isinstance(node, dict)
+    metric = cfg.get("optimized_metric")
+    if not metric:
+        raise ConfigError("optimized_metric: a sweep needs the metric it optimises")
+    if node["direction"] not in DIRECTIONS:
+        raise ConfigError(f"sweep.direction: '{node['direction']}' is not maximize or minimize")
+    for key in ("n_trials", "n_workers"):
+        if node[key] < 1:
+            raise ConfigError(f"sweep.{key}: must be at least 1 (got {node[key]})")
+    _check_strategy(cfg)
+    model_name = cfg.registry.get("model_name")
+    if node["register_best"] and not model_name:
+        raise ConfigError("sweep.register_best: registry.model_name is null; name the model to register")
+    storage = resolve_storage(node["storage"], node["n_workers"], output_dir)
+    study = StudySpec(name=node["study_name"] or f"sweep-{run_id}", storage=storage,
+                      direction=node["direction"], sampler=node["sampler"], pruner=node["pruner"],
+                      seed=cfg.get("seed"))
+    return SweepPlan(study=study, n_trials=node["n_trials"], n_workers=node["n_workers"],
+                     space=search_space(node["params"]), metric=str(metric),
+                     overrides=trial_overrides(hydra_overrides(), node["register_best"], node["n_workers"]),
+                     output_dir=output_dir, enqueue=list(node["enqueue_trials"]),
+                     register_best=node["register_best"], model_name=model_name)
+
+
+def _check_strategy(cfg: DictConfig) -> None:
+    """Lightning's `ddp` re-runs the script for every rank: in a sweep that reruns the sweep."""
+    strategy = str(cfg.trainer.get("strategy"))
+    if strategy.startswith("ddp") and not any(s in strategy for s in ("spawn", "fork", "notebook")):
+        raise ConfigError(f"trainer.strategy={strategy}: re-runs the script per rank, which would start the "
+                          "sweep again; use trainer.strategy=ddp_spawn in sweeps")
+
+
+def trial_overrides(sweep_overrides: list[str], register_best: bool, n_workers: int) -> list[str]:
+    """The sweep's command line, plus what every trial must be.
+
+    Trials never register (the sweep registers the best one); with
+    `register_best` they log their model unregistered so the best can be.
+    Parallel workers drop progress bars that would overwrite each other.
+    """
+    registry = ["registry.register=true", "registry.model_name=null"] if register_best \
+        else ["registry.register=false"]
+    quiet = ["++callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false"] if n_workers > 1 else []
+    return [*sweep_overrides, *registry, *quiet]
+
+
+def check_trial_config(plan: SweepPlan, targets: bool = False) -> None:
+    """Compose one trial (each key at its first value): a misspelt key fails before any study exists.
+
+    `targets` also checks the `_target_` nodes against their signatures,
+    which imports the model and data code.
+    """
+    from trainflow.cli import compose_error
+    from trainflow.config.validate import check_targets
+
+    overrides = [*plan.overrides, *(as_override(k, v) for k, v in first_values(plan.space).items())]
+    try:
+        with trial_config(overrides, plan.output_dir / "trials" / "check", -1) as cfg:
+            if targets:
+                check_targets(cfg)
+    except TrainflowError as exc:
+        raise ConfigError(f"sweep.params: a trial's config is invalid: {exc}") from exc
+    except Exception as exc:
+        raise ConfigError(f"sweep.params: a trial's config does not compose: {compose_error(exc)}") from exc
+
+
+def _tag_sweep(run: StepRun, plan: SweepPlan, queued: int) -> None:
+    from mlflow.entities import RunTag
+
+    tags = {
+        "trainflow.sweep.study": plan.study.name,
+        "trainflow.sweep.storage": redact_url(plan.study.storage),
+        "trainflow.sweep.direction": plan.study.direction,
+        "trainflow.sweep.metric": plan.metric,
+        "trainflow.sweep.n_trials": str(plan.n_trials),
+        "trainflow.sweep.n_workers": str(plan.n_workers),
+        "trainflow.sweep.queued": str(queued),
+    }
+    run.client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    print(f"sweep: study '{plan.study.name}' (storage {redact_url(plan.study.storage)}): {queued} trials "
+          f"queued, {plan.n_workers} worker(s)", flush=True)
+
+
+# -- worker processes ----------------------------------------------------------
+
+def start_workers(plan: SweepPlan, run: StepRun) -> list[subprocess.Popen]:
+    """Workers 1..n-1 as processes; this process is worker 0 (it starts training while they import)."""
+    if plan.n_workers <= 1:
+        return []
+    folder = run.output_dir / "workers"
+    folder.mkdir(parents=True, exist_ok=True)
+    env = worker_env(run)
+    procs = []
+    for index in range(1, plan.n_workers):
+        spec = WorkerSpec(study=plan.study, setup=plan.setup(run.run_id, index), threads=1,
+                          parent_pid=os.getpid())
+        path = folder / f"worker-{index}.json"
+        path.write_text(spec.to_json())
+        # Own session: a terminal's Ctrl-C reaches only the sweep, which forwards
+        # it once (stop_workers), so no worker sees two signals.
+        procs.append(subprocess.Popen([sys.executable, "-m", "trainflow.sweep.worker", str(path)], env=env,
+                                      stdin=subprocess.DEVNULL, start_new_session=True))
+    return procs
+
+
+def worker_env(run: StepRun) -> dict[str, str]:
+    """The sweep's store, experiment and project root; not its run (trials are new runs)."""
+    from trainflow.tracking.ranks import LEADER_RUN_ENV
+
+    env = dict(os.environ)
+    for key in ("MLFLOW_RUN_ID", LEADER_RUN_ENV):
+        env.pop(key, None)
+    env.update(MLFLOW_TRACKING_URI=run.tracking_uri, MLFLOW_EXPERIMENT_ID=run.experiment_id,
+               TRAINFLOW_ROOT=str(run.root), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return env
+
+
+def wait_workers(procs: list[subprocess.Popen]) -> None:
+    for index, proc in enumerate(procs, start=1):
+        code = proc.wait()
+        if code != 0:
+            log.warning("sweep worker %d exited with status %s; its unfinished trial is marked FAIL", index, code)
+
+
+def stop_workers(procs: list[subprocess.Popen], signum: int) -> None:
+    """Forward the interruption once; kill what has not ended within STOP_GRACE_S."""
+    alive = [p for p in procs if p.poll() is None]
+    for proc in alive:
+        proc.send_signal(signum)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in alive:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def signal_of(exc: BaseException) -> int:
+    """The signal that interrupted the sweep (step_run exits 128+signal); SIGTERM otherwise."""
+    if isinstance(exc, KeyboardInterrupt):
+        return signal.SIGINT
+    if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128:
+        return exc.code - 128
+    return signal.SIGTERM
+
+
+def fail_orphans(study: optuna.Study, run: StepRun) -> None:
+    """Trials of this sweep still RUNNING after its workers ended (a worker died): FAIL, run FAILED."""
+    from optuna.trial import TrialState
+
+    try:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.user_attrs.get(ATTR_SWEEP_RUN) != run.run_id:
+                continue  # another machine's
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            trial_run = trial.user_attrs.get(ATTR_RUN)
+            if trial_run and run.client.get_run(trial_run).info.status == "RUNNING":
+                run.client.set_tag(trial_run, TAG_STATE, "FAIL")
+                run.client.set_terminated(trial_run, "FAILED")
+    except Exception as exc:
+        log.warning("could not fail orphaned trials: %s", exc)
+
+
+# -- the parent run's summary ----------------------------------------------------
+
+def summarise(study: optuna.Study, run: StepRun, plan: SweepPlan) -> SweepResult:
+    """Best value, best params and a trials table on the parent run, over the whole study."""
+    from mlflow.entities import Metric, Param, RunTag
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name for t in trials)
+    run.client.log_text(run.run_id, trials_csv(trials), "sweep/trials.csv")
+    now = int(time.time() * 1000)
+    counts = [Metric(f"sweep/n_{s.name.lower()}", float(states.get(s.name, 0)), now, 0)
+              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+    run.client.log_batch(run.run_id, metrics=counts)
+    if not states.get("COMPLETE"):
+        raise TrainflowError(f"sweep: no trial completed ({dict(states)}); see the trial runs under run {run.run_id}")
+    best = study.best_trial
+    assert best.value is not None
+    best_run = best.user_attrs.get(ATTR_RUN)
+    run.client.log_batch(
+        run.run_id,
+        metrics=[Metric(f"best/{plan.metric}", float(best.value), now, 0)],
+        params=[Param(f"best.{k}", str(v)) for k, v in best.params.items()],
+        tags=[RunTag("trainflow.sweep.best_trial", str(best.number)),
+              RunTag("trainflow.sweep.best_run_id", str(best_run or ""))],
+    )
+    reproduce = [o for o in plan.overrides if not o.startswith(("hparams_search=", "sweep."))]
+    best_params = {k: v for k, v in best.params.items()}
+    run.client.log_text(run.run_id, yaml.safe_dump({
+        "trial": best.number, "value": best.value, "run_id": best_run, "params": best_params,
+        "command": "python steps/train.py " + " ".join([*reproduce, *(as_override(k, v)
+                                                                     for k, v in best_params.items())]),
+    }, sort_keys=False), "sweep/best.yaml")
+    print(f"sweep: best trial {best.number} {plan.metric}={best.value:.6g} {best_params} (run {best_run})",
+          flush=True)
+    return SweepResult(plan.study.name, best.value, best_params, best.number, best_run,
+                       {k: int(v) for k, v in states.items()})
+
+
+def _summarise_quietly(study: optuna.Study, run: StepRun, plan: SweepPlan) -> None:
+    """An interrupted sweep still shows the best of its finished trials."""
+    try:
+        summarise(study, run, plan)
+    except Exception as exc:
+        log.info("no summary for the interrupted sweep: %s", exc)
+
+
+def trials_csv(trials: list[optuna.trial.FrozenTrial]) -> str:
+    """number, state, value, seconds, run id, worker, error, then one column per parameter."""
+    names = sorted({k for t in trials for k in t.params})
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["number", "state", "value", "duration_s", "run_id", "worker", "error", *names])
+    for t in trials:
+        duration = t.duration.total_seconds() if t.duration is not None else ""
+        writer.writerow([t.number, t.state.name, "" if t.value is None else t.value, duration,
+                         t.user_attrs.get(ATTR_RUN, ""), t.user_attrs.get(ATTR_WORKER, ""),
+                         t.user_attrs.get(ATTR_ERROR, ""), *(t.params.get(n, "") for n in names)])
+    return out.getvalue()
+
+
+def register_best(run: StepRun, result: SweepResult, plan: SweepPlan) -> str:
+    """A registry version of the best trial's logged model, tagged like the train step's versions."""
+    import mlflow
+
+    assert result.best_run_id and plan.model_name
+    tags = run.client.get_run(result.best_run_id).data.tags
+    model_uri = tags.get("trainflow.model_uri")
+    if not model_uri:
+        raise TrainflowError(f"sweep.register_best: best trial run {result.best_run_id} logged no model")
+    version_tags = _logged_model_tags(run, model_uri)
+    version_tags.update({"trainflow.sweep.run_id": run.run_id, "trainflow.sweep.study": result.study_name,
+                         "trainflow.trial.number": str(result.best_trial)})
+    version = mlflow.register_model(model_uri, plan.model_name, tags=version_tags)
+    uri = f"models:/{version.name}/{version.version}"
+    run.client.set_tag(run.run_id, "trainflow.registered", uri)
+    print(f"registered {uri} (trial {result.best_trial})", flush=True)
+    return uri
+
+
+def _logged_model_tags(run: StepRun, model_uri: str) -> dict[str, str]:
+    """The train step's tags on the logged model (data digest, monitor, commit): versions need them."""
+    if not model_uri.startswith("models:/m-"):
+        return {}
+    model_id = model_uri.removeprefix("models:/").split("/")[0]
+    tags = run.client.get_logged_model(model_id).tags
+    return {k: v for k, v in tags.items() if k.startswith("trainflow.")}
+
+
+def _output(run: StepRun, result: SweepResult) -> str:
+    """The registered version, else the best trial's model, else its run."""
+    if result.registered:
+        return result.registered
+    if result.best_run_id:
+        tags = run.client.get_run(result.best_run_id).data.tags
+        return tags.get("trainflow.model_uri") or f"runs:/{result.best_run_id}"
+    return f"runs:/{run.run_id}"

@@ -1,0 +1,133 @@
+"""A worker: take trials from the study until its queue is empty.
+
+The sweep's own process is worker 0; with `sweep.n_workers > 1` it starts the
+others as `python -m trainflow.sweep.worker <spec.json>`. Each worker process
+imports torch once (~8 s here) and then runs many trials, so a trial costs
+only its config composition and its training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from trainflow.sweep.space import SearchParam
+from trainflow.sweep.study import StudySpec, build_storage, claim_trial, open_study
+from trainflow.sweep.trial import TrialOutcome, TrialSetup, run_trial
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker process needs, as JSON: it composes its trials itself."""
+
+    study: StudySpec
+    setup: TrialSetup
+    threads: int | None  # 1 when several workers share the machine's cores
+    parent_pid: int | None = None  # a worker whose sweep died stops after its trial
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["setup"]["output_dir"] = str(self.setup.output_dir)
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        data = json.loads(text)
+        setup = dict(data["setup"])
+        setup["output_dir"] = Path(setup["output_dir"])
+        setup["space"] = [SearchParam(**{**p, "choices": tuple(p["choices"])}) for p in setup["space"]]
+        return cls(study=StudySpec(**data["study"]), setup=TrialSetup(**setup), threads=data["threads"],
+                   parent_pid=data["parent_pid"])
+
+
+def work(study: optuna.Study, setup: TrialSetup, storage_url: str | None,
+         stop: Callable[[], bool] = lambda: False) -> list[TrialOutcome]:
+    """Claim, run, tell, until the queue is empty (or `stop()`); an interrupted trial fails in Optuna."""
+    from optuna.trial import TrialState
+
+    outcomes = []
+    while not stop():
+        trial = claim_trial(study, storage_url)
+        if trial is None:
+            break
+        try:
+            outcome = run_trial(trial, setup)
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+        state = TrialState[outcome.state]
+        study.tell(trial, outcome.value if state == TrialState.COMPLETE else None, state=state)
+        print(describe(outcome, setup), flush=True)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def describe(outcome: TrialOutcome, setup: TrialSetup) -> str:
+    value = f" {setup.metric}={outcome.value:.6g}" if outcome.value is not None else ""
+    why = f" ({outcome.error})" if outcome.error else ""
+    return f"trial {outcome.number} {outcome.state}{value} run {outcome.run_id} worker {setup.worker}{why}"
+
+
+def limit_threads(threads: int | None) -> None:
+    """One torch thread per worker when workers share the cores: no oversubscription."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def run_worker(spec: WorkerSpec) -> list[TrialOutcome]:
+    """A worker process: open the study with its own sampler seed, then work."""
+    limit_threads(spec.threads)
+    study = open_study(spec.study, build_storage(spec.study.storage), worker=spec.setup.worker)
+    parent = spec.parent_pid
+    return work(study, spec.setup, spec.study.storage, stop=lambda: parent is not None and os.getppid() != parent)
+
+
+_received: list[int] = []
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM between trials unwinds like Ctrl-C, so a claimed trial is told FAIL.
+    _received.append(signum)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    spec = WorkerSpec.from_json(Path(argv[0]).read_text())
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        run_worker(spec)
+    except KeyboardInterrupt:
+        return 128 + (_received[0] if _received else signal.SIGINT)
+    return 0
+
+
+def exit_now(code: int) -> None:
+    """Skip the interpreter's teardown of torch, Lightning and MLflow (3-5 s here): the sweep waits on it.
+
+    Everything a worker writes is synchronous (runs ended, trials told), so
+    flushing the streams and logging is all that is left.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    exit_now(main(sys.argv[1:]))

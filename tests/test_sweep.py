@@ -1,0 +1,175 @@
+"""Sweeps: the study code on an embedded store (in this process + worker processes), and its pieces.
+
+`steps/train.py -m hparams_search=...` end to end: tests/test_sweep_e2e.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from mlflow import MlflowClient
+
+from conftest import ROOT, TINY, all_runs
+from trainflow.errors import ConfigError
+from trainflow.sweep.driver import run_sweep, sweep_plan
+from trainflow.sweep.space import as_override, search_space
+from trainflow.sweep.study import StudySpec, build_storage, claim_trial, open_study, queue_trials
+from trainflow.tracking.run import step_run
+
+# TINY trials of digits_optuna; weight decay is pinned per trial, and the first
+# trial's is one Adam refuses, so that trial raises inside fit.
+WD = "model.optimizer.weight_decay"
+LR = "model.optimizer.lr"
+SWEEP = [*TINY, "hparams_search=digits_optuna", "sweep.n_trials=4",
+         f"sweep.params={{{WD}:{{type:categorical,choices:[0.0,-1.0]}}}}",
+         f"sweep.enqueue_trials=[{{{WD}:-1.0}},{{{WD}:0.0}},{{{WD}:0.0}},{{{WD}:0.0}}]"]
+
+
+def test_one_parent_run_a_child_run_per_trial_and_a_raising_trial_does_not_stop_the_sweep(
+        compose, tmp_path, sqlite_uri, tracking_env) -> None:
+    tracking_env(sqlite_uri)
+    cfg = compose("sweep", SWEEP, output_dir=tmp_path / "out")
+    with step_run("sweep", cfg) as run:
+        result = run_sweep(cfg, run)
+
+    client = MlflowClient(sqlite_uri)
+    runs = {r.info.run_id: r for r in all_runs(sqlite_uri)}
+    parent = runs.pop(run.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["trainflow.step"] == "sweep"
+    assert len(runs) == 4 and {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {run.run_id}
+    by_number = {int(r.data.tags["trainflow.trial.number"]): r for r in runs.values()}
+    assert sorted(by_number) == [0, 1, 2, 3]
+
+    # the trial that raised is recorded as failed; the sweep went on
+    failed = by_number[0]
+    assert failed.info.status == "FAILED" and failed.data.tags["trainflow.trial.state"] == "FAIL"
+    assert "Invalid weight_decay value: -1.0" in failed.data.tags["trainflow.error"]
+    assert result.states == {"FAIL": 1, "COMPLETE": 3}
+    for number in (1, 2, 3):
+        trial = by_number[number]
+        assert trial.info.status == "FINISHED" and trial.data.tags["trainflow.trial.state"] == "COMPLETE"
+        assert trial.data.tags["trainflow.step"] == "train" and "val/acc_best" in trial.data.metrics
+
+    # best value and params on the parent, from the best trial's run
+    best = max((by_number[n] for n in (1, 2, 3)), key=lambda r: r.data.metrics["val/acc_best"])
+    assert parent.data.tags["trainflow.sweep.best_run_id"] == best.info.run_id == result.best_run_id
+    assert parent.data.metrics["best/val/acc_best"] == pytest.approx(best.data.metrics["val/acc_best"])
+    for key in ("model.optimizer.lr", "data.batch_size", "model.net.lin1_size"):
+        assert float(parent.data.params[f"best.{key}"]) == pytest.approx(float(best.data.params[key]))
+    table = list(csv.DictReader(io.StringIO(Path(client.download_artifacts(
+        run.run_id, "sweep/trials.csv", str(tmp_path))).read_text())))
+    assert [row["state"] for row in table] == ["FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
+    assert {row["run_id"] for row in table} == set(runs)
+    assert parent.data.tags["trainflow.output_uri"] == f"runs:/{best.info.run_id}"
+
+
+def test_two_worker_processes_share_one_sqlite_study(compose, tmp_path, sqlite_uri, tracking_env,
+                                                     monkeypatch) -> None:
+    """Six trials, this process + one worker process, no trial twice; attached as under `mlflow run -e sweep`."""
+    tracking_env(sqlite_uri)
+    client = MlflowClient(sqlite_uri)
+    experiment = client.create_experiment("sweep-workers", artifact_location=(tmp_path / "mlruns").as_uri())
+    created = client.create_run(experiment).info.run_id  # what `mlflow run` makes and names in the environment
+    monkeypatch.setenv("MLFLOW_RUN_ID", created)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    cfg = compose("sweep", [*TINY, "hparams_search=digits_optuna", "sweep.n_trials=6", "sweep.n_workers=2",
+                            f"sweep.storage={storage}", "sweep.study_name=digits-workers"], output_dir=tmp_path / "out")
+    with step_run("sweep", cfg) as run:
+        result = run_sweep(cfg, run)
+
+    assert run.run_id == created and client.get_run(created).info.status == "FINISHED"
+    children = [r for r in all_runs(sqlite_uri) if r.info.run_id != created]
+    assert {r.data.tags.get("mlflow.parentRunId") for r in children} == {created}
+    numbers = sorted(int(r.data.tags["trainflow.trial.number"]) for r in children)
+    assert numbers == [0, 1, 2, 3, 4, 5], "six trials, none twice"
+    assert {r.data.tags["trainflow.trial.worker"] for r in children} == {"0", "1"}, "both processes ran trials"
+    study = optuna.load_study(study_name="digits-workers", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6 and result.states == {"COMPLETE": 6}
+    assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {r.info.run_id for r in children}
+    assert client.get_run(created).data.params[f"best.{LR}"] == str(study.best_params[LR])
+
+
+def test_workers_racing_for_the_queue_claim_each_trial_once(tmp_path) -> None:
+    """The study's queue is its budget: 4 claimers on one sqlite file, 12 trials, none twice, none extra."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    spec = StudySpec(name="race", storage=url, direction="maximize")
+    queue_trials(open_study(spec, build_storage(url)), 12, [])
+    claimed: list[int] = []
+
+    def claim_all() -> None:
+        study = open_study(spec, build_storage(url))
+        while (trial := claim_trial(study, url)) is not None:
+            claimed.append(trial.number)
+            study.tell(trial, 1.0)
+
+    threads = [threading.Thread(target=claim_all) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == list(range(12))
+    assert len(open_study(spec, build_storage(url)).trials) == 12
+
+
+@pytest.mark.parametrize("value", [0.001, 1e-05, 3, True, None, "adam", "32", "it's"])
+def test_sampled_values_become_overrides_of_the_same_type(value) -> None:
+    parsed = OverridesParser.create().parse_overrides([as_override("a.b", value)])[0]
+    assert parsed.key_or_group == "a.b" and parsed.value() == value and type(parsed.value()) is type(value)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({}, "empty"),
+    ({"lr": {"type": "uniform", "low": 0, "high": 1}}, r"sweep\.params\.lr\.type"),
+    ({"lr": {"type": "float", "low": 1, "high": 1}}, r"sweep\.params\.lr: needs low < high"),
+    ({"lr": {"type": "float", "low": 0, "high": 1, "log": True}}, r"sweep\.params\.lr\.low: a log scale"),
+    ({"bs": {"type": "categorical", "choices": []}}, r"sweep\.params\.bs\.choices"),
+])
+def test_a_bad_search_space_names_the_key(params, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        search_space(params)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ([], "pass hparams_search="),
+    (["hparams_search=digits_optuna", "sweep.register_best=true", "registry.model_name=null"],
+     "registry.model_name is null"),
+    (["hparams_search=digits_optuna", "trainer=ddp_sim"], "use trainer.strategy=ddp_spawn"),
+    (["hparams_search=digits_optuna", "sweep.direction=up"], "sweep.direction"),
+])
+def test_a_bad_sweep_config_fails_before_any_study(compose, tmp_path, overrides, message) -> None:
+    cfg = compose("sweep", overrides, output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        sweep_plan(cfg, tmp_path, "run")
+
+
+def test_every_hparams_search_config_composes_with_train_and_sweep(compose, tmp_path) -> None:
+    for path in sorted((ROOT / "configs" / "hparams_search").glob("*.yaml")):
+        for config_name in ("train", "sweep"):
+            cfg = compose(config_name, [f"hparams_search={path.stem}", "experiment=example"], output_dir=tmp_path)
+            plan = sweep_plan(cfg, tmp_path, "run")
+            assert plan.space and plan.metric == cfg.optimized_metric
+        assert compose("train", [], output_dir=tmp_path).sweep is None, "a plain train run has no study"
+
+
+def test_several_workers_without_storage_share_a_sqlite_file(compose, tmp_path) -> None:
+    cfg = compose("sweep", ["hparams_search=digits_optuna", "sweep.n_workers=2"], output_dir=tmp_path)
+    plan = sweep_plan(cfg, tmp_path, "run")
+    assert plan.study.storage == f"sqlite:///{tmp_path.resolve() / 'optuna.db'}"
+    assert "trainer.enable_progress_bar=false" in plan.overrides
+
+
+def test_hydra_sweep_syntax_is_refused_by_the_sweeper(capsys) -> None:
+    """`-m lr=0.1,0.01` would be a grid for Hydra's basic sweeper; with hparams_search the study samples."""
+    from hydra_plugins.trainflow_sweeper.trainflow_sweeper import refuse_sweep_syntax
+
+    refuse_sweep_syntax(["experiment=example", f"{LR}=0.1"])
+    with pytest.raises(SystemExit) as info:
+        refuse_sweep_syntax([f"{LR}=0.1,0.01"])
+    assert info.value.code == 2 and "sweep.params" in capsys.readouterr().err

@@ -1,0 +1,54 @@
+"""`python steps/train.py -m hparams_search=...` as lightning-hydra-template users run a sweep."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import TINY, all_runs, run_step
+
+pytestmark = pytest.mark.slow
+
+LR = "model.optimizer.lr"
+
+
+def trial_runs(uri: str, parent_id: str) -> dict[int, object]:
+    children = [r for r in all_runs(uri) if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    numbers = [int(r.data.tags["trainflow.trial.number"]) for r in children]
+    assert len(numbers) == len(set(numbers)), f"a trial ran twice: {sorted(numbers)}"
+    return dict(zip(numbers, children, strict=True))
+
+
+def test_train_multirun_runs_the_study_and_an_aggressive_pruner_prunes(sqlite_uri, tmp_path) -> None:
+    """`-m hparams_search=...` goes through trainflow's sweeper; a trial far behind the first is pruned,
+    and the best trial's model is registered."""
+    overrides = [
+        *TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=8", "hparams_search=digits_optuna",
+        "sweep.n_trials=2",
+        # prune after one completed trial, from the first epoch on
+        "sweep.pruner={_target_:optuna.pruners.MedianPruner,n_startup_trials:1,n_warmup_steps:0}",
+        f"sweep.params={{{LR}:{{low:1.0e-7}}}}",
+        f"sweep.enqueue_trials=[{{{LR}:0.01}},{{{LR}:1.0e-7}}]",
+        "sweep.register_best=true", "registry.model_name=digits-sweep",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
+    done = run_step(["steps/train.py", "-m", *overrides], sqlite_uri)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    client = MlflowClient(sqlite_uri)
+    parent = next(r for r in all_runs(sqlite_uri) if r.data.tags.get("trainflow.step") == "sweep")
+    assert parent.info.status == "FINISHED"
+    trials = trial_runs(sqlite_uri, parent.info.run_id)
+    assert {n: r.data.tags["trainflow.trial.state"] for n, r in trials.items()} == {0: "COMPLETE", 1: "PRUNED"}
+    assert [trials[n].info.status for n in (0, 1)] == ["FINISHED", "KILLED"]
+    epochs = {n: len(client.get_metric_history(r.info.run_id, "val/acc")) for n, r in trials.items()}
+    assert epochs == {0: 2, 1: 1}, "the pruned trial stops after its first epoch"
+    assert "test/acc" not in trials[1].data.metrics, "nor is it tested"
+    assert parent.data.tags["trainflow.sweep.best_trial"] == "0"
+    assert parent.data.metrics["sweep/n_pruned"] == 1
+    assert (tmp_path / "multirun" / "trials" / "0001").is_dir(), "trials write under hydra.sweep.dir"
+
+    versions = client.search_model_versions("name = 'digits-sweep'")
+    assert [(str(v.version), v.run_id) for v in versions] == [("1", trials[0].info.run_id)], "only the best, once"
+    assert versions[0].tags["trainflow.trial.number"] == "0" and "trainflow.data.digest" in versions[0].tags
+    assert parent.data.tags["trainflow.output_uri"] == "models:/digits-sweep/1"
