@@ -133,6 +133,39 @@ def corrupt_dataset(store, tmp_path: Path, how: str) -> Path:
     return folder
 
 
+CONLLU = ["data=conllu", "data.val_file=null", "data.test_file={conllu_good}", "data.val_fraction=0.5"]
+GOOD_SENTENCE = ("# sent_id = s1\n1\tDogs\tdog\tNOUN\tNNS\t_\t2\tnsubj\t_\t_\n"
+                 "2\tbark\tbark\tVERB\tVBP\t_\t0\troot\t_\t_\n\n")
+CONLLU_FILES = {
+    "conllu_good": GOOD_SENTENCE * 4,
+    "conllu_columns": "# sent_id = s1\n# text = Dogs bark\n1\tDogs\tdog\tNOUN\n\n",
+    "conllu_id": GOOD_SENTENCE + "# sent_id = s2\nx\tDogs\tdog\tNOUN\tNNS\t_\t0\troot\t_\t_\n\n",
+    "conllu_tag": "# sent_id = s1\n# text = dogs\n1\tdogs\tdog\t_\tNNS\t_\t0\troot\t_\t_\n\n",
+}
+CONLLU_NAMES = {"conllu_good": "good", "conllu_columns": "columns", "conllu_id": "bad-id", "conllu_tag": "no-tag"}
+
+
+def write_bad_sources(tmp_path: Path) -> dict[str, str]:
+    """Small CoNLL-U files and image folders, each broken in one way."""
+    from PIL import Image
+
+    fill = {}
+    for key, text in CONLLU_FILES.items():
+        path = tmp_path / f"{CONLLU_NAMES[key]}.conllu"
+        path.write_text(text, encoding="utf-8")
+        fill[key] = str(path)
+    for name in ("images_corrupt", "images_empty_class"):
+        for label in ("a", "b"):
+            folder = tmp_path / name / label
+            folder.mkdir(parents=True)
+            for i in range(6):
+                Image.new("L", (8, 8), color=40 * i).save(folder / f"{i}.png")
+        fill[name] = str(tmp_path / name)
+    (tmp_path / "images_corrupt" / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (tmp_path / "images_empty_class" / "c").mkdir()
+    return fill
+
+
 # (config, overrides, what the error line must contain, exit code). `{...}` fill from the fixture.
 CASES = [
     ("train", ["trainer.max_epoch=3"], "trainer.max_epoch", 2),
@@ -174,6 +207,19 @@ CASES = [
     ("evaluate", ["ckpt_path=runs:/{run_id}/checkpoints/none"], "checkpoints/none", 1),
     ("evaluate", [f"model_uri=models:/{MODEL}/1", "optimized_metric=test/nope", "promote=true"], "test/nope", 1),
     ("train", ["tracking.uri=bogus://nowhere"], "bogus://nowhere", 1),
+    # CoNLL-U treebanks: the file and line of the malformed token
+    ("prepare_data", [*CONLLU, "data.train_file={conllu_columns}"], "columns.conllu:3: expected 10", 1),
+    ("prepare_data", [*CONLLU, "data.train_file={conllu_id}"], "bad-id.conllu:6: bad ID 'x'", 1),
+    ("prepare_data", [*CONLLU, "data.train_file={conllu_tag}"], "no-tag.conllu:3: word 'dogs' has no UPOS", 1),
+    ("prepare_data", [*CONLLU, "data.train_file=/no/such.conllu"], "data.train_file: no such file: /no/such.conllu", 1),
+    ("prepare_data", [*CONLLU, "data.tag_column=lemma"], "data.tag_column", 1),
+    # image folders: the corrupt file, a missing folder, an empty class
+    ("prepare_data", ["data=image_folder", "data.root={images_corrupt}"], "broken.png", 1),
+    ("prepare_data", ["data=image_folder", "data.root={images_empty_class}"], "class folder without", 1),
+    ("prepare_data", ["data=image_folder", "data.root=/no/such/images"], "data.root: no such folder", 1),
+    ("prepare_data", ["data=image_folder"], "data.root: not set", 1),
+    ("prepare_data", ["data=image_folder", "data.root={images_corrupt}", "data.on_bad_image=ignore"],
+     "data.on_bad_image", 1),
 ]
 
 
@@ -190,6 +236,7 @@ def test_bad_input_fails_in_one_line(store, compose, capsys, tmp_path, monkeypat
     }
     (tmp_path / "empty-dir").mkdir()
     (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    fill.update(write_bad_sources(tmp_path))
     for how in ("digest", "parquet", "empty", "schema", "manifest", "missing"):
         if any("{" + how + "}" in o for o in overrides):
             fill[how] = str(corrupt_dataset(store, tmp_path, how))
