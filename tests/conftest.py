@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
@@ -127,8 +128,17 @@ def tracking_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
 
 
 @pytest.fixture
-def compose() -> Callable[..., object]:
+def compose() -> Iterator[Callable[..., DictConfig]]:
     """The real configs composed as Hydra would, with HydraConfig set."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    yield compose_config
+    GlobalHydra.instance().clear()
+
+
+def compose_config(config_name: str = "train", overrides: list[str] | None = None,
+                   output_dir: Path | None = None) -> DictConfig:
+    """A step's config as its script gets it; module-scoped fixtures call this directly."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -138,21 +148,16 @@ def compose() -> Callable[..., object]:
     from trainflow.config.schema import register_configs
 
     register_configs()
-
-    def _compose(config_name: str = "train", overrides: list[str] | None = None, output_dir: Path | None = None):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
-        if output_dir is not None:
-            with open_dict(cfg):
-                cfg.hydra.runtime.output_dir = str(output_dir)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
-
-    yield _compose
     GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def step_env(tracking_uri: str, **extra: str) -> dict[str, str]:

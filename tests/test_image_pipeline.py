@@ -15,7 +15,7 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import ROOT
+from conftest import compose_config
 from trainflow.tracking.run import step_run
 
 MODEL = "digits-images-tiny-classifier"
@@ -24,29 +24,11 @@ QUIET = ["experiment=digits_images_tiny", "extras.print_config=false", "callback
 LABELS = [str(d) for d in range(10)]
 
 
-def compose_step(config_name: str, overrides: list[str], output_dir: Path):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """prepare_data on a tiny digits image folder (one corrupt file, skipped), then train on its runs:/ URI."""
     import mlflow
 
-    from trainflow.config.schema import register_configs
     from trainflow.data.make_digit_images import write_digit_images
     from trainflow.pipeline.prepare import prepare_data
     from trainflow.training.train import train
@@ -58,12 +40,11 @@ def trained(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
-    register_configs()
     common = [*QUIET, f"paths.cache_dir={tmp / 'cache'}", f"data.root={tmp / 'digits'}", "data.on_bad_image=skip"]
-    cfg = compose_step("prepare_data", common, tmp / "prepare")
+    cfg = compose_config("prepare_data", common, tmp / "prepare")
     with step_run("prepare_data", cfg) as prep_run:
         prepared = prepare_data(cfg, prep_run)
-    cfg = compose_step("train", [*common, f"data.uri={prepared.uri}"], tmp / "train")
+    cfg = compose_config("train", [*common, f"data.uri={prepared.uri}"], tmp / "train")
     with step_run("train", cfg) as train_run:
         result = train(cfg, train_run)
     yield {"client": MlflowClient(uri), "prepared": prepared, "result": result, "prep_run": prep_run.run_id,
@@ -117,7 +98,7 @@ def test_predict_writes_csv_and_parquet_for_a_folder_and_a_parquet_split(trained
         for f in sorted((tmp / "digits" / digit).glob("*.png"))[:2]:
             (folder / digit / f.name).write_bytes(f.read_bytes())
     (folder / "readme.txt").write_text("ignored")
-    cfg = compose_step("predict", ["extras.print_config=false", f"model_uri=models:/{MODEL}/1", f"input={folder}"],
+    cfg = compose_config("predict", ["extras.print_config=false", f"model_uri=models:/{MODEL}/1", f"input={folder}"],
                        tmp / "predict")
     with step_run("predict", cfg) as run:
         result = predict(cfg, run)
@@ -131,7 +112,7 @@ def test_predict_writes_csv_and_parquet_for_a_folder_and_a_parquet_split(trained
     assert client.get_run(run.run_id).data.tags["trainflow.upstream.train"] == trained["run_id"]
 
     test_split = f"{trained['prepared'].uri}/test.parquet"
-    cfg = compose_step("predict", ["extras.print_config=false", f"model_uri=models:/{MODEL}/1",
+    cfg = compose_config("predict", ["extras.print_config=false", f"model_uri=models:/{MODEL}/1",
                                    f"input={test_split}", "batch_size=7"], tmp / "predict2")
     with step_run("predict", cfg) as run:
         result = predict(cfg, run)
@@ -162,7 +143,7 @@ def test_weights_only_start_fine_tunes_from_epoch_zero(trained) -> None:
     overrides = [*trained["common"], f"data.uri={trained['prepared'].uri}", "registry.register=false",
                  f"ckpt_path={best}", "only_weights_load=true", "trainer.max_epochs=1", "test=false",
                  "model.net.freeze_encoder=true"]
-    cfg = compose_step("train", overrides, tmp / "finetune")
+    cfg = compose_config("train", overrides, tmp / "finetune")
     with step_run("train", cfg) as run:
         result = train(cfg, run)
     import torch

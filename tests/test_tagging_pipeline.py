@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import ROOT
+from conftest import compose_config
 from trainflow.tracking.run import step_run
 
 MODEL = "ud-ewt-tiny-tagger"
@@ -19,29 +19,11 @@ QUIET = ["experiment=ud_ewt_tiny", "extras.print_config=false", "callbacks.rich_
          "callbacks.model_summary=null", "trainer.enable_progress_bar=false"]
 
 
-def compose_step(config_name: str, overrides: list[str], output_dir: Path):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
 @pytest.fixture(scope="module")
 def tagged(tmp_path_factory):
     """prepare_data, then train on its runs:/ dataset URI with a registered version, as `main` chains them."""
     import mlflow
 
-    from trainflow.config.schema import register_configs
     from trainflow.pipeline.prepare import prepare_data
     from trainflow.training.train import train
 
@@ -50,12 +32,11 @@ def tagged(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
-    register_configs()
     cache = [f"paths.cache_dir={tmp / 'cache'}"]
-    cfg = compose_step("prepare_data", [*QUIET, *cache], tmp / "prepare")
+    cfg = compose_config("prepare_data", [*QUIET, *cache], tmp / "prepare")
     with step_run("prepare_data", cfg) as prep_run:
         prepared = prepare_data(cfg, prep_run)
-    cfg = compose_step("train", [*QUIET, *cache, f"data.uri={prepared.uri}"], tmp / "train")
+    cfg = compose_config("train", [*QUIET, *cache, f"data.uri={prepared.uri}"], tmp / "train")
     with step_run("train", cfg) as train_run:
         trained = train(cfg, train_run)
     yield {"client": MlflowClient(uri), "prepared": prepared, "trained": trained, "run_id": train_run.run_id,
@@ -103,7 +84,7 @@ def test_evaluate_a_tagger_checkpoint_gives_per_tag_scores(tagged) -> None:
     from trainflow.training.evaluate import evaluate
 
     tmp, client = tagged["tmp"], tagged["client"]
-    cfg = compose_step("evaluate", [*QUIET, *tagged["cache"], f"ckpt_path=runs:/{tagged['run_id']}/checkpoints/best"],
+    cfg = compose_config("evaluate", [*QUIET, *tagged["cache"], f"ckpt_path=runs:/{tagged['run_id']}/checkpoints/best"],
                        tmp / "evaluate")
     with step_run("evaluate", cfg) as run:
         result = evaluate(cfg, run)

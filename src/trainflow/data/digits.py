@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from trainflow.data.dataset import Manifest, read_manifest, read_split, write_dataset
+from trainflow.data.split_loaders import SplitDataModule
 from trainflow.errors import ConfigError, DataError
 
 LABEL_NAMES = [str(d) for d in range(10)]
@@ -56,7 +56,7 @@ def from_table(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return x, table.column("label").to_numpy().astype(np.int64)
 
 
-class DigitsDataModule(LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """The embedded default task: 8x8 digits, stratified, seeded splits.
 
     `build_dataset` writes the splits as a dataset folder (what prepare_data
@@ -68,12 +68,10 @@ class DigitsDataModule(LightningDataModule):
     def __init__(self, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 12345,
                  batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False,
                  uri: str | None = None) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers, pin_memory)
         self.save_hyperparameters(logger=False)
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
-        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.uri = uri
-        self.splits: dict[str, TensorDataset] = {}
         self.label_names = list(LABEL_NAMES)
 
     @property
@@ -114,21 +112,3 @@ class DigitsDataModule(LightningDataModule):
             x, y = from_table(table)
             self.splits[split] = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

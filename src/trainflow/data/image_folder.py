@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from trainflow.data.dataset import Manifest, read_manifest, read_split, write_dataset
 from trainflow.data.images import IMAGE_SUFFIXES, BadImage, build_transform, open_image, reseed, transform_image
+from trainflow.data.split_loaders import SplitDataModule
 from trainflow.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class EncodedImages(Dataset):
             raise DataError(f"{self.names[index]}: {exc}") from exc
 
 
-class ImageFolderDataModule(LightningDataModule):
+class ImageFolderDataModule(SplitDataModule):
     """Images in class folders; same contract as DigitsDataModule.
 
     `build_dataset` packs the folder into a dataset artifact (what prepare_data
@@ -183,7 +183,7 @@ class ImageFolderDataModule(LightningDataModule):
                  train_transform: dict[str, Any] | None = None, eval_transform: dict[str, Any] | None = None,
                  batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
                  uri: str | None = None) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers, pin_memory)
         self.save_hyperparameters(logger=False)
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ConfigError(f"data.on_bad_image={on_bad_image!r}: expected one of {', '.join(BAD_IMAGE_POLICIES)}")
@@ -191,10 +191,8 @@ class ImageFolderDataModule(LightningDataModule):
         self.fractions = {"val": val_fraction, "test": test_fraction}
         self.train_transform = train_transform or default_transform(image_size)
         self.eval_transform = eval_transform or default_transform(image_size)
-        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.uri = uri
         self.label_names: list[str] = []
-        self.splits: dict[str, EncodedImages] = {}
 
     @property
     def num_classes(self) -> int:
@@ -289,24 +287,6 @@ class ImageFolderDataModule(LightningDataModule):
         example = pd.DataFrame({"image": self.splits["test"].images[:rows]})
         return "trainflow.tracking.pyfunc.ImageClassifier", meta, example
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 def default_transform(image_size: int) -> dict[str, Any]:

@@ -22,11 +22,10 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
 
 from trainflow.data.conllu import Sentence, check_tag_column, load_treebank
 from trainflow.data.dataset import Manifest, read_manifest, read_split, write_dataset
+from trainflow.data.split_loaders import SplitDataModule
 from trainflow.errors import ConfigError, DataError
 
 PAD, UNK = "<pad>", "<unk>"
@@ -111,7 +110,7 @@ def to_table(sentences: list[Sentence], word_index: dict[str, int], tag_index: d
     }, schema=SCHEMA)
 
 
-class ConlluDataModule(LightningDataModule):
+class ConlluDataModule(SplitDataModule):
     """Sentences of a CoNLL-U treebank, tagged with UPOS or XPOS, as padded batches.
 
     Same contract as DigitsDataModule: `build_dataset` writes the splits and
@@ -124,7 +123,7 @@ class ConlluDataModule(LightningDataModule):
                  tag_column: str = "upos", lowercase: bool = True, min_freq: int = 2, max_word_chars: int = 20,
                  max_sentences: int | None = None, seed: int = 12345, batch_size: int = 32, num_workers: int = 0,
                  pin_memory: bool = False, uri: str | None = None) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers, pin_memory, collate_fn=pad_batch)
         self.save_hyperparameters(logger=False)
         check_tag_column(tag_column)
         if min_freq < 1 or max_word_chars < 1:
@@ -133,10 +132,8 @@ class ConlluDataModule(LightningDataModule):
         self.val_fraction, self.seed, self.max_sentences = val_fraction, seed, max_sentences
         self.tag_column, self.lowercase, self.min_freq = tag_column, lowercase, min_freq
         self.max_word_chars = max_word_chars
-        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.uri = uri
         self.vocab: dict[str, list[str]] = {}
-        self.splits: dict[str, list[Example]] = {}
         self.words: dict[str, list[list[str]]] = {}
 
     @property
@@ -218,22 +215,3 @@ class ConlluDataModule(LightningDataModule):
         example = pd.DataFrame({"tokens": self.words["test"][:rows]})
         return "trainflow.tracking.pyfunc.TokenTagger", meta, example
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.splits[split],  # type: ignore[arg-type]  # a list is a map-style dataset
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            collate_fn=pad_batch,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -1,0 +1,47 @@
+"""The DataLoaders every trainflow data module serves from its prepared splits.
+
+Each data module fills `splits` in `setup` from its dataset folder; how the
+three loaders are built from them (shuffle for train only, persistent
+workers when there are workers) is the same for digits, images and
+treebanks, so it lives here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+
+class SplitDataModule(LightningDataModule):
+    """A LightningDataModule whose `splits` ({"train"|"val"|"test": map-style dataset}) feed its loaders."""
+
+    def __init__(self, batch_size: int, num_workers: int, pin_memory: bool,
+                 collate_fn: Callable[[list[Any]], Any] | None = None) -> None:
+        """`collate_fn`: for examples that need padding (token tasks); None stacks tensors."""
+        super().__init__()
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.collate_fn = collate_fn
+        self.splits: dict[str, Any] = {}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collate_fn,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
