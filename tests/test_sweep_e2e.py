@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY, all_runs, run_step
+from conftest import ROOT, TINY, all_runs, run_step, step_env
 
 pytestmark = pytest.mark.slow
 
@@ -52,3 +58,39 @@ def test_train_multirun_runs_the_study_and_an_aggressive_pruner_prunes(sqlite_ur
     assert [(str(v.version), v.run_id) for v in versions] == [("1", trials[0].info.run_id)], "only the best, once"
     assert versions[0].tags["trainflow.trial.number"] == "0" and "trainflow.data.digest" in versions[0].tags
     assert parent.data.tags["trainflow.output_uri"] == "models:/digits-sweep/1"
+
+
+def test_ctrl_c_ends_the_sweep_killed_and_keeps_finished_trials(sqlite_uri, tmp_path) -> None:
+    """SIGINT mid-sweep (two workers): parent KILLED, exit 130, finished trials kept, nothing left RUNNING."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    overrides = [*TINY, "trainer.max_epochs=3", "trainer.min_epochs=3", "trainer.limit_train_batches=20",
+                 "hparams_search=digits_optuna", "sweep.n_trials=40", "sweep.n_workers=2", "sweep.pruner=null",
+                 f"sweep.storage={storage}", "sweep.study_name=interrupted", f"hydra.run.dir={tmp_path / 'out'}"]
+    proc = subprocess.Popen([sys.executable, "steps/sweep.py", *overrides], cwd=ROOT, env=step_env(sqlite_uri),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if sum(r.info.status == "FINISHED" for r in all_runs(sqlite_uri)
+                   if r.data.tags.get("mlflow.parentRunId")) >= 2:
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT, output[-3000:]
+
+    runs = all_runs(sqlite_uri)
+    parent = next(r for r in runs if r.data.tags.get("trainflow.step") == "sweep")
+    assert parent.info.status == "KILLED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert 2 <= len(children) < 40 and not [r for r in runs if r.info.status == "RUNNING"]
+    study = optuna.load_study(study_name="interrupted", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states and states.count("COMPLETE") >= 2
+    finished = {r.info.run_id for r in children if r.info.status == "FINISHED"}
+    assert finished == {t.user_attrs["mlflow_run_id"] for t in study.trials if t.state.name == "COMPLETE"}
+    workers = subprocess.run(["pgrep", "-f", f"{tmp_path}/out/workers"], capture_output=True, text=True)
+    assert workers.stdout == "", "no worker outlives the sweep"
