@@ -68,7 +68,7 @@ def test_pipeline_step_with_credentials_logs_no_secret(auth_server, tmp_path) ->
     done = run_step(
         ["steps/train.py", *TINY, "registry.register=true", "registry.model_name=secure-digits",
          "tracking.experiment_name=secure", f"+database.password={PLANTED}", f"+service.api_key={PLANTED}",
-         f"+hub.token={PLANTED}"],
+         f"+hub.token={PLANTED}", f"+warehouse.url=postgresql://etl:{PLANTED}@db.internal:5432/features"],
         server.uri, MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=password,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -81,6 +81,7 @@ def test_pipeline_step_with_credentials_logs_no_secret(auth_server, tmp_path) ->
         [run] = client.search_runs([exp.experiment_id])
         assert run.info.status == "FINISHED"
         assert run.data.params["database.password"] == "***"
+        assert run.data.params["warehouse.url"] == "postgresql://etl:***@db.internal:5432/features"
         everything, names = logged_bytes(client, run.info.run_id, tmp_path / "artifacts")
         version = client.get_model_version("secure-digits", "1")
         everything += repr(version.tags).encode()

@@ -65,14 +65,9 @@ def build_storage(url: str | None) -> Any:
 
 def redact_url(url: str | None) -> str:
     """A storage URL fit for tags and logs: the password masked."""
-    if not url:
-        return "in-memory"
-    from sqlalchemy.engine import make_url
+    from trainflow.tracking.redact import mask_url_passwords
 
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
+    return mask_url_passwords(url) if url else "in-memory"
 
 
 def build_sampler(node: dict[str, Any] | None, seed: int | None, worker: int) -> optuna.samplers.BaseSampler:

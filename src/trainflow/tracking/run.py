@@ -378,12 +378,12 @@ def _log_run_identity(ctx: StepRun, cfg: DictConfig, tree: str | None) -> None:
 
 
 def redact_overrides(overrides: list[str]) -> list[str]:
-    from trainflow.tracking.redact import REDACTED, is_secret_key
+    from trainflow.tracking.redact import REDACTED, is_secret_key, mask_url_passwords
 
     out = []
     for item in overrides:
         key, sep, _ = item.partition("=")
-        out.append(f"{key}={REDACTED}" if sep and is_secret_key(key.lstrip("+~")) else item)
+        out.append(f"{key}={REDACTED}" if sep and is_secret_key(key.lstrip("+~")) else mask_url_passwords(item))
     return out
 
 
