@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -48,6 +48,17 @@ class ClassificationModule(LightningModule):
         self.val_acc_best = MaxMetric()
         # in the checkpoint, so a resumed run keeps its best epoch
         self.val_acc_best.persistent(True)
+        self.val_scores = self.extra_scores(num_classes, "val/")
+        self.test_scores = self.extra_scores(num_classes, "test/")
+        self.epoch_scores: dict[str, torch.Tensor] = {}  # the last epoch's extra scores, by logged name
+
+    def extra_scores(self, num_classes: int, prefix: str) -> MetricCollection | None:
+        """Metrics beyond loss and accuracy for validation and test (`<prefix>f1`, ...); none here.
+
+        Subclasses return a MetricCollection; it is updated with the same
+        masked predictions as accuracy and logged once per epoch.
+        """
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -57,6 +68,8 @@ class ClassificationModule(LightningModule):
         # fit keeps the best it restored.
         self.val_loss.reset()
         self.val_acc.reset()
+        if self.val_scores is not None:
+            self.val_scores.reset()
         if self.trainer.ckpt_path is None:
             self.val_acc_best.reset()
 
@@ -93,9 +106,11 @@ class ClassificationModule(LightningModule):
         loss, preds, targets = self.model_step(batch)
         self.val_loss.update(loss)
         self.val_acc.update(preds, targets)
+        if self.val_scores is not None:
+            self.val_scores.update(preds, targets)
 
     def on_validation_epoch_end(self) -> None:
-        acc = self._log_epoch("val", self.val_loss, self.val_acc)
+        acc = self._log_epoch("val", self.val_loss, self.val_acc, self.val_scores)
         self.val_acc_best.update(acc)
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
 
@@ -103,15 +118,22 @@ class ClassificationModule(LightningModule):
         loss, preds, targets = self.model_step(batch)
         self.test_loss.update(loss)
         self.test_acc.update(preds, targets)
+        if self.test_scores is not None:
+            self.test_scores.update(preds, targets)
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch("test", self.test_loss, self.test_acc)
+        self._log_epoch("test", self.test_loss, self.test_acc, self.test_scores)
 
-    def _log_epoch(self, stage: str, loss: MeanMetric, acc: MulticlassAccuracy) -> torch.Tensor:
+    def _log_epoch(self, stage: str, loss: MeanMetric, acc: MulticlassAccuracy,
+                   scores: MetricCollection | None = None) -> torch.Tensor:
         """compute() reduces across DDP ranks; values are logged once, then reset."""
         value = acc.compute()
         self.log(f"{stage}/loss", loss.compute(), sync_dist=False, prog_bar=True)
         self.log(f"{stage}/acc", value, sync_dist=False, prog_bar=True)
+        if scores is not None:
+            self.epoch_scores = scores.compute()
+            self.log_dict(self.epoch_scores, sync_dist=False)
+            scores.reset()
         loss.reset()
         acc.reset()
         return value

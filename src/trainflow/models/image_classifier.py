@@ -47,11 +47,12 @@ class ImageClassificationModule(ClassificationModule):
                               "(a data module with model_kwargs), or set it in the config")
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, num_classes=num_classes,
                          label_names=label_names, scheduler_monitor=scheduler_monitor)
-        self.val_scores = macro_scores(num_classes, "val/")
-        self.test_scores = macro_scores(num_classes, "test/")
         self.val_f1_best = MaxMetric()
         self.val_f1_best.persistent(True)  # in the checkpoint, so a resumed run keeps its best epoch
         self.trainable_params = self.count_params(trainable=True)
+
+    def extra_scores(self, num_classes: int, prefix: str) -> MetricCollection:
+        return macro_scores(num_classes, prefix)
 
     def count_params(self, trainable: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable)
@@ -73,32 +74,11 @@ class ImageClassificationModule(ClassificationModule):
                                     "model/total_params": float(total)}, step=0)
 
     def on_train_start(self) -> None:
-        self.val_scores.reset()  # sanity-check batches must not count
         if self.trainer.ckpt_path is None:
             self.val_f1_best.reset()
         super().on_train_start()
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        loss, preds, targets = self.model_step(batch)
-        self.val_loss.update(loss)
-        self.val_acc.update(preds, targets)
-        self.val_scores.update(preds, targets)
-
     def on_validation_epoch_end(self) -> None:
-        scores = self.val_scores.compute()
-        self.val_scores.reset()
-        self.log_dict(scores, sync_dist=False)
-        self.val_f1_best.update(scores["val/f1"])
+        super().on_validation_epoch_end()  # logs val/f1 among the scores
+        self.val_f1_best.update(self.epoch_scores["val/f1"])
         self.log("val/f1_best", self.val_f1_best.compute(), sync_dist=False)
-        super().on_validation_epoch_end()
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        loss, preds, targets = self.model_step(batch)
-        self.test_loss.update(loss)
-        self.test_acc.update(preds, targets)
-        self.test_scores.update(preds, targets)
-
-    def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_scores.compute(), sync_dist=False)
-        self.test_scores.reset()
-        super().on_test_epoch_end()

@@ -8,9 +8,8 @@ evaluate's per-tag report). Macro F1 over tags is logged beside accuracy.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassF1Score
 
 from trainflow.errors import ConfigError
@@ -44,40 +43,15 @@ class TaggerModule(ClassificationModule):
                            char_filters, char_kernel_size, hidden_size, num_layers, dropout)
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, num_classes=num_classes,
                          label_names=label_names, scheduler_monitor=scheduler_monitor)
+
+    def extra_scores(self, num_classes: int, prefix: str) -> MetricCollection:
         # Tags absent from both predictions and targets are left out of the
         # macro average (torchmetrics), so a small split is not penalised for them.
-        fast: dict[str, Any] = {"validate_args": False}
-        self.val_f1 = MulticlassF1Score(num_classes=num_classes, average="macro", **fast)
-        self.test_f1 = MulticlassF1Score(num_classes=num_classes, average="macro", **fast)
+        f1 = MulticlassF1Score(num_classes=num_classes, average="macro", validate_args=False)
+        return MetricCollection({"f1": f1}, prefix=prefix)
 
     def mask_outputs(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,T,C), (B,T) -> (N,C), (N,): the N real tokens, padding dropped."""
         flat_targets = targets.reshape(-1)
         keep = flat_targets != IGNORE_TAG
         return logits.reshape(-1, logits.size(-1))[keep], flat_targets[keep]
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        loss, preds, targets = self.model_step(batch)
-        self.val_loss.update(loss)
-        self.val_acc.update(preds, targets)
-        self.val_f1.update(preds, targets)
-
-    def on_validation_epoch_end(self) -> None:
-        self.log("val/f1", self.val_f1.compute(), sync_dist=False)
-        self.val_f1.reset()
-        super().on_validation_epoch_end()
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        loss, preds, targets = self.model_step(batch)
-        self.test_loss.update(loss)
-        self.test_acc.update(preds, targets)
-        self.test_f1.update(preds, targets)
-
-    def on_test_epoch_end(self) -> None:
-        self.log("test/f1", self.test_f1.compute(), sync_dist=False)
-        self.test_f1.reset()
-        super().on_test_epoch_end()
-
-    def on_train_start(self) -> None:
-        self.val_f1.reset()  # sanity-check batches must not count
-        super().on_train_start()
