@@ -193,13 +193,10 @@ def local_file(uri: str, key: str) -> Iterator[tuple[Path, str]]:
 
 
 def download(uri: str, dst: Path, key: str) -> Path:
-    """One CoNLL-U file from an MLflow URI; MLflow is imported here and only here."""
-    from mlflow.artifacts import download_artifacts
+    """One CoNLL-U file from an MLflow URI (MLflow is imported only then)."""
+    from trainflow.tracking.artifacts import download as download_artifact
 
-    try:
-        local = Path(download_artifacts(artifact_uri=uri, dst_path=str(dst)))
-    except Exception as exc:
-        raise DataError(f"{key}: cannot download {uri}: {str(exc).strip().splitlines()[0]}") from exc
+    local = download_artifact(uri, dst, key, error=DataError)
     if not local.is_file():
         raise DataError(f"{key}: {uri} is a folder; name one .conllu file in it")
     return local

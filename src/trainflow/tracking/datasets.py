@@ -79,12 +79,9 @@ def fetch_dataset(uri: str, cache_root: Path) -> FetchedDataset:
 
 
 def _download(uri: str, staging: Path) -> Path:
-    from mlflow.artifacts import download_artifacts
+    from trainflow.tracking.artifacts import download
 
-    try:
-        local = Path(download_artifacts(artifact_uri=uri, dst_path=str(staging)))
-    except Exception as exc:
-        raise UriError(f"data.uri: cannot download {uri}: {str(exc).strip().splitlines()[0]}") from exc
+    local = download(uri, staging, "data.uri")
     if not (local / MANIFEST).is_file():
         raise DataError(f"data.uri: {uri} is not a trainflow dataset (no {MANIFEST})")
     return local

@@ -27,12 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainflow.errors import ConfigError, UriError
+from trainflow.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
-_MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "file:", "s3://", "gs://", "wasbs://", "http")
 
 
 class TIMMBackbone(nn.Module):
@@ -141,24 +140,10 @@ def _frozen_norm(module: nn.Module) -> bool:
 
 def resolve_weights(uri: str) -> Path:
     """A local weights file for a path or an MLflow artifact URI (a folder holding one file is fine)."""
-    if uri.startswith(_MLFLOW_SCHEMES):
-        from mlflow.artifacts import download_artifacts  # only here: models never import MLflow on import
+    from trainflow.tracking.artifacts import single_file
 
-        try:
-            local = Path(download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="trainflow-weights-")))
-        except Exception as exc:
-            raise UriError(f"model.net.pretrained: cannot download {uri}: {str(exc).strip().splitlines()[0]}") from exc
-    else:
-        local = Path(uri).expanduser()
-        if not local.exists():
-            raise UriError(f"model.net.pretrained: no such file: {uri}")
-    if local.is_dir():
-        found = sorted(p for p in local.rglob("*") if p.suffix.lower() in WEIGHT_SUFFIXES)
-        if len(found) != 1:
-            raise UriError(f"model.net.pretrained: {uri} holds {len(found)} weight files "
-                           f"({', '.join(WEIGHT_SUFFIXES)}); name one")
-        local = found[0]
-    return local
+    dst = Path(tempfile.mkdtemp(prefix="trainflow-weights-"))
+    return single_file(uri, dst, "model.net.pretrained", WEIGHT_SUFFIXES)
 
 
 def read_state_dict(path: Path, origin: str) -> dict[str, torch.Tensor]:

@@ -1,0 +1,50 @@
+"""Files named by a local path or an MLflow artifact URI, fetched to a local path.
+
+Checkpoints, pretrained weights, treebanks and datasets all accept either;
+MLflow is imported only when a URI has to be downloaded, so data and model
+modules stay free of it at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainflow.errors import TrainflowError, UriError
+
+# What download_artifacts resolves: tracking URIs, artifact stores, plain URLs.
+ARTIFACT_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "file:", "s3://", "gs://", "wasbs://", "http")
+
+
+def is_artifact_uri(uri: str) -> bool:
+    return uri.startswith(ARTIFACT_SCHEMES)
+
+
+def download(uri: str, dst: Path, key: str, error: type[TrainflowError] = UriError) -> Path:
+    """`uri` downloaded under `dst`; a failure names the config key and the URI in one line."""
+    from mlflow.artifacts import download_artifacts
+
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except Exception as exc:
+        raise error(f"{key}: cannot download {uri}: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def single_file(uri: str, dst: Path, key: str, suffixes: tuple[str, ...]) -> Path:
+    """The one file with one of `suffixes` that a path, a folder or a URI names.
+
+    `runs:/<id>/checkpoints/best` is a folder holding `best.ckpt` beside its
+    metadata.yaml, so a folder with exactly one such file stands for it.
+    """
+    if is_artifact_uri(uri):
+        local = download(uri, dst, key)
+    else:
+        local = Path(uri).expanduser()
+        if not local.exists():
+            raise UriError(f"{key}: no such file or folder: {uri}")
+    if local.is_dir():
+        found = sorted(p for p in local.rglob("*") if p.suffix.lower() in suffixes)
+        if len(found) != 1:
+            raise UriError(f"{key}: {uri} holds {len(found)} files ending in {', '.join(suffixes)}; name one")
+        local = found[0]
+    return local
