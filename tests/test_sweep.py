@@ -130,6 +130,7 @@ def test_sampled_values_become_overrides_of_the_same_type(value) -> None:
     ({"lr": {"type": "float", "low": 1, "high": 1}}, r"sweep\.params\.lr: needs low < high"),
     ({"lr": {"type": "float", "low": 0, "high": 1, "log": True}}, r"sweep\.params\.lr\.low: a log scale"),
     ({"bs": {"type": "categorical", "choices": []}}, r"sweep\.params\.bs\.choices"),
+    ({"w": {"type": "int", "low": 32, "high": 256, "step": 32, "log": True}}, r"sweep\.params\.w: step and log"),
 ])
 def test_a_bad_search_space_names_the_key(params, message) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -82,8 +82,9 @@ def check_param(p: SearchParam) -> None:
         raise ConfigError(f"{where}: needs low < high (got low={p.low}, high={p.high})")
     if p.log and float(p.low) <= 0:
         raise ConfigError(f"{where}.low: a log scale needs low > 0")
-    if p.log and p.step is not None and p.type == "float":
-        raise ConfigError(f"{where}: step and log cannot be combined")
+    # Optuna refuses both only when sampling, which would fail every trial
+    if p.log and p.step is not None and (p.type == "float" or int(p.step) != 1):
+        raise ConfigError(f"{where}: step and log cannot be combined (an int on a log scale takes step 1)")
 
 
 def suggest(trial: optuna.Trial, space: list[SearchParam]) -> dict[str, Any]:
