@@ -256,3 +256,11 @@ def test_an_image_added_to_the_folder_changes_prepare_datas_cache_inputs(tmp_pat
     (tmp_path / "d" / "3" / "new.png").write_bytes(png(Image.new("L", (8, 8))))
     assert source_inputs(resolved) != before
     assert source_inputs({"data": {"val_fraction": 0.15, "seed": 1}}) == {}  # digits: keys as before
+
+
+def test_hub_weights_fail_when_the_config_is_checked_before_any_data_is_read(compose, tmp_path) -> None:
+    from trainflow.config.validate import check_targets
+
+    cfg = compose("train", ["experiment=digits_images_tiny", "model.net.pretrained=true"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"^model\.net\.pretrained=true would download weights .* pass a file"):
+        check_targets(cfg)

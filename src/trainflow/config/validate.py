@@ -79,6 +79,10 @@ def _check_node(path: str, node: DictConfig) -> None:
             allowed = ", ".join(k for k in params if k not in ("self", "args", "kwargs"))
             raise ConfigError(f"{path}.{key}: not a parameter of {target} (has: {allowed})")
         _check_type(path, key, node, params[key].annotation)
+    # a target may know values no signature can express (a component that refuses hub downloads)
+    check_config = getattr(func, "check_config", None)
+    if callable(check_config):
+        check_config(path, node)
 
 
 def _check_type(path: str, key: str, node: DictConfig, annotation: Any) -> None:

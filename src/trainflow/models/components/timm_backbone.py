@@ -37,16 +37,21 @@ WEIGHT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
 class TIMMBackbone(nn.Module):
     """`timm.create_model(model_name, num_classes=...)` with offline weights and layer freezing."""
 
+    @staticmethod
+    def check_config(path: str, node: Any) -> None:
+        """Run by config validation before any step work (trainflow.config.validate): fail at once."""
+        if node.get("pretrained") is True:
+            raise ConfigError(
+                f"{path}.pretrained=true would download weights from the Hugging Face hub, which trainflow "
+                f"never does at run time; pass a file instead: {path}.pretrained=/path/to/weights.pth "
+                "(a state dict, a Lightning .ckpt or .safetensors) or an MLflow URI such as "
+                "runs:/<run_id>/checkpoints/best")
+
     def __init__(self, model_name: str = "efficientnet_b0", pretrained: bool | str = False,
                  num_classes: int | None = None, freeze_encoder: bool | float = False, drop_rate: float = 0.0,
                  timm_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
-        if pretrained is True:
-            raise ConfigError(
-                "model.net.pretrained=true would download weights from the Hugging Face hub, which trainflow "
-                "never does at run time; pass a file instead: model.net.pretrained=/path/to/weights.pth "
-                "(a state dict, a Lightning .ckpt or .safetensors) or an MLflow URI such as "
-                "runs:/<run_id>/checkpoints/best")
+        self.check_config("model.net", {"pretrained": pretrained})
         if num_classes is None:
             raise ConfigError("model.net.num_classes: not set; the train step takes it from the dataset "
                               "(model.num_classes), or set it in the config")
