@@ -191,7 +191,9 @@ class ConlluDataModule(SplitDataModule):
             return
         folder, manifest = self._manifest()
         self.vocab = manifest.extra["vocab"]
+        # what the dataset was built with wins over this config: the served model describes the dataset
         self.lowercase = bool(manifest.extra.get("lowercase", self.lowercase))
+        self.tag_column = str(manifest.extra.get("tag_column", self.tag_column))
         char_index = {c: i for i, c in enumerate(self.vocab["chars"])}
         for split in manifest.splits:
             table = read_split(folder, split)
