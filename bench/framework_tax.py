@@ -190,23 +190,9 @@ def step_timer() -> Any:
 # -- configuration ----------------------------------------------------------
 def compose_train(overrides: list[str], output_dir: Path) -> Any:
     """The real train config, composed as `steps/train.py` composes it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from trainflow.config.compose import compose_step_config
 
-    from trainflow.config.schema import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_step_config("train", overrides, output_dir, config_dir=ROOT / "configs")
 
 
 def train_overrides(epochs: int, uri: str, tmp: Path, progress_bar: bool = True) -> list[str]:

@@ -139,25 +139,9 @@ def compose() -> Iterator[Callable[..., DictConfig]]:
 def compose_config(config_name: str = "train", overrides: list[str] | None = None,
                    output_dir: Path | None = None) -> DictConfig:
     """A step's config as its script gets it; module-scoped fixtures call this directly."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from trainflow.config.compose import compose_step_config
 
-    from trainflow.config.schema import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
-    if output_dir is not None:
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_step_config(config_name, overrides, output_dir, config_dir=ROOT / "configs")
 
 
 def step_env(tracking_uri: str, **extra: str) -> dict[str, str]:

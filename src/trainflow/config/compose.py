@@ -1,0 +1,40 @@
+"""A step's config as its script would get it, for code that runs a step without `@hydra.main`.
+
+Tests, benchmarks and notebooks call a step's function (`train(cfg, run)`)
+directly; the step contract reads Hydra's runtime (output dir, overrides),
+so the config is composed with the project's schemas and HydraConfig is set,
+exactly as `@hydra.main` leaves them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+
+def compose_step_config(config_name: str = "train", overrides: list[str] | None = None,
+                        output_dir: Path | None = None, config_dir: Path | None = None) -> DictConfig:
+    """The composed config, HydraConfig set; `output_dir` stands for Hydra's run directory.
+
+    `config_dir` defaults to the project's `configs/` (trainflow.project.project_root).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from trainflow.config.schema import register_configs
+    from trainflow.project import project_root
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    folder = config_dir or project_root() / "configs"
+    with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
