@@ -6,7 +6,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from trainflow.cli import accept_mlflow_params
+from trainflow.cli import accept_mlflow_params, run_and_exit
 from trainflow.config.schema import register_configs
 from trainflow.tracking.run import step_run
 
@@ -23,4 +23,4 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     accept_mlflow_params(config_name="evaluate")
-    main()
+    run_and_exit(main)
