@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY, free_port
+from conftest import TINY, compose_config, free_port
 from trainflow.cli import precheck_overrides
 from trainflow.data.dataset import MANIFEST, files_digest
 from trainflow.tracking.run import TAG_OUTPUT, step_run
@@ -46,13 +46,8 @@ def _step(config_name: str) -> Callable:
 def store(tmp_path_factory):
     """One embedded store with a registered champion, shared by every case."""
     import mlflow
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
 
-    from conftest import ROOT
-    from trainflow.config.schema import register_configs
     from trainflow.training.train import train
 
     tmp = tmp_path_factory.mktemp("bad-input")
@@ -60,16 +55,8 @@ def store(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
-    register_configs()
-    GlobalHydra.instance().clear()
     overrides = [p for p in TINY if not p.startswith("registry.")] + [f"registry.model_name={MODEL}"]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp / "train")
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    cfg = compose_config("train", overrides, tmp / "train")
     with step_run("train", cfg) as run:
         result = train(cfg, run)
     client = MlflowClient(uri)
