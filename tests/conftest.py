@@ -7,13 +7,17 @@ Layered like the configs: `compose_train` gives the real composed config,
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -110,10 +114,36 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     server.stop()
 
 
+_STORE_TEMPLATE: list[Path] = []
+
+
+def new_sqlite_store(directory: Path) -> str:
+    """A ready embedded store in `directory`: a copy of one made once per process.
+
+    MLflow creates its tables on first use without a lock, so a test polling a
+    fresh store while a step subprocess opens it races them ("table ...
+    already exists"). Copying a made store also spares every step the
+    migrations.
+    """
+    if not _STORE_TEMPLATE:
+        from mlflow import MlflowClient
+
+        template = Path(tempfile.mkdtemp(prefix="trainflow-store-")) / "mlflow.db"
+        MlflowClient(f"sqlite:///{template}").search_experiments()
+        _STORE_TEMPLATE.append(template)
+    directory.mkdir(parents=True, exist_ok=True)
+    db = directory / "mlflow.db"
+    shutil.copyfile(_STORE_TEMPLATE[0], db)
+    with closing(sqlite3.connect(db)) as con, con:  # `mlflow run`'s Default experiment: artifacts here too
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                    ((directory / "mlruns").as_uri(),))
+    return f"sqlite:///{db}"
+
+
 @pytest.fixture
 def sqlite_uri(tmp_path: Path) -> str:
     """An embedded store of the test's own; artifacts go beside it."""
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return new_sqlite_store(tmp_path)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY, compose_config, free_port
+from conftest import TINY, compose_config, free_port, new_sqlite_store
 from trainflow.cli import precheck_overrides
 from trainflow.data.dataset import MANIFEST, files_digest
 from trainflow.tracking.run import TAG_OUTPUT, step_run
@@ -51,7 +51,7 @@ def store(tmp_path_factory):
     from trainflow.training.train import train
 
     tmp = tmp_path_factory.mktemp("bad-input")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = new_sqlite_store(tmp)
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)

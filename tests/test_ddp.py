@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY, all_runs, run_step
+from conftest import TINY, all_runs, new_sqlite_store, run_step
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ MODEL = "ddp-digits"
 
 
 def test_ddp_sim_makes_one_run_one_version_and_reduced_metrics(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_sqlite_store(tmp_path)
     overrides = [p for p in TINY if not p.startswith(("registry.", "trainer.limit_test"))]
     done = run_step(["steps/train.py", *overrides, "trainer=ddp_sim", f"registry.model_name={MODEL}"], uri,
                     timeout=300, OMP_NUM_THREADS="1")

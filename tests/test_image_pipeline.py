@@ -15,7 +15,7 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import compose_config
+from conftest import compose_config, new_sqlite_store
 from trainflow.tracking.run import step_run
 
 MODEL = "digits-images-tiny-classifier"
@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("images")
     write_digit_images(tmp / "digits", size=16, per_class=8)
     (tmp / "digits" / "3" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = new_sqlite_store(tmp)
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)

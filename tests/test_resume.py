@@ -10,7 +10,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, all_runs, run_step, step_env
+from conftest import ROOT, all_runs, new_sqlite_store, run_step, step_env
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
 
 
 def test_interrupted_then_resumed_matches_uninterrupted(tmp_path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_sqlite_store(tmp_path)
     client = MlflowClient(uri)
 
     straight = run_step([*ARGS, "tracking.experiment_name=straight"], uri)

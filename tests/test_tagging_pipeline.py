@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import compose_config
+from conftest import compose_config, new_sqlite_store
 from trainflow.tracking.run import step_run
 
 MODEL = "ud-ewt-tiny-tagger"
@@ -28,7 +28,7 @@ def tagged(tmp_path_factory):
     from trainflow.training.train import train
 
     tmp = tmp_path_factory.mktemp("tagging")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = new_sqlite_store(tmp)
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)

@@ -54,8 +54,9 @@ def test_train_one_epoch_on_the_embedded_store(compose, tmp_path, sqlite_uri, tr
     assert result.monitored == pytest.approx(MlflowClient(sqlite_uri).get_run(run.run_id).data.metrics["val/acc_best"])
     assert result.best_checkpoint is not None and result.best_checkpoint.is_file()
     # artifacts of the embedded store sit beside it, not in the repository's cwd
-    assert Path(sqlite_uri.removeprefix("sqlite:///")).parent.joinpath("mlruns").is_dir() or \
-        MlflowClient(sqlite_uri).get_run(run.run_id).info.artifact_uri.startswith("file://")
+    store_dir = Path(sqlite_uri.removeprefix("sqlite:///")).parent
+    artifact_uri = MlflowClient(sqlite_uri).get_run(run.run_id).info.artifact_uri
+    assert artifact_uri.startswith((store_dir / "mlruns").as_uri() + "/"), artifact_uri
 
 
 def test_train_one_epoch_against_a_server(compose, tmp_path, mlflow_server, tracking_env) -> None:

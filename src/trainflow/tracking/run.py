@@ -308,7 +308,7 @@ def _experiment_id(mlflow: Any, name: str, root: Path, uri: str) -> str:
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
         return str(existing.experiment_id)
-    location = (root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+    location = _artifacts_beside(uri, root)
     try:
         return str(mlflow.create_experiment(name, artifact_location=location))
     except Exception:
@@ -316,6 +316,16 @@ def _experiment_id(mlflow: Any, name: str, root: Path, uri: str) -> str:
         if existing is None:
             raise
         return str(existing.experiment_id)
+
+
+def _artifacts_beside(uri: str, root: Path) -> str | None:
+    """`<dir of the .db>/mlruns` for a file-backed sqlite store, so a store and its artifacts move together."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not db or db == ":memory:":
+        return (root / "mlruns").as_uri()
+    return (Path(db).resolve().parent / "mlruns").as_uri()
 
 
 def default_run_name(step: str, cfg: DictConfig) -> str:
