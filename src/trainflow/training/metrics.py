@@ -17,7 +17,15 @@ def higher_is_better(metric: str) -> bool:
 
 
 def classification_report(probs: Any, targets: Any, label_names: list[str]) -> dict[str, Any]:
-    """Confusion matrix and per-class precision/recall/F1 with torchmetrics."""
+    """Confusion matrix, per-class precision/recall/F1, and their macro averages.
+
+    The macro averages are torchmetrics' `average="macro"`, as the modules log
+    `test/f1` during training: a class that is neither in the targets nor
+    predicted (`<pad>`, an `<unk>` tag, a class missing from a small test split)
+    is left out rather than counted as an F1 of 0. A mean over the table's rows
+    would count it, and `test/f1_macro` would then disagree with the run that
+    trained the model on the same data.
+    """
     import pandas as pd
     import torch
     from torchmetrics.functional.classification import (
@@ -39,8 +47,10 @@ def classification_report(probs: Any, targets: Any, label_names: list[str]) -> d
         "support": torch.bincount(targets, minlength=n).numpy(),
     })
     matrix = multiclass_confusion_matrix(preds, targets, num_classes=n).numpy()
-    macro = {"test/precision_macro": float(table.precision.mean()), "test/recall_macro": float(table.recall.mean()),
-             "test/f1_macro": float(table.f1.mean())}
+    kwargs["average"] = "macro"
+    macro = {"test/precision_macro": float(multiclass_precision(preds, targets, **kwargs)),
+             "test/recall_macro": float(multiclass_recall(preds, targets, **kwargs)),
+             "test/f1_macro": float(multiclass_f1_score(preds, targets, **kwargs))}
     return {"table": table, "confusion": matrix, "macro": macro}
 
 
