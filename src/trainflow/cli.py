@@ -105,7 +105,9 @@ def precheck_overrides(config_name: str, overrides: list[str]) -> None:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             compose(config_name=config_name, overrides=overrides)
     except Exception as exc:
-        message = f"{config_name} config: {compose_error(exc)}"
+        from trainflow.tracking.redact import mask_secrets
+
+        message = mask_secrets(f"{config_name} config: {compose_error(exc)}", overrides)
         print(f"error: {message}", file=sys.stderr, flush=True)
         _record_on_mlflow_run(message)
         raise SystemExit(2) from None

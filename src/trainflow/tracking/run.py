@@ -31,7 +31,7 @@ from trainflow.project import project_root
 from trainflow.tracking.codeversion import CodeVersion, code_version
 from trainflow.tracking.params import flatten, new_params
 from trainflow.tracking.ranks import LEADER_RUN_ENV, ReadOnlyClient, is_follower
-from trainflow.tracking.redact import is_secret_key, redact
+from trainflow.tracking.redact import is_secret_key, mask_secrets, redact, redact_overrides
 from trainflow.tracking.uri import bound_http_client, check_reachable, resolve_tracking_uri
 
 if TYPE_CHECKING:
@@ -387,16 +387,6 @@ def _log_run_identity(ctx: StepRun, cfg: DictConfig, tree: str | None) -> None:
         _log_text(ctx, tree, "config_tree.log")
 
 
-def redact_overrides(overrides: list[str]) -> list[str]:
-    from trainflow.tracking.redact import REDACTED, is_secret_key, mask_url_passwords
-
-    out = []
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        out.append(f"{key}={REDACTED}" if sep and is_secret_key(key.lstrip("+~")) else mask_url_passwords(item))
-    return out
-
-
 def _set_tags(ctx: StepRun, tags: dict[str, str]) -> None:
     from mlflow.entities import RunTag
 
@@ -416,11 +406,16 @@ def _log_text(ctx: StepRun, text: str, name: str) -> None:
 
 
 def _record_error(ctx: StepRun, message: str, trace: str | None = None) -> None:
-    """The reason a run failed belongs on the run, not only in a terminal."""
+    """The reason a run failed belongs on the run, not only in a terminal.
+
+    Hydra and constructors echo values into their messages, a secret
+    override's too: masked before they are stored.
+    """
+    overrides = hydra_overrides()
     try:
-        ctx.client.set_tag(ctx.run_id, TAG_ERROR, message[:5000])
+        ctx.client.set_tag(ctx.run_id, TAG_ERROR, mask_secrets(message, overrides)[:5000])
         if trace:
-            ctx.client.log_text(ctx.run_id, trace, "error.txt")
+            ctx.client.log_text(ctx.run_id, mask_secrets(trace, overrides), "error.txt")
     except Exception as exc:
         log.warning("could not record the error on run %s: %s", ctx.run_id, exc)
 
