@@ -39,6 +39,8 @@ class _Subject:
     source: str
     run_id: str | None
     model: ResolvedModel | None = None
+    # how the weights' inputs were prepared in training (with_trained_preprocessing)
+    recorded_data: dict[str, Any] = field(default_factory=dict)
 
 
 def evaluate(cfg: DictConfig, run: StepRun) -> EvalResult:
@@ -51,7 +53,7 @@ def evaluate(cfg: DictConfig, run: StepRun) -> EvalResult:
         L.seed_everything(cfg.seed, workers=True)
 
     subject = _load_subject(cfg, run)
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = instantiate(with_trained_preprocessing(cfg.data, subject.recorded_data), _convert_="all")
     data_cfg = _with_lineage(cfg.data, run, subject)
     dataset = dataset_for_step(data_cfg, datamodule, run, Path(cfg.paths.cache_dir) / "datasets", "evaluation")
 
@@ -84,14 +86,49 @@ def _load_subject(cfg: DictConfig, run: StepRun) -> _Subject:
         run.client.set_tag(run.run_id, "trainflow.evaluated", cfg.model_uri)
         if model.run_id:
             run.client.set_tag(run.run_id, "trainflow.upstream.train", model.run_id)
-        return _Subject(module, cfg.model_uri, model.run_id, model)
+        return _Subject(module, cfg.model_uri, model.run_id, model, recorded_data=_served_data(artifacts))
     checkpoint = resolve_checkpoint(cfg.ckpt_path, run.output_dir / "checkpoint")
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     module = instantiate(cfg.model, _convert_="all", **unset_from_checkpoint(cfg.model, saved))
     module.load_state_dict(saved["state_dict"])
     run.client.set_tag(run.run_id, "trainflow.evaluated", cfg.ckpt_path)
     run_id = cfg.ckpt_path.split("/")[1] if str(cfg.ckpt_path).startswith("runs:/") else None
-    return _Subject(module, cfg.ckpt_path, run_id)
+    return _Subject(module, cfg.ckpt_path, run_id, recorded_data=dict(saved.get("datamodule_hyper_parameters") or {}))
+
+
+# Data keys that decide what the network sees for an input (the image models'
+# eval transform and the size its default resizes to).
+PREPROCESSING_KEYS = ("eval_transform", "image_size")
+
+
+def with_trained_preprocessing(data_cfg: DictConfig, recorded: dict[str, Any]) -> DictConfig:
+    """`data_cfg` with the preprocessing the weights were trained with in place of its own.
+
+    Evaluate's own `data` config is composed afresh (image_size 224 by
+    default) and knows nothing of the run that trained the model; building
+    test batches from it would score inputs the model never saw in training,
+    and a number the served model (which applies the eval transform stored
+    with it) does not reproduce. `recorded` is what the model carries: its
+    meta.json, or the data module's hyperparameters in a checkpoint. Keys the
+    data module does not take (digits, tagging) are left alone. Each key is
+    replaced whole: merged into the configured pipeline, a step the training
+    run did not have would survive.
+    """
+    taken = {key: recorded[key] for key in PREPROCESSING_KEYS if key in recorded and key in data_cfg}
+    if not taken:
+        return data_cfg
+    log.info("Evaluating with the preprocessing the model was trained with: %s", ", ".join(sorted(taken)))
+    resolved = OmegaConf.to_container(data_cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    return OmegaConf.create({**resolved, **taken})
+
+
+def _served_data(artifacts: Path) -> dict[str, Any]:
+    """The served model's meta.json (a model logged without one: nothing recorded)."""
+    import json
+
+    meta = artifacts / "meta.json"
+    return dict(json.loads(meta.read_text())) if meta.is_file() else {}
 
 
 def unset_from_checkpoint(model_cfg: DictConfig, saved: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +262,8 @@ def _score(model: ResolvedModel, dataset: FetchedDataset, metric: str, cfg: Dict
     artifacts = model.local_dir / "artifacts"
     module = instantiate(OmegaConf.load(artifacts / "model.yaml"), _convert_="all")
     module.load_state_dict(torch.load(artifacts / "weights.pt", map_location="cpu", weights_only=True))
-    datamodule = instantiate(cfg.data, _convert_="all", uri=str(dataset.path))
+    datamodule = instantiate(with_trained_preprocessing(cfg.data, _served_data(artifacts)), _convert_="all",
+                             uri=str(dataset.path))
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.test(model=module, datamodule=datamodule, verbose=False)
