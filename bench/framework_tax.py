@@ -25,7 +25,7 @@ ours          `trainflow.training.train.train(cfg, run)` itself inside
               configured callback (ModelCheckpoint + upload, EarlyStopping,
               RichModelSummary, RichProgressBar), RunLogger into a real MLflow
               run in a temporary sqlite store. Overridden: trainer.max_epochs /
-              min_epochs, test=false, registry.register=false (both after fit),
+              min_epochs, test=false, registry.log_model=false (both after fit),
               extras.print_config=false, paths.cache_dir (temporary), and one
               added callback (the timer).
 ours_nopbar   the same with `~callbacks.rich_progress_bar trainer.enable_progress_bar=false`.
@@ -201,7 +201,7 @@ def train_overrides(epochs: int, uri: str, tmp: Path, progress_bar: bool = True)
         f"trainer.max_epochs={epochs}",
         f"trainer.min_epochs={epochs}",
         "test=false",
-        "registry.register=false",
+        "registry.log_model=false",
         "extras.print_config=false",
         f"tracking.uri={uri}",
         f"paths.cache_dir={tmp / 'cache'}",

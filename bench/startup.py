@@ -23,7 +23,7 @@ through `uv run`.
 
 The overrides only change what happens after the first step
 (`trainer.max_epochs=1 trainer.min_epochs=1 trainer.limit_train_batches=2
-trainer.limit_val_batches=2 test=false registry.register=false`), plus
+trainer.limit_val_batches=2 test=false registry.log_model=false`), plus
 `hydra.run.dir` and `paths.cache_dir` in a temporary folder. The tracking
 store is a temporary sqlite file whose tables and `trainflow` experiment are
 created beforehand (the one-off table creation of a new store is timed
@@ -112,7 +112,7 @@ def train_command(run_dir: Path, cache: Path, extra: list[str] | None = None) ->
         *(extra or []), "steps/train.py", "experiment=example",
         "trainer.max_epochs=1", "trainer.min_epochs=1",
         "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "test=false",
-        "registry.register=false", f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}",
+        "registry.log_model=false", f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}",
         "+callbacks.bench_first_step._target_=startup.first_step_probe",
     ]
 

@@ -46,7 +46,7 @@ TINY = [
     "callbacks.model_summary=null",
     "trainer.enable_progress_bar=false",
     "extras.print_config=false",
-    "registry.register=false",
+    "registry.log_model=false",
 ]
 
 

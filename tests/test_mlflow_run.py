@@ -72,7 +72,7 @@ def test_untagged_run_without_a_terminal_fails_clearly(sqlite_uri) -> None:
 def test_signal_ends_the_run_killed_with_a_nonzero_exit(sqlite_uri, sig) -> None:
     args = ["steps/train.py", "experiment=example", "trainer.max_epochs=1000", "trainer.min_epochs=1000",
             "extras.print_config=false", "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false",
-            "registry.register=false", "tracking.flush_every_s=0"]
+            "registry.log_model=false", "tracking.flush_every_s=0"]
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=step_env(sqlite_uri),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -27,7 +27,7 @@ def test_server_killed_mid_training_and_restarted(tmp_path: Path) -> None:
     server.start()
     args = ["steps/train.py", "experiment=example", f"trainer.max_epochs={EPOCHS}", f"trainer.min_epochs={EPOCHS}",
             "callbacks.early_stopping=null", "callbacks.rich_progress_bar=null", "callbacks.model_summary=null",
-            "trainer.enable_progress_bar=false", "extras.print_config=false", "registry.register=false",
+            "trainer.enable_progress_bar=false", "extras.print_config=false", "registry.log_model=false",
             "tracking.flush_every_s=0.5", "tracking.experiment_name=outage", "test=false"]
     output = tmp_path / "train.log"
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=step_env(server.uri),

@@ -205,3 +205,22 @@ def test_a_bad_alias_fails_in_one_line_and_changes_nothing(pipeline, mlflow_serv
     assert last == f"error: model_uri: {uri}: no alias 'no-such-alias' of model '{MODEL}'", last
     assert sorted(v.version for v in client.search_model_versions(f"name = '{MODEL}'")) == versions
     assert client.get_model_version_by_alias(MODEL, "champion").version == champion
+
+
+def test_a_debug_pipeline_evaluates_its_unregistered_model(mlflow_server) -> None:
+    """`-P debug=limit` logs the model without a version; evaluate tests it and promotes nothing."""
+    experiment = "pipeline-debug"
+    cmd = [f"{VENV_BIN}/mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", experiment]
+    for p in [*PIPELINE, "debug=limit", "registry.model_name=digits-debug"]:
+        cmd += ["-P", p]
+    done = subprocess.run(cmd, cwd=ROOT, env=step_env(mlflow_server.uri), capture_output=True, text=True,
+                          timeout=400, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    client = MlflowClient(mlflow_server.uri)
+    runs = step_runs(client, client.get_experiment_by_name(experiment).experiment_id)
+    trained, evaluated = runs["train"][0], runs["evaluate"][0]
+    assert trained.data.tags["trainflow.output_uri"].startswith("models:/m-")
+    assert evaluated.data.tags["trainflow.evaluated"] == trained.data.tags["trainflow.output_uri"]
+    assert "test/acc" in evaluated.data.metrics
+    assert evaluated.data.tags["trainflow.promotion.decision"] == "skipped: not a registered version"
+    assert client.search_model_versions("name = 'digits-debug'") == []

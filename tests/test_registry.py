@@ -88,7 +88,7 @@ def test_digest_mismatch_fails_naming_the_uri_and_registers_nothing(trained, com
 def test_example_experiment_reaches_95_percent(compose, tmp_path, sqlite_uri, tracking_env) -> None:
     """The documented baseline: experiment=example, 10 CPU epochs, >= 95% test accuracy."""
     tracking_env(sqlite_uri)
-    cfg = compose("train", ["experiment=example", "extras.print_config=false", "registry.register=false",
+    cfg = compose("train", ["experiment=example", "extras.print_config=false", "registry.log_model=false",
                             "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false"],
                   output_dir=tmp_path)
     assert cfg.trainer.max_epochs == 10

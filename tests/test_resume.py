@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 ARGS = ["steps/train.py", "experiment=example", "trainer.max_epochs=8", "trainer.min_epochs=8",
         "trainer.deterministic=true", "extras.print_config=false", "callbacks.rich_progress_bar=null",
-        "callbacks.model_summary=null", "trainer.enable_progress_bar=false", "registry.register=false",
+        "callbacks.model_summary=null", "trainer.enable_progress_bar=false", "registry.log_model=false",
         "tracking.flush_every_s=0", "callbacks.early_stopping=null", "tags=[resume]"]
 FINAL = ("test/acc", "test/loss", "val/acc", "val/loss", "val/acc_best", "train/loss", "train/acc")
 

@@ -40,6 +40,8 @@ def check_train_run(uri: str, run_id: str) -> None:
     for alias in ("best", "last"):
         files = {Path(a.path).name for a in client.list_artifacts(run_id, f"checkpoints/{alias}")}
         assert files == {f"{alias}.ckpt", "metadata.yaml"}, files
+    # TINY logs no model (registry.log_model=false): the best checkpoint is what train hands on
+    assert tags["trainflow.output_uri"] == f"runs:/{run_id}/checkpoints/best/best.ckpt"
     meta = yaml.safe_load(Path(client.download_artifacts(run_id, "checkpoints/best/metadata.yaml")).read_text())
     assert meta["monitor"] == "val/acc" and meta["mode"] == "max" and meta["score"] is not None
     config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml")).read_text())

@@ -50,8 +50,10 @@ class TrackingSchema:
 @dataclass
 class RegistrySchema:
     model_name: str | None = None
-    # false keeps debug runs, sweeps and smoke tests from creating versions
+    # false keeps debug runs and sweep trials from creating versions; the model is still logged
     register: bool = True
+    # false: no pyfunc is logged (smoke tests, sweep trials); train hands on its best checkpoint
+    log_model: bool = True
 
 
 @dataclass

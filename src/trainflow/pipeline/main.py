@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 STEPS = ("prepare_data", "train", "evaluate")
 # Keys of main's own config: they steer the pipeline and are not passed on.
 MAIN_KEYS = frozenset({"cache", "promote"})
+# `paths.*` that only a running Hydra app can resolve.
+RUNTIME_PATHS = ("output_dir", "work_dir")
 
 
 @dataclass
@@ -74,11 +76,12 @@ def run_pipeline(cfg: Any, run: StepRun) -> PipelineResult:
     # Every step's config composes before the first step starts (a typo in
     # `-P evaluate.x=...` fails now, not after training). The URIs that steps
     # hand on are added later; cache keys leave them out (their digests count).
-    configs = {step: compose_step_config(step, overrides[step]) for step in STEPS}
+    composed = {step: compose_for_cache(step, overrides[step]) for step in STEPS}
+    configs = {step: keyed for step, (keyed, _) in composed.items()}
     outcomes: dict[str, StepOutcome] = {}
 
     prepared = _step(run, "prepare_data", overrides["prepare_data"], configs["prepare_data"],
-                     source_inputs(configs["prepare_data"]), use_cache)
+                     source_inputs(composed["prepare_data"][1]), use_cache)
     outcomes["prepare_data"] = prepared
     digest = prepared.tags.get("trainflow.data.digest", "")
     data = [f"data.uri={prepared.output}"]
@@ -86,8 +89,10 @@ def run_pipeline(cfg: Any, run: StepRun) -> PipelineResult:
     trained = _step(run, "train", [*overrides["train"], *data], configs["train"], {"data": digest}, use_cache)
     outcomes["train"] = trained
 
+    # train hands on a model URI, or its best checkpoint with registry.log_model=false
+    subject = f"ckpt_path={trained.output}" if trained.output.endswith(".ckpt") else f"model_uri={trained.output}"
     outcomes["evaluate"] = _step(
-        run, "evaluate", [*overrides["evaluate"], *data, f"model_uri={trained.output}"], configs["evaluate"],
+        run, "evaluate", [*overrides["evaluate"], *data, subject], configs["evaluate"],
         {"data": digest, "model": trained.output, "train_run": trained.run_id}, use_cache)
     result = PipelineResult(outcomes)
     _record(run, result)
@@ -96,6 +101,20 @@ def run_pipeline(cfg: Any, run: StepRun) -> PipelineResult:
 
 def _step(run: StepRun, step: str, overrides: list[str], resolved: dict[str, Any], inputs: dict[str, str],
           use_cache: bool) -> StepOutcome:
+    """Reuse or run one step, and link it from the pipeline run at once (a later failure keeps the link)."""
+    from mlflow.entities import RunTag
+
+    outcome = _reuse_or_run(run, step, overrides, resolved, inputs, use_cache)
+    run.client.log_batch(run.run_id, tags=[
+        RunTag(f"trainflow.pipeline.{step}.run_id", outcome.run_id),
+        RunTag(f"trainflow.pipeline.{step}.reused", str(outcome.reused).lower()),
+        RunTag(f"trainflow.pipeline.{step}.output", outcome.output),
+    ])
+    return outcome
+
+
+def _reuse_or_run(run: StepRun, step: str, overrides: list[str], resolved: dict[str, Any],
+                  inputs: dict[str, str], use_cache: bool) -> StepOutcome:
     key = cache_key(step, resolved, code_digest(run.root, CODE_SCOPES[step]), inputs)
     if use_cache:
         hit = find_finished_run(run.client, [run.experiment_id], key)
@@ -136,40 +155,45 @@ def _launch(run: StepRun, step: str, overrides: list[str]) -> str:
     return str(submitted.run_id)
 
 
-def compose_step_config(step: str, overrides: list[str]) -> dict[str, Any]:
-    """The step's config as the step will compose it; run-local paths fixed.
+def compose_for_cache(step: str, overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The step's config as the step will compose it: (as keyed, as run).
 
     Composed in this process with Hydra's compose API (no torch imported), so
-    the cache is consulted before any step process starts.
+    the cache is consulted before any step process starts. The keyed copy
+    names `paths.*` by placeholder, so a key is the same in every checkout
+    that shares a tracking server; the run copy keeps the real paths, which
+    source_inputs needs to stat the files a data config points at.
     """
     from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
 
+    from trainflow.cli import compose_error
     from trainflow.errors import ConfigError
 
     if not GlobalHydra.instance().is_initialized():
         raise TrainflowError("pipeline: Hydra is not initialised (run through steps/main.py)")
-    from trainflow.cli import compose_error
-
     try:
         cfg = compose(config_name=step, overrides=overrides)
     except Exception as exc:
         raise ConfigError(f"{step} config: {compose_error(exc)}") from exc
     OmegaConf.set_struct(cfg, False)
+    cfg.pop("hydra", None)
+    for key in RUNTIME_PATHS:  # only Hydra's runtime knows them; no data lives there
+        cfg.paths[key] = f"<{key}>"
+    as_run = _container(cfg)
     for key in cfg.paths:
         cfg.paths[key] = f"<{key}>"
-    cfg.pop("hydra", None)
+    return _container(cfg), as_run
+
+
+def _container(cfg: Any) -> dict[str, Any]:
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
     return {str(k): v for k, v in container.items()}
 
 
 def _record(run: StepRun, result: PipelineResult) -> None:
-    """The pipeline run links to every step run, reused or new."""
-    for step, outcome in result.steps.items():
-        run.client.set_tag(run.run_id, f"trainflow.pipeline.{step}.run_id", outcome.run_id)
-        run.client.set_tag(run.run_id, f"trainflow.pipeline.{step}.reused", str(outcome.reused).lower())
-        run.client.set_tag(run.run_id, f"trainflow.pipeline.{step}.output", outcome.output)
+    """The whole pipeline on its run: which steps ran, which were reused, what each handed on."""
     summary = {s: {k: v for k, v in asdict(o).items() if k != "tags"} for s, o in result.steps.items()}
     run.client.log_text(run.run_id, json.dumps(summary, indent=2), "pipeline.json")
     run.client.set_tag(run.run_id, "trainflow.pipeline.reused", ",".join(result.reused) or "none")

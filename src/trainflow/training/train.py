@@ -82,9 +82,12 @@ def train(cfg: DictConfig, run: StepRun, extra_callbacks: Sequence[Any] = ()) ->
         dataset=dataset,
         checkpoint_artifacts=dict(logger.logged_checkpoints),
     )
-    if trainer.is_global_zero and cfg.get("train") and cfg.registry.get("register"):
-        with run.timed("log_model"):
-            result.registered = _log_model(cfg, run, model, datamodule, result, trainer)
+    if trainer.is_global_zero and cfg.get("train"):
+        if cfg.registry.get("log_model", True):
+            with run.timed("log_model"):
+                result.registered = _log_model(cfg, run, model, datamodule, result, trainer)
+        elif "best" in result.checkpoint_artifacts:
+            run.set_output(run.artifact_uri(f"{result.checkpoint_artifacts['best']}/best.ckpt"))
     return result
 
 
@@ -162,7 +165,7 @@ def _log_model(cfg: DictConfig, run: StepRun, model: Any, datamodule: Any, resul
         "trainflow.code_version": run.code.id,
     }
     logged = log_trained_model(run, cfg.model, weights, ServingSpec(pyfunc, meta, example), tags,
-                               register_as=cfg.registry.get("model_name"))
+                               register_as=cfg.registry.get("model_name") if cfg.registry.get("register") else None)
     run.set_output(logged.model_uri, "model")
     if logged.version is not None:
         uri = f"models:/{logged.version.name}/{logged.version.version}"
