@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
-from trainflow.pipeline.cache import CODE_SCOPES, cache_key, code_digest, scoped_config
-from trainflow.pipeline.main import split_overrides
+from trainflow.pipeline.cache import CODE_SCOPES, cache_key, code_digest, scoped_config, source_inputs
+from trainflow.pipeline.main import compose_for_cache, split_overrides
 
 BASE = {"data": {"_target_": "D", "seed": 1, "batch_size": 64, "uri": "runs:/a/dataset"},
         "model": {"lr": 0.1}, "trainer": {"max_epochs": 3}, "seed": 1, "paths": {"output_dir": "/x"}}
@@ -46,6 +49,10 @@ def test_a_changed_source_file_reruns_only_the_steps_that_run_it(tmp_path: Path)
     with (copy / "src/trainflow/data/digits.py").open("a") as f:
         f.write("\n# a change\n")
     assert code_digest(copy, CODE_SCOPES["prepare_data"]) != after["prepare_data"]
+    before = {s: code_digest(copy, paths) for s, paths in CODE_SCOPES.items()}
+    with (copy / "src/trainflow/cli.py").open("a") as f:  # how overrides are read: every step
+        f.write("\n# a change\n")
+    assert all(code_digest(copy, paths) != before[s] for s, paths in CODE_SCOPES.items())
 
 
 def test_overrides_are_routed_by_step_prefix() -> None:
@@ -55,3 +62,33 @@ def test_overrides_are_routed_by_step_prefix() -> None:
     assert shared == ["experiment=example", "trainer.limit_val_batches=2"]
     assert per_step == {"prepare_data": ["data.seed=3"], "train": ["trainer.max_epochs=5"],
                         "evaluate": ["promote=false"]}
+
+
+@pytest.fixture
+def hydra_configs() -> Iterator[None]:
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from trainflow.config.schema import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def test_the_pipeline_stats_the_files_a_data_config_names_through_paths(hydra_configs, tmp_path: Path) -> None:
+    """Treebank files live under ${paths.root_dir}: their digest is an input of prepare_data's key."""
+    keyed, as_run = compose_for_cache("prepare_data", ["experiment=ud_ewt_tiny"])
+    assert keyed["data"]["train_file"].startswith("<root_dir>/"), "keys do not depend on the checkout's place"
+    assert Path(as_run["data"]["train_file"]).is_file()
+    assert set(source_inputs(as_run)) == {"source"}
+
+    treebank = tmp_path / "tb.conllu"
+    shutil.copy(as_run["data"]["test_file"], treebank)
+    overrides = ["experiment=ud_ewt_tiny", f"data.train_file={treebank}"]
+    before = source_inputs(compose_for_cache("prepare_data", overrides)[1])
+    with treebank.open("a") as f:
+        f.write("# sent_id = added\n1\tHi\thi\tINTJ\tUH\t_\t0\troot\t_\t_\n\n")
+    assert source_inputs(compose_for_cache("prepare_data", overrides)[1]) != before

@@ -16,13 +16,17 @@ from typing import Any
 
 # What each step's result depends on, beside its config and inputs. A change
 # under a path reruns that step and, through its new output, every step after it.
+# Every step parses its overrides (cli), finds its root (project), and logs
+# through the step contract (config, tracking).
+_EVERY_STEP = ("src/trainflow/cli.py", "src/trainflow/project.py", "src/trainflow/errors.py",
+               "src/trainflow/config", "src/trainflow/tracking", "uv.lock")
 CODE_SCOPES: dict[str, tuple[str, ...]] = {
-    "prepare_data": ("src/trainflow/data", "src/trainflow/pipeline/prepare.py", "steps/prepare_data.py",
-                     "uv.lock"),
-    "train": ("src/trainflow/data", "src/trainflow/models", "src/trainflow/training", "src/trainflow/tracking",
-              "src/trainflow/config", "steps/train.py", "uv.lock"),
-    "evaluate": ("src/trainflow/data", "src/trainflow/models", "src/trainflow/training", "src/trainflow/tracking",
-                 "src/trainflow/config", "steps/evaluate.py", "uv.lock"),
+    "prepare_data": (*_EVERY_STEP, "src/trainflow/data", "src/trainflow/pipeline/prepare.py",
+                     "steps/prepare_data.py"),
+    "train": (*_EVERY_STEP, "src/trainflow/data", "src/trainflow/models", "src/trainflow/training",
+              "steps/train.py"),
+    "evaluate": (*_EVERY_STEP, "src/trainflow/data", "src/trainflow/models", "src/trainflow/training",
+                 "steps/evaluate.py"),
 }
 
 # Config that decides a step's result. prepare_data reads only the data source
@@ -95,5 +99,6 @@ def source_inputs(resolved: dict[str, Any]) -> dict[str, str]:
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for file in files:
             stat = file.stat()
-            digest.update(f"{key}\0{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            name = file.name if file == path else file.relative_to(path).as_posix()  # not where the checkout is
+            digest.update(f"{key}\0{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return {"source": digest.hexdigest()} if found else {}
