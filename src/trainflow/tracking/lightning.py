@@ -55,6 +55,7 @@ class RunLogger(Logger):
         self._spool_dir = spool_dir
         self._pending: list[Any] = []
         self._checkpoints: dict[str, tuple[Path, str]] = {}  # alias -> (staged folder, artifact path)
+        self._sending: Path | None = None  # the staged folder being uploaded: a newer save must not delete it
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
@@ -172,9 +173,15 @@ class RunLogger(Logger):
             for alias in list(self._checkpoints):
                 with self._lock:
                     staged, artifact_path = self._checkpoints[alias]
-                self._client.log_artifacts(self._run_id, str(staged), artifact_path)
+                    self._sending = staged
+                try:
+                    self._client.log_artifacts(self._run_id, str(staged), artifact_path)
+                finally:
+                    with self._lock:
+                        self._sending = None
                 with self._lock:
-                    if self._checkpoints.get(alias, (None,))[0] == staged:
+                    superseded = self._checkpoints.get(alias, (None,))[0] != staged
+                    if not superseded:
                         del self._checkpoints[alias]
                 shutil.rmtree(staged, ignore_errors=True)
         except Exception as exc:
@@ -215,7 +222,8 @@ class RunLogger(Logger):
         with self._lock:
             previous = self._checkpoints.get(alias)
             self._checkpoints[alias] = (staged, artifact_path)
-        if previous is not None:  # superseded before it could be sent
+            in_flight = previous is not None and previous[0] == self._sending
+        if previous is not None and not in_flight:  # superseded before it could be sent
             shutil.rmtree(previous[0], ignore_errors=True)
 
     def _spool(self) -> Path:
