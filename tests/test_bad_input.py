@@ -207,6 +207,13 @@ CASES = [
     ("prepare_data", ["data=image_folder"], "data.root: not set", 1),
     ("prepare_data", ["data=image_folder", "data.root={images_corrupt}", "data.on_bad_image=ignore"],
      "data.on_bad_image", 1),
+    # hub weights, however they are spelt: the how-to line when the config is checked, not "no such file"
+    ("train", ["experiment=digits_images_tiny", "model.net.pretrained=hf-hub:timm/resnet18.a1_in1k"],
+     "model.net.pretrained=hf-hub:timm/resnet18.a1_in1k would download weights from the Hugging Face hub", 1),
+    ("train", ["experiment=digits_images_tiny", "model.net.pretrained=timm/resnet18.a1_in1k"],
+     "pass a file instead: model.net.pretrained=/path/to/weights.pth", 1),
+    ("train", ["experiment=digits_images_tiny", "model.net.pretrained=https://example.org/resnet18.safetensors"],
+     "model.net.pretrained=https://example.org/resnet18.safetensors would download weights", 1),
 ]
 
 

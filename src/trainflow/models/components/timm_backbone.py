@@ -2,12 +2,13 @@
 
 Steps run offline and must be reproducible from what they logged, so
 `pretrained` names a file (a plain state dict, a Lightning checkpoint, or
-safetensors) or an MLflow artifact URI of one; `pretrained=true` (the
-Hugging Face hub) fails at once. The weights are loaded when fit starts
-(`load_pretrained`, called from the LightningModule's `setup("fit")`), not
-when the network is built: evaluate and the served model rebuild the network
-from the logged config and load their own weights, and must not need the
-file the training run started from.
+safetensors) or an MLflow artifact URI of one; `pretrained=true` or a hub
+id (`hf-hub:org/name`, `timm/name`, any other URL) fails at once. The
+weights are loaded when fit starts (`load_pretrained`, called from the
+LightningModule's `setup("fit")`), not when the network is built:
+evaluate and the served model rebuild the network from the logged config
+and load their own weights, and must not need the file the training run
+started from.
 
 `freeze_encoder` freezes whole layers from the input: `true` all of the
 encoder, a fraction the first `floor(fraction * layers)` of them. "Layers"
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,27 @@ from trainflow.errors import ConfigError
 log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
+# Where weights may come from besides a local path: MLflow's URIs and the artifact stores behind them.
+# Plain http(s) URLs are not among them: that is how hub files are fetched.
+WEIGHT_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "file:", "s3://", "gs://", "wasbs://")
+# How timm names hub weights (timm.create_model("hf-hub:org/name"), pretrained tags "timm/<name>.<tag>")
+HUB_PREFIXES = ("hf-hub:", "hf_hub:", "timm/")
+# a URI scheme; two letters or more, so a Windows drive (C:\weights.pth) stays a path
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]+:", re.IGNORECASE)
+
+
+def asks_for_hub(pretrained: Any) -> bool:
+    """Whether `pretrained` asks for weights that only a hub or a URL could give.
+
+    Syntax only, never the file system: the served model and evaluate rebuild
+    the network from the logged config on machines where the training run's
+    weights file does not exist, and must still pass this check.
+    """
+    if pretrained is True:
+        return True
+    if not isinstance(pretrained, str) or not pretrained or pretrained.startswith(WEIGHT_URI_SCHEMES):
+        return False
+    return pretrained.lower().startswith(HUB_PREFIXES) or _SCHEME.match(pretrained) is not None
 
 
 class TIMMBackbone(nn.Module):
@@ -39,10 +62,16 @@ class TIMMBackbone(nn.Module):
 
     @staticmethod
     def check_config(path: str, node: Any) -> None:
-        """Run by config validation before any step work (trainflow.config.validate): fail at once."""
-        if node.get("pretrained") is True:
+        """Run by config validation before any step work (trainflow.config.validate): fail at once.
+
+        A hub id would otherwise be taken for a relative path and fail only
+        when fit starts, as a bare "no such file", after the data was read.
+        """
+        pretrained = node.get("pretrained")
+        if asks_for_hub(pretrained):
+            value = "true" if pretrained is True else str(pretrained)
             raise ConfigError(
-                f"{path}.pretrained=true would download weights from the Hugging Face hub, which trainflow "
+                f"{path}.pretrained={value} would download weights from the Hugging Face hub, which trainflow "
                 f"never does at run time; pass a file instead: {path}.pretrained=/path/to/weights.pth "
                 "(a state dict, a Lightning .ckpt or .safetensors) or an MLflow URI such as "
                 "runs:/<run_id>/checkpoints/best")
