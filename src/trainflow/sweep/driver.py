@@ -40,6 +40,7 @@ from trainflow.sweep.study import (
 )
 from trainflow.sweep.trial import ATTR_ERROR, ATTR_RUN, ATTR_SWEEP_RUN, ATTR_WORKER, TAG_STATE, TrialSetup, trial_config
 from trainflow.sweep.worker import WorkerSpec, limit_threads, work
+from trainflow.tracking.redact import mask_secrets, redact_overrides
 from trainflow.tracking.run import StepRun, hydra_overrides
 
 if TYPE_CHECKING:
@@ -174,9 +175,10 @@ def check_trial_config(plan: SweepPlan, targets: bool = False) -> None:
             if targets:
                 check_targets(cfg)
     except TrainflowError as exc:
-        raise ConfigError(f"sweep.params: a trial's config is invalid: {exc}") from exc
+        raise ConfigError(mask_secrets(f"sweep.params: a trial's config is invalid: {exc}", overrides)) from exc
     except Exception as exc:
-        raise ConfigError(f"sweep.params: a trial's config does not compose: {compose_error(exc)}") from exc
+        raise ConfigError(mask_secrets(f"sweep.params: a trial's config does not compose: {compose_error(exc)}",
+                                       overrides)) from exc
 
 
 def _tag_sweep(run: StepRun, plan: SweepPlan, queued: int) -> None:
@@ -303,7 +305,8 @@ def summarise(study: optuna.Study, run: StepRun, plan: SweepPlan) -> SweepResult
         tags=[RunTag("trainflow.sweep.best_trial", str(best.number)),
               RunTag("trainflow.sweep.best_run_id", str(best_run or ""))],
     )
-    reproduce = [o for o in plan.overrides if not o.startswith(("hparams_search=", "sweep."))]
+    # a secret override would otherwise reach this artifact verbatim: pass secrets by the environment
+    reproduce = redact_overrides([o for o in plan.overrides if not o.startswith(("hparams_search=", "sweep."))])
     best_params = {k: v for k, v in best.params.items()}
     run.client.log_text(run.run_id, yaml.safe_dump({
         "trial": best.number, "value": best.value, "run_id": best_run, "params": best_params,
