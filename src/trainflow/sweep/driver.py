@@ -66,6 +66,7 @@ class SweepPlan:
     enqueue: list[dict[str, Any]] = field(default_factory=list)
     register_best: bool = False
     model_name: str | None = None
+    own_storage: bool = False  # made for this sweep (sweep.storage null): no other sweep has trials in it
 
     def setup(self, sweep_run_id: str, worker: int) -> TrialSetup:
         return TrialSetup(sweep_run_id=sweep_run_id, study_name=self.study.name, overrides=self.overrides,
@@ -99,10 +100,10 @@ def run_sweep(cfg: DictConfig, run: StepRun) -> SweepResult:
             wait_workers(workers)
     except BaseException as exc:
         stop_workers(workers, signal_of(exc))
-        fail_orphans(study, run)
+        fail_orphans(study, run, plan.own_storage)
         _summarise_quietly(study, run, plan)
         raise
-    fail_orphans(study, run)
+    fail_orphans(study, run, plan.own_storage)
     result = summarise(study, run, plan)
     if plan.register_best and result.best_run_id:
         result.registered = register_best(run, result, plan)
@@ -136,7 +137,8 @@ def sweep_plan(cfg: DictConfig, output_dir: Path, run_id: str) -> SweepPlan:
                      space=search_space(node["params"]), metric=str(metric),
                      overrides=trial_overrides(hydra_overrides(), node["register_best"], node["n_workers"]),
                      output_dir=output_dir, enqueue=list(node["enqueue_trials"]),
-                     register_best=node["register_best"], model_name=model_name)
+                     register_best=node["register_best"], model_name=model_name,
+                     own_storage=node["storage"] is None)
 
 
 def _check_strategy(cfg: DictConfig) -> None:
@@ -201,23 +203,39 @@ def _tag_sweep(run: StepRun, plan: SweepPlan, queued: int) -> None:
 # -- worker processes ----------------------------------------------------------
 
 def start_workers(plan: SweepPlan, run: StepRun) -> list[subprocess.Popen]:
-    """Workers 1..n-1 as processes; this process is worker 0 (it starts training while they import)."""
+    """Workers 1..n-1 as processes; this process is worker 0 (it starts training while they import).
+
+    If starting one fails (or Ctrl-C lands meanwhile), those already started
+    are killed: nothing would stop them otherwise.
+    """
     if plan.n_workers <= 1:
         return []
     folder = run.output_dir / "workers"
     folder.mkdir(parents=True, exist_ok=True)
     env = worker_env(run)
-    procs = []
-    for index in range(1, plan.n_workers):
-        spec = WorkerSpec(study=plan.study, setup=plan.setup(run.run_id, index), threads=1,
-                          parent_pid=os.getpid())
-        path = folder / f"worker-{index}.json"
-        path.write_text(spec.to_json())
-        # Own session: a terminal's Ctrl-C reaches only the sweep, which forwards
-        # it once (stop_workers), so no worker sees two signals.
-        procs.append(subprocess.Popen([sys.executable, "-m", "trainflow.sweep.worker", str(path)], env=env,
-                                      stdin=subprocess.DEVNULL, start_new_session=True))
+    procs: list[subprocess.Popen] = []
+    try:
+        for index in range(1, plan.n_workers):
+            procs.append(_start_worker(plan, run, index, folder / f"worker-{index}.json", env))
+    except BaseException:
+        kill_workers(procs)
+        raise
     return procs
+
+
+def _start_worker(plan: SweepPlan, run: StepRun, index: int, spec_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    spec = WorkerSpec(study=plan.study, setup=plan.setup(run.run_id, index), threads=1, parent_pid=os.getpid())
+    spec_path.write_text(spec.to_json())
+    # Own session: a terminal's Ctrl-C reaches only the sweep, which forwards
+    # it once (stop_workers), so no worker sees two signals.
+    return subprocess.Popen([sys.executable, "-m", "trainflow.sweep.worker", str(spec_path)], env=env,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def kill_workers(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.kill()
+        proc.wait()
 
 
 def worker_env(run: StepRun) -> dict[str, str]:
@@ -262,17 +280,24 @@ def signal_of(exc: BaseException) -> int:
     return signal.SIGTERM
 
 
-def fail_orphans(study: optuna.Study, run: StepRun) -> None:
-    """Trials of this sweep still RUNNING after its workers ended (a worker died): FAIL, run FAILED."""
+def fail_orphans(study: optuna.Study, run: StepRun, own_storage: bool = False) -> None:
+    """Trials of this sweep still RUNNING after its workers ended (a worker died): FAIL, run FAILED.
+
+    A trial is this sweep's by its user attr, or in a storage made for this
+    sweep by being there at all: a worker killed between claiming a trial
+    and tying it to the sweep leaves it without attrs. The run is FAILED
+    even if it had FINISHED, so a FINISHED trial run always means COMPLETE.
+    """
     from optuna.trial import TrialState
 
     try:
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.user_attrs.get(ATTR_SWEEP_RUN) != run.run_id:
+            owner = trial.user_attrs.get(ATTR_SWEEP_RUN)
+            if owner != run.run_id and not (owner is None and own_storage):
                 continue  # another machine's
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             trial_run = trial.user_attrs.get(ATTR_RUN)
-            if trial_run and run.client.get_run(trial_run).info.status == "RUNNING":
+            if trial_run and run.client.get_run(trial_run).info.status in ("RUNNING", "FINISHED"):
                 run.client.set_tag(trial_run, TAG_STATE, "FAIL")
                 run.client.set_terminated(trial_run, "FAILED")
     except Exception as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,12 +64,22 @@ class TrialOutcome:
     error: str | None = None
 
 
-def run_trial(trial: optuna.Trial, setup: TrialSetup) -> TrialOutcome:
-    """Run one trial to an outcome; only an interruption (Ctrl-C, SIGTERM) escapes."""
-    from trainflow.tracking.run import step_run
-
+def tie_to_sweep(trial: optuna.Trial, setup: TrialSetup) -> None:
+    """The sweep and worker that own a claimed trial: what `fail_orphans` finds it by if its worker dies."""
     trial.set_user_attr(ATTR_SWEEP_RUN, setup.sweep_run_id)
     trial.set_user_attr(ATTR_WORKER, setup.worker)
+
+
+def run_trial(trial: optuna.Trial, setup: TrialSetup, hold_signals: Callable[[], None] = lambda: None) -> TrialOutcome:
+    """Run one trial to an outcome; only an interruption (Ctrl-C, SIGTERM) escapes.
+
+    `hold_signals` is called the moment training stops, however it stops,
+    before the run ends: from there until the study has the outcome, an
+    interrupt must wait, or the run and the study would disagree.
+    """
+    from trainflow.tracking.redact import mask_secrets
+    from trainflow.tracking.run import step_run
+
     params: dict[str, Any] = {}
     run: StepRun | None = None
     state, value, error = "FAIL", None, None
@@ -79,15 +89,18 @@ def run_trial(trial: optuna.Trial, setup: TrialSetup) -> TrialOutcome:
         overrides = [*setup.overrides, *(as_override(k, v) for k, v in params.items())]
         with trial_config(overrides, output_dir, trial.number) as cfg, \
                 step_run("train", cfg, output_dir=output_dir, parent_run_id=setup.sweep_run_id) as run:
-            _tag_trial(run, trial, setup, params)
-            state, value = fit_trial(cfg, run, trial, setup.metric)
+            try:
+                _tag_trial(run, trial, setup, params)
+                state, value = fit_trial(cfg, run, trial, setup.metric)
+            finally:
+                hold_signals()
     except SystemExit as exc:
         if is_interruption(exc):
             _tag_interrupted(run)
             raise
         error = _recorded_error(run) or f"exit status {exc.code}"  # a TrainflowError, recorded by step_run
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        error = mask_secrets(f"{type(exc).__name__}: {exc}", setup.overrides)  # reaches trials.csv
         log.warning("trial %d failed: %s", trial.number, error)
     outcome = TrialOutcome(trial.number, state, value, run.run_id if run else None, params, error)
     if error:

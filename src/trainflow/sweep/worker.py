@@ -13,15 +13,16 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from trainflow.sweep.space import SearchParam
 from trainflow.sweep.study import StudySpec, build_storage, claim_trial, open_study
-from trainflow.sweep.trial import TrialOutcome, TrialSetup, run_trial
+from trainflow.sweep.trial import TrialOutcome, TrialSetup, run_trial, tie_to_sweep
 
 if TYPE_CHECKING:
     import optuna
@@ -56,23 +57,97 @@ class WorkerSpec:
 def work(study: optuna.Study, setup: TrialSetup, storage_url: str | None,
          stop: Callable[[], bool] = lambda: False) -> list[TrialOutcome]:
     """Claim, run, tell, until the queue is empty (or `stop()`); an interrupted trial fails in Optuna."""
-    from optuna.trial import TrialState
-
     outcomes = []
     while not stop():
-        trial = claim_trial(study, storage_url)
-        if trial is None:
-            break
-        try:
-            outcome = run_trial(trial, setup)
-        except BaseException:
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            raise
-        state = TrialState[outcome.state]
-        study.tell(trial, outcome.value if state == TrialState.COMPLETE else None, state=state)
-        print(describe(outcome, setup), flush=True)
-        outcomes.append(outcome)
+        # Held from the claim until the trial is tied to this sweep, and from the
+        # end of training until the study has the outcome (see run_and_tell).
+        with DeferredSignals() as signals:
+            trial = claim_trial(study, storage_url)
+            if trial is None:
+                break
+            outcomes.append(run_and_tell(study, trial, setup, signals))
     return outcomes
+
+
+def run_and_tell(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup,
+                 signals: DeferredSignals) -> TrialOutcome:
+    """One claimed trial, told to the study.
+
+    A trial's run ends FINISHED before the study hears COMPLETE; a Ctrl-C in
+    between would fail a finished trial, so it waits until the study is told.
+    """
+    from optuna.trial import TrialState
+
+    try:
+        tie_to_sweep(trial, setup)
+        signals.release()
+        outcome = run_trial(trial, setup, hold_signals=signals.hold)
+    except BaseException:
+        signals.hold()
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
+    state = TrialState[outcome.state]
+    study.tell(trial, outcome.value if state == TrialState.COMPLETE else None, state=state)
+    print(describe(outcome, setup), flush=True)
+    return outcome
+
+
+class DeferredSignals:
+    """SIGINT and SIGTERM held (recorded, not acted on) while `holding`; the held one delivered after.
+
+    Starts holding. `release()` delivers a held signal and lets the next ones
+    through to the handlers found on entry; `hold()` holds again, taking the
+    handlers back from any code (a step's run, Lightning) that installed its
+    own meanwhile. On a clean exit the handlers found on entry come back and
+    a held signal is sent again, so it acts exactly as it would have, only
+    later. An exception already unwinding carries the interruption: a held
+    signal is then dropped. Outside the main thread signals cannot be
+    handled, and nothing is held.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.holding = True
+        self.pending: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> DeferredSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        pending, self.pending = self.pending, None
+        if pending is not None and exc_type is None:
+            os.kill(os.getpid(), pending)
+
+    def hold(self) -> None:
+        self.holding = True
+        for signum in self._previous:
+            signal.signal(signum, self._on_signal)
+
+    def release(self) -> None:
+        self.holding = False
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self._deliver(pending, None)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.holding:
+            self.pending = self.pending or signum
+        else:
+            self._deliver(signum, frame)
+
+    def _deliver(self, signum: int, frame: FrameType | None) -> None:
+        handler = self._previous.get(signum)
+        if callable(handler):
+            handler(signum, frame)
+        elif handler != signal.SIG_IGN:  # the default action: end the process by that signal
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
 
 def describe(outcome: TrialOutcome, setup: TrialSetup) -> str:
