@@ -14,6 +14,7 @@ average with an empty class.
 from __future__ import annotations
 
 import random
+import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -89,6 +90,46 @@ def split_sentences(sentences: list[Sentence], fraction: float, seed: int) -> tu
     return ([s for i, s in enumerate(sentences) if i not in held], [s for i, s in enumerate(sentences) if i in held])
 
 
+def source_licences(files: Iterable[str | None]) -> list[Path]:
+    """LICENSE* / LICENCE* files (any case) in the folders of the local source files, in source order.
+
+    Treebanks come with their own terms (UD English EWT: CC BY-SA 4.0, which
+    asks that the licence travel with every copy), and the dataset artifact is
+    a copy. A source given as an MLflow URI has no folder to look in here.
+    """
+    from trainflow.tracking.artifacts import is_artifact_uri
+
+    folders: list[Path] = []
+    for uri in files:
+        if not uri:
+            continue
+        local = str(uri).removeprefix("file://")
+        if is_artifact_uri(local):
+            continue
+        folder = Path(local).expanduser().resolve().parent
+        if folder not in folders:
+            folders.append(folder)
+    return [path for folder in folders for path in sorted(folder.iterdir())
+            if path.is_file() and path.name.upper().startswith(("LICENSE", "LICENCE"))]
+
+
+def copy_licences(licences: list[Path], folder: Path) -> list[str]:
+    """Copy each licence into the dataset folder; the names they have there.
+
+    Two source folders may each hold a LICENSE.txt with different terms: the
+    second keeps its folder's name in front rather than overwrite the first.
+    """
+    names: list[str] = []
+    for path in licences:
+        name = path.name
+        if (folder / name).exists() and (folder / name).read_bytes() != path.read_bytes():
+            name = f"{path.parent.name}-{path.name}"
+        if name not in names:
+            shutil.copyfile(path, folder / name)
+            names.append(name)
+    return names
+
+
 def tag_vocab(train: Iterable[Sentence], others: Iterable[Sentence]) -> list[str]:
     """Training tags sorted by name; `<unk>` last, only if a val/test tag is unseen in training."""
     seen = sorted({tag for s in train for tag in s.tags})
@@ -160,13 +201,17 @@ class ConlluDataModule(SplitDataModule):
         tags = tag_vocab(train, [*sentences["val"], *sentences["test"]])
         word_index, tag_index = {w: i for i, w in enumerate(words)}, {t: i for i, t in enumerate(tags)}
         tables = {split: to_table(rows, word_index, tag_index, self.lowercase) for split, rows in sentences.items()}
+        folder.mkdir(parents=True, exist_ok=True)
+        licences = copy_licences(source_licences(self.files.values()), folder)  # before the manifest that lists them
         return write_dataset(
             folder, tables, task=f"{TASK}/{self.tag_column}", source=str(self.files["train"]), label_names=tags,
             extra={"vocab": {"words": words, "chars": chars, "tags": tags}, "pad_index": PAD_INDEX,
                    "unk_index": UNK_INDEX, "ignore_tag": IGNORE_TAG, "tag_column": self.tag_column,
                    "lowercase": self.lowercase, "min_freq": self.min_freq, "files": self.files,
                    "val_fraction": None if self.files["val"] else self.val_fraction, "seed": self.seed,
-                   "max_sentences": self.max_sentences},
+                   "max_sentences": self.max_sentences,
+                   # the source's terms, copied beside the splits (empty: none found beside the files)
+                   "licence_files": licences},
         )
 
     def _manifest(self) -> tuple[Path, Manifest]:
