@@ -81,4 +81,5 @@ def test_different_licences_in_two_source_folders_are_both_kept(tmp_path) -> Non
     found = source_licences([str(tmp_path / "ewt" / "x.conllu"), None, str(tmp_path / "other" / "x.conllu"),
                              "runs:/0123/treebank.conllu"])
     assert copy_licences(found, out) == ["LICENSE.txt", "other-LICENSE.txt"]
-    assert (out / "LICENSE.txt").read_text() == "CC BY-SA 4.0" and (out / "other-LICENSE.txt").read_text() == "CC BY 4.0"
+    assert (out / "LICENSE.txt").read_text() == "CC BY-SA 4.0"
+    assert (out / "other-LICENSE.txt").read_text() == "CC BY 4.0"
