@@ -146,7 +146,7 @@ def test_weights_only_start_fine_tunes_from_epoch_zero(trained) -> None:
 
     tmp = trained["tmp"]
     best = f"runs:/{trained['run_id']}/checkpoints/best"
-    overrides = [*trained["common"], f"data.uri={trained['prepared'].uri}", "registry.register=false",
+    overrides = [*trained["common"], f"data.uri={trained['prepared'].uri}", "registry.log_model=false",
                  f"ckpt_path={best}", "only_weights_load=true", "trainer.max_epochs=1", "test=false",
                  "model.net.freeze_encoder=true"]
     cfg = compose_config("train", overrides, tmp / "finetune")

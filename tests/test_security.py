@@ -66,7 +66,7 @@ def logged_bytes_of_model(source: str, uri: str, dst: Path) -> tuple[bytes, set[
 def test_pipeline_step_with_credentials_logs_no_secret(auth_server, tmp_path) -> None:
     server, password = auth_server
     done = run_step(
-        ["steps/train.py", *TINY, "registry.register=true", "registry.model_name=secure-digits",
+        ["steps/train.py", *TINY, "registry.log_model=true", "registry.model_name=secure-digits",
          "tracking.experiment_name=secure", f"+database.password={PLANTED}", f"+service.api_key={PLANTED}",
          f"+hub.token={PLANTED}", f"+warehouse.url=postgresql://etl:{PLANTED}@db.internal:5432/features"],
         server.uri, MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD=password,

@@ -156,8 +156,8 @@ def trial_overrides(sweep_overrides: list[str], register_best: bool, n_workers: 
     `register_best` they log their model unregistered so the best can be.
     Parallel workers drop progress bars that would overwrite each other.
     """
-    registry = ["registry.register=true", "registry.model_name=null"] if register_best \
-        else ["registry.register=false"]
+    registry = ["registry.register=false", "registry.log_model=true"] if register_best \
+        else ["registry.register=false", "registry.log_model=false"]
     quiet = ["++callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false"] if n_workers > 1 else []
     return [*sweep_overrides, *registry, *quiet]
 
