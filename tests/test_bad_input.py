@@ -165,10 +165,13 @@ CASES = [
     ("train", ["tracking.connect_timeout_s=soon"], "tracking.connect_timeout_s", 2),
     ("evaluate", ["promote=perhaps"], "promote", 2),
     ("main", ["cache=sometimes"], "cache", 2),
-    ("train", ["+model.optimizer.lrr=0.1"], "model.optimizer.lrr", 1),
-    ("train", ["model.net.lin1_size=wide"], "model.net.lin1_size", 1),
-    ("train", ["model._target_=trainflow.models.nope.Module"], "model._target_", 1),
-    ("train", ["+callbacks.model_checkpoint.every_n_epoch=1"], "callbacks.model_checkpoint.every_n_epoch", 1),
+    ("train", ["+model.optimizer.lrr=0.1"], "model.optimizer.lrr", 2),
+    ("train", ["model.net.lin1_size=wide"], "model.net.lin1_size", 2),
+    ("train", ["model.optimizer.lr=abc"], "model.optimizer.lr: expected float, got str 'abc'", 2),  # float | Tensor
+    ("train", ["trainer.max_epochs=[1"], "no viable alternative at input '[1'", 2),  # override grammar
+    ("train", ["callbacks=nope"], "callbacks/nope", 2),
+    ("train", ["model._target_=trainflow.models.nope.Module"], "model._target_", 2),
+    ("train", ["+callbacks.model_checkpoint.every_n_epoch=1"], "callbacks.model_checkpoint.every_n_epoch", 2),
     ("train", ["data.val_fraction=1.5"], "data.val_fraction", 1),
     ("train", ["data.uri=/no/such/dataset"], "/no/such/dataset", 1),
     ("train", ["data.uri={empty_dir}"], "no manifest.json", 1),
@@ -209,11 +212,11 @@ CASES = [
      "data.on_bad_image", 1),
     # hub weights, however they are spelt: the how-to line when the config is checked, not "no such file"
     ("train", ["experiment=digits_images_tiny", "model.net.pretrained=hf-hub:timm/resnet18.a1_in1k"],
-     "model.net.pretrained=hf-hub:timm/resnet18.a1_in1k would download weights from the Hugging Face hub", 1),
+     "model.net.pretrained=hf-hub:timm/resnet18.a1_in1k would download weights from the Hugging Face hub", 2),
     ("train", ["experiment=digits_images_tiny", "model.net.pretrained=timm/resnet18.a1_in1k"],
-     "pass a file instead: model.net.pretrained=/path/to/weights.pth", 1),
+     "pass a file instead: model.net.pretrained=/path/to/weights.pth", 2),
     ("train", ["experiment=digits_images_tiny", "model.net.pretrained=https://example.org/resnet18.safetensors"],
-     "model.net.pretrained=https://example.org/resnet18.safetensors would download weights", 1),
+     "model.net.pretrained=https://example.org/resnet18.safetensors would download weights", 2),
 ]
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 # Hydra's command-line flags (hydra/_internal/utils.py get_args_parser).
@@ -81,29 +82,36 @@ def compose_error(exc: BaseException) -> str:
         text = " ".join(line.strip() for line in str(seen).splitlines() if line.strip())
         text = re.sub(r"\s*(reference_type|object_type)=\S+", "", text)
         text = re.sub(r"\s*Config search path:.*$", "", text)
-        if text and "$VALUE" not in text and not any(text in p for p in parts):
+        if text and text != "None" and "$VALUE" not in text and not any(text in p for p in parts):
             parts.append(text)
         seen = seen.__cause__ or seen.__context__
     return "; ".join(parts) or type(exc).__name__
 
 
-def precheck_overrides(config_name: str, overrides: list[str]) -> None:
-    """Compose with Hydra's compose API; on failure print one line and exit 2.
+_MULTIRUN = frozenset({"-m", "--multirun"})
 
-    Hydra flags (multirun, --cfg, --help) are left to Hydra itself.
+
+def precheck_overrides(config_name: str, overrides: list[str]) -> None:
+    """Compose with Hydra's compose API, check `_target_` keys; on failure print one line and exit 2.
+
+    Hydra's other flags (--cfg, --help, ...) are left to Hydra itself; under
+    `-m` the sweep overrides (`a=1,2`) are left out and the rest checked.
     """
-    if any(arg.startswith("-") for arg in overrides):
+    args = [arg for arg in overrides if arg not in _MULTIRUN]
+    if any(arg.startswith("-") for arg in args):
         return
     from hydra import compose, initialize_config_dir
 
     from trainflow.config.schema import register_configs
-    from trainflow.project import project_root
+    from trainflow.config.validate import check_targets
 
     register_configs()
-    config_dir = project_root() / "configs"
     try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            compose(config_name=config_name, overrides=overrides)
+        if len(args) < len(overrides):
+            args = _without_sweeps(args)
+        with initialize_config_dir(config_dir=str(script_config_dir()), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=args)
+        check_targets(cfg)
     except Exception as exc:
         from trainflow.tracking.redact import mask_secrets
 
@@ -111,6 +119,26 @@ def precheck_overrides(config_name: str, overrides: list[str]) -> None:
         print(f"error: {message}", file=sys.stderr, flush=True)
         _record_on_mlflow_run(message)
         raise SystemExit(2) from None
+
+
+def script_config_dir() -> Path:
+    """`configs/` beside the running step's `steps/` folder, as its `@hydra.main(config_path="../configs")`.
+
+    Not cwd: `python /elsewhere/steps/train.py` must check the overrides
+    against the same configs Hydra will compose.
+    """
+    from trainflow.project import project_root
+
+    script = Path(sys.argv[0]).resolve()
+    beside = script.parent.parent / "configs"
+    return beside if script.suffix == ".py" and beside.is_dir() else project_root() / "configs"
+
+
+def _without_sweeps(overrides: list[str]) -> list[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [text for text, item in zip(overrides, parsed, strict=True) if not item.is_sweep_override()]
 
 
 def _record_on_mlflow_run(message: str) -> None:

@@ -86,17 +86,34 @@ def _check_node(path: str, node: DictConfig) -> None:
 
 
 def _check_type(path: str, key: str, node: DictConfig, annotation: Any) -> None:
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-        annotation = args[0]  # Optional[int] -> int; None is accepted below
-    accepted = _SCALARS.get(annotation)
-    if accepted is None:
-        return
-    if OmegaConf.is_missing(node, key):
-        return
+    judged = _accepted_scalars(annotation)
+    if judged is None or OmegaConf.is_missing(node, key) or OmegaConf.is_interpolation(node, key):
+        return  # an interpolation may need Hydra's runtime; its value is checked where it is used
     value = node[key]
-    if value is None or (isinstance(value, accepted) and not (bool not in accepted and isinstance(value, bool))):
+    if value is None or isinstance(value, DictConfig | ListConfig):  # None; a nested `_target_` or a list
         return
-    raise ConfigError(
-        f"{path}.{key}: expected {accepted[-1].__name__}, got {type(value).__name__} {value!r}"
-    )
+    accepted, names = judged
+    if isinstance(value, accepted) and not (bool not in accepted and isinstance(value, bool)):
+        return
+    raise ConfigError(f"{path}.{key}: expected {names}, got {type(value).__name__} {value!r}")
+
+
+def _accepted_scalars(annotation: Any) -> tuple[tuple[type, ...], str] | None:
+    """The config scalars a parameter takes; None when the annotation cannot be judged.
+
+    A union with a class no YAML value can be (Adam's `lr: float | Tensor`)
+    still takes only its scalar members from a config file, so `lr=abc`
+    fails here rather than inside the optimizer's first step.
+    """
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    members = [a for a in typing.get_args(annotation) if a is not type(None)] if union else [annotation]
+    accepted: tuple[type, ...] = ()
+    names: list[str] = []
+    for member in members:
+        scalars = _SCALARS.get(member)
+        if scalars is not None:
+            accepted += scalars
+            names.append(scalars[-1].__name__)
+        elif not isinstance(member, type) or member in (object, list, dict, tuple) or typing.get_origin(member):
+            return None  # Any, a string annotation, a container or a generic: anything may fit
+    return (accepted, " or ".join(names)) if accepted else None
