@@ -53,3 +53,13 @@ def test_the_built_callbacks_watch_val_f1(compose, tmp_path: Path) -> None:
     built = instantiate_callbacks(cfg.callbacks)
     watched = {type(cb).__name__: (cb.monitor, cb.mode) for cb in built if hasattr(cb, "monitor")}
     assert watched == {"ModelCheckpoint": ("val/f1", "max"), "EarlyStopping": ("val/f1", "max")}
+
+
+@pytest.mark.parametrize(("overrides", "metric"), [
+    (["experiment=example"], "val/acc_best"),
+    (["data=image_folder", "model=timm"], "val/f1_best"),
+    (["experiment=digits_images_tiny"], "val/f1_best"),
+])
+def test_a_sweep_optimises_the_best_of_what_the_checkpoint_watches(compose, tmp_path: Path, overrides: list[str],
+                                                                   metric: str) -> None:
+    assert compose("train", overrides, output_dir=tmp_path).optimized_metric == metric

@@ -2,9 +2,9 @@
 
 The parent's step, loss, accuracy and optimizer (which already takes only
 parameters with `requires_grad`) are reused. Added here: macro precision,
-recall and F1 per validation and test epoch (`val/f1`, the default checkpoint
-monitor of `experiment=digits_images`), the best F1 so far (`val/f1_best`; a
-sweep can optimise it: `optimized_metric=val/f1_best`), pretrained weights
+recall and F1 per validation and test epoch (`val/f1`, what `model=timm`
+checkpoints on), the best F1 so far (`val/f1_best`, what a sweep of a timm
+model optimises by default), pretrained weights
 loaded when fit starts, and the number of trainable parameters
 (`model/trainable_params`), logged once.
 """
