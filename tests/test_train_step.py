@@ -89,6 +89,19 @@ def test_failure_marks_the_run_failed_with_the_error(compose, tmp_path, sqlite_u
     assert "model.optimizer.lrr" in failed.data.tags["trainflow.error"]
 
 
+@pytest.mark.parametrize(("code", "status"), [(3, "FAILED"), (0, "FINISHED"), (None, "FINISHED")])
+def test_sys_exit_inside_a_step_keeps_its_code(compose, tmp_path, sqlite_uri, tracking_env, code, status) -> None:
+    """A step's own sys.exit(n) is no Ctrl-C: its code and a matching status, not KILLED and 130."""
+    tracking_env(sqlite_uri)
+    cfg = compose("train", TINY, output_dir=tmp_path)
+    with pytest.raises(SystemExit) as info, step_run("train", cfg) as run:
+        raise SystemExit(code)
+    assert info.value.code == code
+    ended = MlflowClient(sqlite_uri).get_run(run.run_id)
+    assert ended.info.status == status
+    assert ended.data.tags.get("trainflow.error") == (f"exited with status {code}" if code else None)
+
+
 def test_evaluate_a_logged_checkpoint_in_its_own_run(compose, tmp_path, sqlite_uri, tracking_env) -> None:
     tracking_env(sqlite_uri)
     trained, _ = run_train(compose, tmp_path, [])

@@ -172,10 +172,12 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         ctx.log_timings()
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit) as exc:
-        if _Interrupted.signum is None and isinstance(exc, SystemExit) and not exc.code:
-            status = "FINISHED"
+        if _Interrupted.signum is None and isinstance(exc, SystemExit):
+            status = "FAILED" if exc.code else "FINISHED"  # sys.exit(n) inside a step: its own status
+            if exc.code:
+                _record_error(ctx, f"exited with status {exc.code}")
             raise
-        status = "KILLED" if _Interrupted.signum is not None or isinstance(exc, KeyboardInterrupt) else "FAILED"
+        status = "KILLED"
         signum = _Interrupted.signum or signal.SIGINT
         _record_error(ctx, f"interrupted by {signal.Signals(signum).name}")
         _end(mlflow, status)
