@@ -1,7 +1,9 @@
-"""trainer=ddp_sim: two CPU processes over gloo, one MLflow run, one version, rank-zero logs."""
+"""trainer=ddp_sim: two CPU processes over gloo, one MLflow run, one version, rank-zero logs;
+Lightning's own launcher and torchrun alike."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY, all_runs, new_sqlite_store, run_step
+from conftest import ROOT, TINY, VENV_BIN, all_runs, new_sqlite_store, run_step, step_env
 
 pytestmark = pytest.mark.slow
 
@@ -44,3 +46,21 @@ def test_ddp_sim_makes_one_run_one_version_and_reduced_metrics(tmp_path: Path) -
     accuracy = float((predicted.label.astype(int) == test.label).mean())
     assert run.data.metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
     assert isinstance(predicted, pd.DataFrame)
+
+
+def test_torchrun_ranks_share_rank_zeros_run(tmp_path: Path) -> None:
+    """torchrun starts both ranks at once: rank 1 finds rank 0's run by its job tag instead of opening one."""
+    uri = new_sqlite_store(tmp_path)
+    overrides = [p for p in TINY if not p.startswith("registry.")]
+    done = subprocess.run(
+        [f"{VENV_BIN}/torchrun", "--standalone", "--nproc-per-node", "2", "steps/train.py", *overrides,
+         "trainer=ddp_sim", "registry.model_name=torchrun-digits"],
+        cwd=ROOT, env=step_env(uri, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
+        stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    runs = all_runs(uri)
+    assert len(runs) == 1, [r.data.tags.get("mlflow.runName") for r in runs]
+    assert runs[0].info.status == "FINISHED" and runs[0].data.tags["trainflow.job"].startswith("torchrun:")
+    versions = MlflowClient(uri).search_model_versions("name = 'torchrun-digits'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert done.stdout.count("train output:") == 1

@@ -45,6 +45,7 @@ class TrackingSchema:
     outage_grace_s: float = 60.0
     log_checkpoints: bool = True
     log_params: bool = True
+    leader_timeout_s: float = 120.0
 
 
 @dataclass

@@ -1,17 +1,27 @@
 """Which process of a distributed job this is, and what it may write.
 
-Under DDP Lightning re-runs the step script once per extra rank. Only rank
-zero owns the MLflow run; the others must see the same run id (to read what
-they need) and write nothing: no second run, no duplicate params, artifacts
-or registry versions.
+Only rank zero owns the MLflow run; the others must see the same run id (to
+read what they need) and write nothing: no second run, no duplicate params,
+artifacts or registry versions. Two ways a follower learns the run id:
+
+- Lightning's own launcher (`trainer=ddp` started as one process) re-runs the
+  script per extra rank after rank zero opened the run: the id is inherited
+  in `TRAINFLOW_RUN_ID`.
+- torchrun or SLURM's srun start every rank at once, on several nodes maybe:
+  rank zero tags its run with the job (`trainflow.job`), and the others find
+  it through the tracking server, the one store every node shares.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
+from trainflow.errors import TrackingError
+
 LEADER_RUN_ENV = "TRAINFLOW_RUN_ID"
+JOB_TAG = "trainflow.job"
 _RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 _WRITES = ("log_", "set_", "create_", "delete_", "update_", "register", "rename_", "transition_", "copy_")
 
@@ -26,7 +36,34 @@ def process_rank() -> int:
 
 
 def is_follower() -> bool:
-    return process_rank() != 0 and bool(os.environ.get(LEADER_RUN_ENV))
+    """A non-zero rank: of Lightning's launcher (run id inherited) or of torchrun/srun (run id looked up)."""
+    return process_rank() != 0 and (bool(os.environ.get(LEADER_RUN_ENV)) or job_key() is not None)
+
+
+def job_key() -> str | None:
+    """What every rank of one torchrun/srun job shares and no other job's RUNNING run does; None otherwise."""
+    env = os.environ
+    if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+        return f"slurm:{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}"
+    if "TORCHELASTIC_RUN_ID" in env and int(env.get("WORLD_SIZE", "1") or 1) > 1:
+        # the rendezvous endpoint: one live job per address and port
+        return f"torchrun:{env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}:{env['TORCHELASTIC_RUN_ID']}"
+    return None
+
+
+def find_leader_run(client: Any, key: str, timeout_s: float, poll_s: float = 1.0) -> str:
+    """The RUNNING run rank zero opened for this job; waits for rank zero to open it."""
+    deadline = time.monotonic() + timeout_s
+    filter_string = f"tags.`{JOB_TAG}` = '{key}' and attributes.status = 'RUNNING'"
+    while True:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(experiments, filter_string, max_results=1) if experiments else []
+        if runs:
+            return str(runs[0].info.run_id)
+        if time.monotonic() > deadline:
+            raise TrackingError(f"rank {process_rank()}: no run of job {key} appeared within {timeout_s:g}s "
+                                "(did rank 0 start, against the same tracking server?)")
+        time.sleep(poll_s)
 
 
 class ReadOnlyClient:

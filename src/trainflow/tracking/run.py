@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,7 +30,7 @@ from trainflow.errors import TrackingError, TrainflowError
 from trainflow.project import project_root
 from trainflow.tracking.codeversion import CodeVersion, code_version
 from trainflow.tracking.params import flatten, new_params
-from trainflow.tracking.ranks import LEADER_RUN_ENV, ReadOnlyClient, is_follower
+from trainflow.tracking.ranks import JOB_TAG, LEADER_RUN_ENV, ReadOnlyClient, find_leader_run, is_follower, job_key
 from trainflow.tracking.redact import is_secret_key, mask_secrets, redact, redact_overrides
 from trainflow.tracking.uri import bound_http_client, check_reachable, resolve_tracking_uri
 
@@ -212,15 +212,25 @@ def _follower_run(step: str, cfg: DictConfig, root: Path, output_dir: Path) -> I
 
     uri = resolve_tracking_uri(cfg.tracking.get("uri"), root)
     mlflow.set_tracking_uri(uri)
-    run_id = os.environ[LEADER_RUN_ENV]
     client = mlflow.MlflowClient(uri)
+    run_id = os.environ.get(LEADER_RUN_ENV) or _find_leader(client, cfg)
     logging.getLogger().setLevel(logging.WARNING)
     yield StepRun(step=step, run_id=run_id, experiment_id=client.get_run(run_id).info.experiment_id,
                   tracking_uri=uri, client=ReadOnlyClient(client), root=root,  # type: ignore[arg-type]
                   output_dir=output_dir, code=code_version(root), attached=True, leader=False)
 
 
-def _fail_cleanly(exc: TrainflowError) -> None:
+def _find_leader(client: MlflowClient, cfg: DictConfig) -> str:
+    """torchrun/srun started this rank beside rank zero, not after it: wait for rank zero's run."""
+    try:
+        run_id = find_leader_run(client, str(job_key()), cfg.tracking.leader_timeout_s)
+    except TrainflowError as exc:
+        _fail_cleanly(exc)
+    os.environ[LEADER_RUN_ENV] = run_id
+    return run_id
+
+
+def _fail_cleanly(exc: TrainflowError) -> NoReturn:
     print(f"error: {exc}", file=sys.stderr, flush=True)
     raise SystemExit(1) from None
 
@@ -374,6 +384,9 @@ def _log_run_identity(ctx: StepRun, cfg: DictConfig, tree: str | None) -> None:
         "trainflow.tags": ",".join(str(t) for t in cfg.get("tags") or []),
     }
     tags.update({f"tag.{t}": "true" for t in cfg.get("tags") or []})
+    job = job_key()
+    if job is not None:  # torchrun/srun: the other ranks find this run by it
+        tags[JOB_TAG] = job
     _set_tags(ctx, tags)
     if cfg.tracking.get("log_params", True):
         logged = ctx.client.get_run(ctx.run_id).data.params
