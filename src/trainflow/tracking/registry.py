@@ -171,11 +171,12 @@ class Promotion:
 
 
 def promote_if_better(client: Any, name: str, version: str, metric: str, value: float, digest: str,
-                      higher_is_better: bool, champion_value_on: Any) -> Promotion:
+                      higher_is_better: bool, champion_value_on: Any, scope: str = "all") -> Promotion:
     """Move `champion` to `version` only if it beats the champion on the same data.
 
     `champion_value_on(version)` evaluates the current champion on this digest
-    when its recorded figure was measured on other data.
+    when its recorded figure was measured on other data, or on another part of
+    it (`scope`: a figure over 2 test batches says little next to one over all).
     """
     from mlflow.exceptions import MlflowException
 
@@ -189,7 +190,8 @@ def promote_if_better(client: Any, name: str, version: str, metric: str, value: 
         result = Promotion("kept", value, value, str(version))
     else:
         recorded = champion.tags.get(f"trainflow.eval.{metric}")
-        same_data = champion.tags.get("trainflow.eval.data_digest") == digest
+        same_data = (champion.tags.get("trainflow.eval.data_digest") == digest
+                     and champion.tags.get("trainflow.eval.test_scope", "all") == scope)
         champ_value = float(recorded) if recorded is not None and same_data else champion_value_on(champion)
         better = value > champ_value if higher_is_better else value < champ_value
         result = Promotion("promoted" if better else "kept", value, champ_value, str(champion.version))

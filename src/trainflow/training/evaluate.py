@@ -68,7 +68,7 @@ def evaluate(cfg: DictConfig, run: StepRun) -> EvalResult:
     result = EvalResult(metrics=metrics, source=subject.source, dataset_digest=dataset.manifest.digest,
                         per_class=per_class)
     if subject.model is not None:
-        _record_on_model(run, subject.model, metrics, dataset)
+        _record_on_model(run, subject.model, metrics, dataset, test_scope(cfg))
     if cfg.get("promote"):
         result.promotion = _promote(cfg, run, subject, metrics, dataset)
     run.set_output(subject.source)
@@ -203,7 +203,14 @@ def _metric_entities(values: dict[str, float], model_id: str | None = None) -> l
     return [Metric(k, float(v), now, 0, model_id=model_id) for k, v in values.items()]
 
 
-def _record_on_model(run: StepRun, model: ResolvedModel, metrics: dict[str, float], dataset: FetchedDataset) -> None:
+def test_scope(cfg: DictConfig) -> str:
+    """How much of the test split a figure covers: figures compare only within one scope."""
+    limit = cfg.trainer.get("limit_test_batches")
+    return "all" if limit is None or limit == 1.0 else f"limit_test_batches={limit}"
+
+
+def _record_on_model(run: StepRun, model: ResolvedModel, metrics: dict[str, float], dataset: FetchedDataset,
+                     scope: str) -> None:
     """Test figures live on the model too: the registry page shows them."""
     test_metrics = {k: v for k, v in metrics.items() if k.startswith("test/")}
     if model.model_id:
@@ -213,6 +220,7 @@ def _record_on_model(run: StepRun, model: ResolvedModel, metrics: dict[str, floa
     if model.name and model.version:
         tags: dict[str, str] = {f"trainflow.eval.{k}": str(v) for k, v in test_metrics.items()}
         tags["trainflow.eval.data_digest"] = dataset.manifest.digest
+        tags["trainflow.eval.test_scope"] = scope
         tags["trainflow.eval.run_id"] = run.run_id
         for key, text in tags.items():
             run.client.set_model_version_tag(model.name, model.version, key, text)
@@ -238,7 +246,8 @@ def _promote(cfg: DictConfig, run: StepRun, subject: _Subject, metrics: dict[str
         return _score(champ, dataset, metric, cfg)
 
     promotion = promote_if_better(run.client, model.name, model.version, metric, metrics[metric],
-                                  dataset.manifest.digest, higher_is_better(metric), champion_value_on)
+                                  dataset.manifest.digest, higher_is_better(metric), champion_value_on,
+                                  scope=test_scope(cfg))
     record = {
         "trainflow.promotion.decision": promotion.decision,
         "trainflow.promotion.metric": metric,
@@ -255,8 +264,7 @@ def _promote(cfg: DictConfig, run: StepRun, subject: _Subject, metrics: dict[str
 
 
 def _score(model: ResolvedModel, dataset: FetchedDataset, metric: str, cfg: DictConfig) -> float:
-    """`metric` of another model version on the same dataset folder (no tracking)."""
-    import lightning as L
+    """`metric` of another model version on the same dataset folder and test batches (no tracking)."""
     import torch
 
     artifacts = model.local_dir / "artifacts"
@@ -264,7 +272,8 @@ def _score(model: ResolvedModel, dataset: FetchedDataset, metric: str, cfg: Dict
     module.load_state_dict(torch.load(artifacts / "weights.pt", map_location="cpu", weights_only=True))
     datamodule = instantiate(with_trained_preprocessing(cfg.data, _served_data(artifacts)), _convert_="all",
                              uri=str(dataset.path))
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    # the candidate's trainer settings: the same device, precision and test batches it was measured on
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False)
     trainer.test(model=module, datamodule=datamodule, verbose=False)
     return float(trainer.callback_metrics[metric])
