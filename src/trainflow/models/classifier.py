@@ -111,6 +111,8 @@ class ClassificationModule(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         acc = self._log_epoch("val", self.val_loss, self.val_acc, self.val_scores)
+        if self.trainer.sanity_checking:  # a few batches; a resumed fit runs it after restoring the best
+            return
         self.val_acc_best.update(acc)
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
 

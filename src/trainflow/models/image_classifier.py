@@ -80,5 +80,7 @@ class ImageClassificationModule(ClassificationModule):
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()  # logs val/f1 among the scores
+        if self.trainer.sanity_checking:
+            return
         self.val_f1_best.update(self.epoch_scores["val/f1"])
         self.log("val/f1_best", self.val_f1_best.compute(), sync_dist=False)
