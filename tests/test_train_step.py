@@ -102,6 +102,32 @@ def test_sys_exit_inside_a_step_keeps_its_code(compose, tmp_path, sqlite_uri, tr
     assert ended.data.tags.get("trainflow.error") == (f"exited with status {code}" if code else None)
 
 
+def test_a_signal_while_the_run_is_made_ends_it_killed(compose, tmp_path, sqlite_uri, tracking_env,
+                                                        monkeypatch) -> None:
+    """SIGTERM lands during the run's set-up (as a sweep's Ctrl-C does between trials): the run that then
+    exists ends KILLED with exit 143, not RUNNING forever."""
+    import os
+    import signal
+
+    import trainflow.tracking.run as contract
+
+    def start_then_sigterm(*args, **kwargs):
+        made = real_start(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return made
+
+    real_start = contract._attach_or_start
+    monkeypatch.setattr(contract, "_attach_or_start", start_then_sigterm)
+    tracking_env(sqlite_uri)
+    cfg = compose("train", TINY, output_dir=tmp_path)
+    with pytest.raises(SystemExit) as info, step_run("train", cfg):
+        pytest.fail("the step must not start")
+    assert info.value.code == 128 + signal.SIGTERM
+    [run] = all_runs(sqlite_uri)
+    assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["trainflow.error"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handlers step_run found come back"
+
+
 def test_evaluate_a_logged_checkpoint_in_its_own_run(compose, tmp_path, sqlite_uri, tracking_env) -> None:
     tracking_env(sqlite_uri)
     trained, _ = run_train(compose, tmp_path, [])

@@ -112,6 +112,15 @@ class _Interrupted:
     signum: int | None = None
 
 
+def _note_signal(signum: int, frame: FrameType | None) -> None:
+    _Interrupted.signum = _Interrupted.signum or signum
+
+
+def _restore(handlers: dict[signal.Signals, Any]) -> None:
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     _Interrupted.signum = signum
     # Lightning turns KeyboardInterrupt into a graceful teardown (and exit(1));
@@ -137,18 +146,28 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         with _follower_run(step, cfg, root, output_dir) as ctx:
             yield ctx
         return
+    # A signal while the run is being made is noted, and acted on once the run
+    # exists (it ends KILLED): raised midway, it could leave a RUNNING run behind.
+    previous = {s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    _Interrupted.signum = None
     try:
         tree = apply_extras(cfg, output_dir)
         uri = resolve_tracking_uri(cfg.tracking.get("uri"), root)
         bound_http_client(cfg.tracking.connect_timeout_s, cfg.tracking.http_max_retries)
         check_reachable(uri, cfg.tracking.connect_timeout_s)
         mlflow.set_tracking_uri(uri)
+        code = code_version(root)
+        client = mlflow.MlflowClient(uri)
         run, attached = _attach_or_start(mlflow, cfg, step, root, uri, parent_run_id)
-    except TrainflowError as exc:
-        _fail_cleanly(exc)
+    except BaseException as exc:
+        _restore(previous)
+        if isinstance(exc, TrainflowError):
+            _fail_cleanly(exc)
+        raise
+    for signum in previous:
+        signal.signal(signum, _on_signal)
     # DDP ranks that Lightning starts later inherit this and follow the run.
     os.environ[LEADER_RUN_ENV] = run.info.run_id
-    client = mlflow.MlflowClient(uri)
     ctx = StepRun(
         step=step,
         run_id=run.info.run_id,
@@ -157,13 +176,13 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         client=client,
         root=root,
         output_dir=output_dir,
-        code=code_version(root),
+        code=code,
         attached=attached,
     )
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    _Interrupted.signum = None
     status = "FAILED"
     try:
+        if _Interrupted.signum is not None:  # arrived while the run was being made
+            raise KeyboardInterrupt(signal.Signals(_Interrupted.signum).name)
         age = process_age_s()
         if age is not None:
             ctx.timings["time/startup_s"] = age
@@ -198,8 +217,7 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         raise
     finally:
         os.environ.pop(LEADER_RUN_ENV, None)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        _restore(previous)
         active = mlflow.active_run()
         if active is not None and active.info.run_id == ctx.run_id:  # never a parent's run (nested trials)
             _end(mlflow, status)
