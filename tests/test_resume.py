@@ -10,7 +10,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, all_runs, new_sqlite_store, run_step, step_env
+from conftest import ROOT, all_runs, mlflow_run, new_sqlite_store, run_step, step_env
 
 pytestmark = pytest.mark.slow
 
@@ -55,8 +55,11 @@ def test_interrupted_then_resumed_matches_uninterrupted(tmp_path) -> None:
     assert epochs_done < 8, "the interruption came too late to test anything"
     assert {a.path for a in client.list_artifacts(interrupted, "checkpoints/last")} >= {"checkpoints/last/last.ckpt"}
 
-    resumed = run_step([*ARGS, f"resume={interrupted}"], uri)
+    # through `mlflow run -P resume=...`: the run MLflow made is closed, pointing at the one resumed
+    resumed = mlflow_run("train", [*ARGS[1:], f"resume={interrupted}"], uri, experiment="relaunch")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    [launched] = [r for r in all_runs(uri) if client.get_experiment(r.info.experiment_id).name == "relaunch"]
+    assert launched.info.status == "FINISHED" and launched.data.tags["trainflow.resumed_into"] == interrupted
     run = client.get_run(interrupted)
     assert run.info.status == "FINISHED" and run.data.tags["trainflow.resumes"] == "1"
     [reference] = [r for r in all_runs(uri) if client.get_experiment(r.info.experiment_id).name == "straight"]
