@@ -24,6 +24,9 @@ def test_training_overrides_do_not_touch_prepare_data() -> None:
     changed = {**BASE, "model": {"lr": 0.01}, "trainer": {"max_epochs": 5},
                "data": {**BASE["data"], "batch_size": 32, "uri": "runs:/b/dataset"}}
     assert key("prepare_data", BASE) == key("prepare_data", changed)
+    augmented = {**BASE, "data": {**BASE["data"], "image_size": 64, "train_transform": {"_target_": "A.Flip"}}}
+    assert key("prepare_data", BASE) == key("prepare_data", augmented), "images are packed encoded, untransformed"
+    assert key("train", BASE) != key("train", augmented)
     assert key("train", BASE) != key("train", changed)
 
 

@@ -30,8 +30,11 @@ CODE_SCOPES: dict[str, tuple[str, ...]] = {
 }
 
 # Config that decides a step's result. prepare_data reads only the data source
-# and the split seed; loader settings (batch size, workers) do not change a dataset.
-_LOADER_KEYS = frozenset({"batch_size", "num_workers", "pin_memory", "uri", "persistent_workers"})
+# and the split seed; loader settings (batch size, workers) and the transforms
+# applied when images are loaded (the dataset keeps the encoded files) do not
+# change a dataset.
+_LOADER_KEYS = frozenset({"batch_size", "num_workers", "pin_memory", "uri", "persistent_workers",
+                          "image_size", "train_transform", "eval_transform"})
 _VOLATILE = frozenset({"paths", "hydra", "extras", "tracking", "tags", "task_name"})
 CACHE_TAG = "trainflow.cache_key"
 
