@@ -8,6 +8,7 @@ downloads nothing at all, and a hit is still verified against its digest.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ class FetchedDataset:
     upstream_run_id: str | None
 
 
+# URIs whose target can change (an alias moves, `latest` grows): never answered from the URI index.
+_MOVES = re.compile(r"^models:/[^/@]+(@[^/]+|/latest)(/|$)")
+
+
 def is_remote(uri: str) -> bool:
     return uri.startswith(_REMOTE)
 
@@ -59,7 +64,7 @@ def fetch_dataset(uri: str, cache_root: Path) -> FetchedDataset:
         return FetchedDataset(uri, folder, verify_dataset(folder, uri), 0, None)
 
     index = cache_root / "uris" / hashlib.sha256(uri.encode()).hexdigest()
-    if index.is_file():
+    if index.is_file() and not _MOVES.match(uri):
         hit = cached(cache_root, index.read_text().strip())
         if hit is not None:
             return FetchedDataset(uri, hit, verify_dataset(hit, uri), 0, upstream_run_id(uri))
@@ -107,9 +112,9 @@ def log_dataset_input(client: Any, run_id: str, fetched: FetchedDataset, context
         name=manifest.task,
         digest=manifest.digest[:36],
         source_type="trainflow",
-        source=f'{{"uri": "{fetched.uri}", "origin": "{manifest.source}"}}',
+        source=json.dumps({"uri": fetched.uri, "origin": manifest.source}),
         schema=None,
-        profile=str(manifest.splits).replace("'", '"'),
+        profile=json.dumps(manifest.splits),
     )
     client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
     tags = {
