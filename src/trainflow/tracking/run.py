@@ -157,8 +157,8 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         check_reachable(uri, cfg.tracking.connect_timeout_s)
         mlflow.set_tracking_uri(uri)
         code = code_version(root)
+        run, attached = _attach_or_start(mlflow, cfg, step, root, uri, parent_run_id)  # names a bad URI
         client = mlflow.MlflowClient(uri)
-        run, attached = _attach_or_start(mlflow, cfg, step, root, uri, parent_run_id)
     except BaseException as exc:
         _restore(previous)
         if isinstance(exc, TrainflowError):
