@@ -51,13 +51,21 @@ def job_key() -> str | None:
     return None
 
 
-def find_leader_run(client: Any, key: str, timeout_s: float, poll_s: float = 1.0) -> str:
-    """The RUNNING run rank zero opened for this job; waits for rank zero to open it."""
+def find_leader_run(client: Any, key: str, experiment: str, started_after_s: float, timeout_s: float,
+                    poll_s: float = 1.0) -> str:
+    """The RUNNING run rank zero opened for this job in `experiment` (an id, or a name it may still create).
+
+    Only runs started after `started_after_s` (epoch seconds) count: a job
+    killed outright leaves its run RUNNING, and a static rendezvous or a
+    requeued SLURM job gives the next job the same key.
+    """
     deadline = time.monotonic() + timeout_s
-    filter_string = f"tags.`{JOB_TAG}` = '{key}' and attributes.status = 'RUNNING'"
+    filter_string = (f"tags.`{JOB_TAG}` = '{key}' and attributes.status = 'RUNNING' "
+                     f"and attributes.start_time >= {int(started_after_s * 1000)}")
     while True:
-        experiments = [e.experiment_id for e in client.search_experiments()]
-        runs = client.search_runs(experiments, filter_string, max_results=1) if experiments else []
+        experiment_id = experiment if experiment.isdigit() else getattr(
+            client.get_experiment_by_name(experiment), "experiment_id", None)
+        runs = client.search_runs([experiment_id], filter_string, max_results=1) if experiment_id else []
         if runs:
             return str(runs[0].info.run_id)
         if time.monotonic() > deadline:

@@ -146,10 +146,6 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         with _follower_run(step, cfg, root, output_dir) as ctx:
             yield ctx
         return
-    # A signal while the run is being made is noted, and acted on once the run
-    # exists (it ends KILLED): raised midway, it could leave a RUNNING run behind.
-    previous = {s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    _Interrupted.signum = None
     try:
         tree = apply_extras(cfg, output_dir)
         uri = resolve_tracking_uri(cfg.tracking.get("uri"), root)
@@ -157,15 +153,22 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         check_reachable(uri, cfg.tracking.connect_timeout_s)
         mlflow.set_tracking_uri(uri)
         code = code_version(root)
+    except TrainflowError as exc:
+        _fail_cleanly(exc)
+    # While the run is being made (and until the block below can end it), a
+    # signal is only noted: raised midway, it could leave a RUNNING run behind.
+    _Interrupted.signum = None
+    previous = {s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
         run, attached = _attach_or_start(mlflow, cfg, step, root, uri, parent_run_id)  # names a bad URI
         client = mlflow.MlflowClient(uri)
     except BaseException as exc:
         _restore(previous)
+        if _Interrupted.signum is not None:  # no run was made: the interruption is the news
+            _exit_interrupted(step, _Interrupted.signum, None)
         if isinstance(exc, TrainflowError):
             _fail_cleanly(exc)
         raise
-    for signum in previous:
-        signal.signal(signum, _on_signal)
     # DDP ranks that Lightning starts later inherit this and follow the run.
     os.environ[LEADER_RUN_ENV] = run.info.run_id
     ctx = StepRun(
@@ -181,6 +184,8 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
     )
     status = "FAILED"
     try:
+        for signum in previous:
+            signal.signal(signum, _on_signal)
         if _Interrupted.signum is not None:  # arrived while the run was being made
             raise KeyboardInterrupt(signal.Signals(_Interrupted.signum).name)
         age = process_age_s()
@@ -200,9 +205,7 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         signum = _Interrupted.signum or signal.SIGINT
         _record_error(ctx, f"interrupted by {signal.Signals(signum).name}")
         _end(mlflow, status)
-        print(f"error: {step} interrupted by {signal.Signals(signum).name}; run {ctx.run_id} {status}",
-              file=sys.stderr, flush=True)
-        raise SystemExit(128 + int(signum)) from None
+        _exit_interrupted(step, signum, ctx.run_id)
     except TrainflowError as exc:
         _record_error(ctx, str(exc))
         _end(mlflow, "FAILED")
@@ -240,12 +243,22 @@ def _follower_run(step: str, cfg: DictConfig, root: Path, output_dir: Path) -> I
 
 def _find_leader(client: MlflowClient, cfg: DictConfig) -> str:
     """torchrun/srun started this rank beside rank zero, not after it: wait for rank zero's run."""
+    # rank zero started when this rank did; a minute's slack for slow nodes and clocks
+    started_after = time.time() - (process_age_s() or 0.0) - 60
+    experiment = os.environ.get("MLFLOW_EXPERIMENT_ID") or str(cfg.tracking.experiment_name)
     try:
-        run_id = find_leader_run(client, str(job_key()), cfg.tracking.leader_timeout_s)
+        run_id = find_leader_run(client, str(job_key()), experiment, started_after, cfg.tracking.leader_timeout_s)
     except TrainflowError as exc:
         _fail_cleanly(exc)
     os.environ[LEADER_RUN_ENV] = run_id
     return run_id
+
+
+def _exit_interrupted(step: str, signum: int, run_id: str | None) -> NoReturn:
+    name = signal.Signals(signum).name
+    ended = f"; run {run_id} KILLED" if run_id else "; no run was made"
+    print(f"error: {step} interrupted by {name}{ended}", file=sys.stderr, flush=True)
+    raise SystemExit(128 + int(signum)) from None
 
 
 def _fail_cleanly(exc: TrainflowError) -> NoReturn:
