@@ -42,3 +42,17 @@ def test_a_recorded_figure_counts_only_for_the_same_data_and_batches(registry, d
     assert (promotion.decision, promotion.champion) == (decision, champion)
     assert measured == ([] if champion == 0.9 else ["1"])
     assert str(registry.get_model_version_by_alias("m", CHAMPION).version) == ("2" if decision == "promoted" else "1")
+
+
+@pytest.mark.parametrize(("overrides", "scope"), [
+    ([], "all"),
+    (["trainer.limit_test_batches=1.0"], "all"),
+    (["trainer.limit_test_batches=1"], "limit_test_batches=1,batch_size=64"),  # an int is a batch count
+    (["trainer.limit_test_batches=2", "data.batch_size=16"], "limit_test_batches=2,batch_size=16"),
+    (["trainer.limit_test_batches=0.5"], "limit_test_batches=0.5,batch_size=64"),
+])
+def test_the_scope_names_how_much_of_the_test_split_was_seen(compose, tmp_path, overrides, scope) -> None:
+    from trainflow.training.evaluate import eval_scope
+
+    cfg = compose("evaluate", ["experiment=example", "model_uri=models:/m/1", *overrides], output_dir=tmp_path)
+    assert eval_scope(cfg) == scope

@@ -68,7 +68,7 @@ def evaluate(cfg: DictConfig, run: StepRun) -> EvalResult:
     result = EvalResult(metrics=metrics, source=subject.source, dataset_digest=dataset.manifest.digest,
                         per_class=per_class)
     if subject.model is not None:
-        _record_on_model(run, subject.model, metrics, dataset, test_scope(cfg))
+        _record_on_model(run, subject.model, metrics, dataset, eval_scope(cfg))
     if cfg.get("promote"):
         result.promotion = _promote(cfg, run, subject, metrics, dataset)
     run.set_output(subject.source)
@@ -203,10 +203,12 @@ def _metric_entities(values: dict[str, float], model_id: str | None = None) -> l
     return [Metric(k, float(v), now, 0, model_id=model_id) for k, v in values.items()]
 
 
-def test_scope(cfg: DictConfig) -> str:
+def eval_scope(cfg: DictConfig) -> str:
     """How much of the test split a figure covers: figures compare only within one scope."""
     limit = cfg.trainer.get("limit_test_batches")
-    return "all" if limit is None or limit == 1.0 else f"limit_test_batches={limit}"
+    if limit is None or (isinstance(limit, float) and limit == 1.0):  # Lightning: int 1 is one batch
+        return "all"
+    return f"limit_test_batches={limit},batch_size={cfg.data.get('batch_size')}"
 
 
 def _record_on_model(run: StepRun, model: ResolvedModel, metrics: dict[str, float], dataset: FetchedDataset,
@@ -247,7 +249,7 @@ def _promote(cfg: DictConfig, run: StepRun, subject: _Subject, metrics: dict[str
 
     promotion = promote_if_better(run.client, model.name, model.version, metric, metrics[metric],
                                   dataset.manifest.digest, higher_is_better(metric), champion_value_on,
-                                  scope=test_scope(cfg))
+                                  scope=eval_scope(cfg))
     record = {
         "trainflow.promotion.decision": promotion.decision,
         "trainflow.promotion.metric": metric,
