@@ -105,6 +105,20 @@ def test_planted_secrets_reach_no_param_tag_or_artifact_of_a_failing_step(
     assert PLANTED.encode() not in everything
 
 
+def test_a_secret_from_the_environment_is_masked_in_the_error_it_appears_in(
+        compose, tmp_path, sqlite_uri, tracking_env, monkeypatch) -> None:
+    """The value never appears on the command line (`${oc.env:...}`), only in the resolved config."""
+    tracking_env(sqlite_uri)
+    monkeypatch.setenv("TRAINFLOW_TEST_VAULT", PLANTED)
+    cfg = compose("train", [*TINY, "+vault.token=${oc.env:TRAINFLOW_TEST_VAULT}"], output_dir=tmp_path / "out")
+    with pytest.raises(RuntimeError), step_run("train", cfg) as run:
+        raise RuntimeError(f"vault refused {cfg.vault.token}")
+    everything, _ = logged_bytes(MlflowClient(sqlite_uri), run.run_id, tmp_path / "artifacts")
+    assert MlflowClient(sqlite_uri).get_run(run.run_id).data.tags["trainflow.error"] == \
+        f"RuntimeError: vault refused {REDACTED}"
+    assert PLANTED.encode() not in everything
+
+
 def test_a_compose_error_under_mlflow_run_masks_the_secret(
         tmp_path, sqlite_uri, tracking_env, monkeypatch, capsys) -> None:
     from trainflow.cli import precheck_overrides

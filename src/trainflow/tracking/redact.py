@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 REDACTED = "***"
@@ -78,17 +78,32 @@ def redact(node: Any) -> Any:
     return node
 
 
+def secret_values(node: Any, under_secret: bool = False) -> list[str]:
+    """The scalar values `redact` hides, as text: what an error message must not repeat either."""
+    if isinstance(node, dict):
+        return [v for k, child in node.items() for v in secret_values(child, under_secret or is_secret_key(str(k)))]
+    if isinstance(node, list):
+        return [v for child in node for v in secret_values(child, under_secret)]
+    if under_secret and node is not None and len(str(node)) >= _MIN_MASKED_LEN:
+        return [str(node)]
+    return []
+
+
 def redact_overrides(overrides: list[str]) -> list[str]:
     """Hydra overrides fit for a tag or an artifact: secret values masked, the rest verbatim."""
     return [_redact_override(item)[0] for item in overrides]
 
 
-def mask_secrets(text: str, overrides: list[str]) -> str:
+def mask_secrets(text: str, overrides: list[str], values: Iterable[str] = ()) -> str:
     """An error message or traceback with every secret the overrides carried masked.
 
     Hydra echoes an override it cannot parse or apply whole, and a value it
     cannot convert alone, so both the override and its secret values go.
+    `values`: secrets from elsewhere (the config files, `${oc.env:...}`) that
+    a constructor's message may quote.
     """
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
     for item in overrides:
         cleaned, removed = _redact_override(item)
         if cleaned != item:

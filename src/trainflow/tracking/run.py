@@ -31,7 +31,7 @@ from trainflow.project import project_root
 from trainflow.tracking.codeversion import CodeVersion, code_version
 from trainflow.tracking.params import flatten, new_params
 from trainflow.tracking.ranks import JOB_TAG, LEADER_RUN_ENV, ReadOnlyClient, find_leader_run, is_follower, job_key
-from trainflow.tracking.redact import is_secret_key, mask_secrets, redact, redact_overrides
+from trainflow.tracking.redact import is_secret_key, mask_secrets, redact, redact_overrides, secret_values
 from trainflow.tracking.uri import bound_http_client, check_reachable, resolve_tracking_uri
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class StepRun:
     leader: bool = True  # False on non-zero DDP ranks: they write nothing
     outputs: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    secrets: tuple[str, ...] = ()  # the config's secret values: masked in any error recorded on the run
 
     def set_output(self, uri: str, name: str = "output") -> None:
         """Hand the step's product on: a tag other steps and the pipeline read."""
@@ -402,7 +403,9 @@ def _log_run_identity(ctx: StepRun, cfg: DictConfig, tree: str | None) -> None:
     """Tags, params and config artifacts: enough to rebuild the run."""
     from trainflow.config.hashing import config_hash
 
-    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    ctx.secrets = tuple(secret_values(plain))
+    resolved = redact(plain)
     assert isinstance(resolved, dict)
     overrides = hydra_overrides()
     tags = {
@@ -459,9 +462,9 @@ def _record_error(ctx: StepRun, message: str, trace: str | None = None) -> None:
     """
     overrides = hydra_overrides()
     try:
-        ctx.client.set_tag(ctx.run_id, TAG_ERROR, mask_secrets(message, overrides)[:5000])
+        ctx.client.set_tag(ctx.run_id, TAG_ERROR, mask_secrets(message, overrides, ctx.secrets)[:5000])
         if trace:
-            ctx.client.log_text(ctx.run_id, mask_secrets(trace, overrides), "error.txt")
+            ctx.client.log_text(ctx.run_id, mask_secrets(trace, overrides, ctx.secrets), "error.txt")
     except Exception as exc:
         log.warning("could not record the error on run %s: %s", ctx.run_id, exc)
 
