@@ -18,7 +18,8 @@ def test_hub_ids_and_urls_are_hub_requests(value) -> None:
 
 
 @pytest.mark.parametrize("value", [False, None, "", "/abs/weights.pth", "weights/resnet.ckpt", "./timm/resnet.pth",
-                                   "~/w.safetensors", r"C:\weights\resnet.pth", "runs:/0123abcd/checkpoints/best",
+                                   "timm/resnet.pth", "~/w.safetensors", r"C:\weights\resnet.pth",
+                                   "runs:/0123abcd/checkpoints/best",
                                    "models:/digits/3", "mlflow-artifacts:/1/abc/artifacts/w.pt",
                                    "file:///tmp/w.pt", "s3://bucket/w.pt"])
 def test_files_and_mlflow_uris_are_not(value) -> None:

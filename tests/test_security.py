@@ -107,7 +107,7 @@ def test_wrong_credentials_fail_clearly(auth_server) -> None:
     assert "wrong-password-123" not in done.stderr
 
 
-def test_the_whole_pipeline_runs_with_credentials_and_logs_none(auth_server, tmp_path) -> None:
+def test_the_whole_pipeline_runs_with_credentials_and_logs_none(auth_server, tmp_path, monkeypatch) -> None:
     """`mlflow run .` (prepare_data -> train -> evaluate, promotion) with the credentials in the environment:
     every step authenticates, the alias moves, and the password is in no run or version."""
     server, password = auth_server
@@ -118,21 +118,16 @@ def test_the_whole_pipeline_runs_with_credentials_and_logs_none(auth_server, tmp
     done = subprocess.run(cmd, cwd=ROOT, env={**step_env(server.uri), **credentials}, capture_output=True, text=True,
                           timeout=400, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    import os
-
-    os.environ.update(credentials)
-    try:
-        client = MlflowClient(server.uri)
-        exp = client.get_experiment_by_name("secure-pipeline")
-        runs = client.search_runs([exp.experiment_id])
-        assert sorted(r.data.tags["trainflow.step"] for r in runs) == ["evaluate", "main", "prepare_data", "train"]
-        assert all(r.info.status == "FINISHED" for r in runs)
-        champion = client.get_model_version_by_alias("secure-pipeline", "champion")
-        everything = repr(champion.tags).encode()
-        for run in runs:
-            everything += logged_bytes(client, run.info.run_id, tmp_path / run.info.run_id)[0]
-    finally:
-        for key in credentials:
-            del os.environ[key]
+    for key, value in credentials.items():
+        monkeypatch.setenv(key, value)
+    client = MlflowClient(server.uri)
+    exp = client.get_experiment_by_name("secure-pipeline")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["trainflow.step"] for r in runs) == ["evaluate", "main", "prepare_data", "train"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    champion = client.get_model_version_by_alias("secure-pipeline", "champion")
+    everything = repr(champion.tags).encode()
+    for run in runs:
+        everything += logged_bytes(client, run.info.run_id, tmp_path / run.info.run_id)[0]
     assert password.encode() not in everything
     assert password not in done.stdout + done.stderr

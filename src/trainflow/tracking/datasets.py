@@ -39,8 +39,9 @@ class FetchedDataset:
     upstream_run_id: str | None
 
 
-# URIs whose target can change (an alias moves, `latest` grows): never answered from the URI index.
-_MOVES = re.compile(r"^models:/[^/@]+(@[^/]+|/latest)(/|$)")
+# URIs whose target can change (an alias moves, `latest` grows, a stage is
+# reassigned): only `models:/NAME/<number>` and `models:/m-<id>` stand still.
+_MOVES = re.compile(r"^models:/[^/@]+(@[^/]+|/(?!\d+(/|$))[^/]+)(/|$)")
 
 
 def is_remote(uri: str) -> bool:

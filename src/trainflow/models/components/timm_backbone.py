@@ -54,7 +54,10 @@ def asks_for_hub(pretrained: Any) -> bool:
         return True
     if not isinstance(pretrained, str) or not pretrained or pretrained.startswith(WEIGHT_URI_SCHEMES):
         return False
-    return pretrained.lower().startswith(HUB_PREFIXES) or _SCHEME.match(pretrained) is not None
+    if _SCHEME.match(pretrained) is not None:
+        return True
+    # `timm/resnet18.a1_in1k` is a hub tag; `timm/weights.pth` a relative path to a file
+    return pretrained.lower().startswith(HUB_PREFIXES) and not pretrained.lower().endswith(WEIGHT_SUFFIXES)
 
 
 class TIMMBackbone(nn.Module):
