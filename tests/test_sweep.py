@@ -55,6 +55,8 @@ def test_one_parent_run_a_child_run_per_trial_and_a_raising_trial_does_not_stop_
         trial = by_number[number]
         assert trial.info.status == "FINISHED" and trial.data.tags["trainflow.trial.state"] == "COMPLETE"
         assert trial.data.tags["trainflow.step"] == "train" and "val/acc_best" in trial.data.metrics
+        saved = {a.path for a in client.list_artifacts(trial.info.run_id, "checkpoints")}
+        assert saved == {"checkpoints/best"}, "a trial is never resumed: no `last` to save every epoch"
 
     # best value and params on the parent, from the best trial's run
     best = max((by_number[n] for n in (1, 2, 3)), key=lambda r: r.data.metrics["val/acc_best"])
