@@ -154,7 +154,6 @@ def trial_config(overrides: list[str], output_dir: Path, number: int) -> Iterato
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.job.num = number
-        _keep_only_best(cfg)
     previous = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
@@ -163,15 +162,6 @@ def trial_config(overrides: list[str], output_dir: Path, number: int) -> Iterato
         yield cfg
     finally:
         HydraConfig.instance().cfg = previous
-
-
-def _keep_only_best(cfg: DictConfig) -> None:
-    """No `last` checkpoint for a trial: a trial is never resumed (an interrupted
-    one fails, and Optuna samples a new one), and saving and uploading `last`
-    every epoch costs tiny trials about a fifth of their time."""
-    checkpoint = (cfg.get("callbacks") or {}).get("model_checkpoint")
-    if checkpoint is not None and "save_last" in checkpoint:
-        checkpoint.save_last = False
 
 
 def _tag_trial(run: StepRun, trial: optuna.Trial, setup: TrialSetup, params: dict[str, Any]) -> None:
