@@ -193,13 +193,14 @@ def run_step(args: list[str], tracking_uri: str, timeout: float = 240, **extra: 
 
 
 def mlflow_run(entry: str, params: list[str], tracking_uri: str, timeout: float = 300,
-               experiment: str | None = None) -> subprocess.CompletedProcess:
+               experiment: str | None = None, **extra: str) -> subprocess.CompletedProcess:
+    """`mlflow run` of one entry point; `extra`: environment beside the store (credentials)."""
     cmd = [f"{VENV_BIN}/mlflow", "run", str(ROOT), "-e", entry, "--env-manager", "local"]
     if experiment:
         cmd += ["--experiment-name", experiment]
     for p in params:
         cmd += ["-P", p]
-    return subprocess.run(cmd, cwd=ROOT, env=step_env(tracking_uri), capture_output=True, text=True,
+    return subprocess.run(cmd, cwd=ROOT, env=step_env(tracking_uri, **extra), capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 

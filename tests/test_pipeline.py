@@ -210,11 +210,8 @@ def test_a_bad_alias_fails_in_one_line_and_changes_nothing(pipeline, mlflow_serv
 def test_a_debug_pipeline_evaluates_its_unregistered_model(mlflow_server) -> None:
     """`-P debug=limit` logs the model without a version; evaluate tests it and promotes nothing."""
     experiment = "pipeline-debug"
-    cmd = [f"{VENV_BIN}/mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", experiment]
-    for p in [*PIPELINE, "debug=limit", "registry.model_name=digits-debug"]:
-        cmd += ["-P", p]
-    done = subprocess.run(cmd, cwd=ROOT, env=step_env(mlflow_server.uri), capture_output=True, text=True,
-                          timeout=400, stdin=subprocess.DEVNULL)
+    done = mlflow_run("main", [*PIPELINE, "debug=limit", "registry.model_name=digits-debug"], mlflow_server.uri,
+                      timeout=400, experiment=experiment)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     client = MlflowClient(mlflow_server.uri)
     runs = step_runs(client, client.get_experiment_by_name(experiment).experiment_id)

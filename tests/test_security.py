@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import secrets
-import subprocess
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, TINY, VENV_BIN, MlflowServer, run_step, step_env
+from conftest import TINY, MlflowServer, mlflow_run, run_step
 
 pytestmark = pytest.mark.slow
 
@@ -111,12 +110,9 @@ def test_the_whole_pipeline_runs_with_credentials_and_logs_none(auth_server, tmp
     """`mlflow run .` (prepare_data -> train -> evaluate, promotion) with the credentials in the environment:
     every step authenticates, the alias moves, and the password is in no run or version."""
     server, password = auth_server
-    cmd = [f"{VENV_BIN}/mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "secure-pipeline"]
-    for p in [*[o for o in TINY if not o.startswith("registry.")], "registry.model_name=secure-pipeline"]:
-        cmd += ["-P", p]
+    params = [*[o for o in TINY if not o.startswith("registry.")], "registry.model_name=secure-pipeline"]
     credentials = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": password}
-    done = subprocess.run(cmd, cwd=ROOT, env={**step_env(server.uri), **credentials}, capture_output=True, text=True,
-                          timeout=400, stdin=subprocess.DEVNULL)
+    done = mlflow_run("main", params, server.uri, timeout=400, experiment="secure-pipeline", **credentials)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     for key, value in credentials.items():
         monkeypatch.setenv(key, value)
