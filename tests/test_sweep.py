@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -18,6 +19,7 @@ from mlflow import MlflowClient
 from conftest import ROOT, TINY, all_runs
 from trainflow.errors import ConfigError
 from trainflow.sweep.driver import run_sweep, sweep_plan
+from trainflow.sweep.recovery import ENDED, LEASE_PREFIX, Lease, end_lost_sweeps
 from trainflow.sweep.space import as_override, search_space
 from trainflow.sweep.study import StudySpec, build_storage, claim_trial, open_study, queue_trials
 from trainflow.tracking.run import step_run
@@ -118,6 +120,29 @@ def test_workers_racing_for_the_queue_claim_each_trial_once(tmp_path) -> None:
         t.join()
     assert sorted(claimed) == list(range(12))
     assert len(open_study(spec, build_storage(url)).trials) == 12
+
+
+def test_the_next_sweep_ends_a_lost_machines_parent_failed_and_leaves_live_ones(tmp_path, sqlite_uri) -> None:
+    """A machine killed when no other was there to notice: its lease is stale, its run still RUNNING."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = open_study(StudySpec(name="leases", storage=url, direction="maximize"), build_storage(url))
+    client = MlflowClient(sqlite_uri)
+    lost, alive, ended = (client.create_run("0").info.run_id for _ in range(3))
+    study.set_user_attr(LEASE_PREFIX + lost, time.time() - 120)
+    lease = Lease(study, alive, interval_s=1).start()
+    study.set_user_attr(LEASE_PREFIX + ended, time.time() - 120)
+    client.set_terminated(ended, "FINISHED")
+    try:
+        assert sorted(end_lost_sweeps(study, client, grace_s=60)) == sorted([lost, ended])
+    finally:
+        lease.end()
+    assert client.get_run(lost).info.status == "FAILED"
+    assert "sweep machine lost: no heartbeat for 12" in client.get_run(lost).data.tags["trainflow.error"]
+    assert client.get_run(alive).info.status == "RUNNING", "a live lease is left alone"
+    assert client.get_run(ended).info.status == "FINISHED", "a run that ended keeps its status"
+    attrs = study.user_attrs
+    assert attrs[LEASE_PREFIX + lost] == attrs[LEASE_PREFIX + ended] == attrs[LEASE_PREFIX + alive] == ENDED
+    assert end_lost_sweeps(study, client, grace_s=60) == [], "a closed lease is not lost twice"
 
 
 @pytest.mark.parametrize("value", [0.001, 1e-05, 3, True, None, "adam", "32", "it's"])

@@ -4,9 +4,12 @@
         result = run_sweep(cfg, run)
 
 Recipe: read the study config -> check one trial composes -> create the study
-and queue its trials -> start workers -> work in this process too -> wait ->
-summarise the whole study on the parent run (best value and params, a trials
-table) -> register the best trial's model if asked.
+and queue its trials (under a lock every machine shares) -> take a lease and
+end lost machines' runs -> start workers -> work in this process too, then
+watch the study until no trial is running anywhere (a lost machine's trial
+comes back to the queue) -> wait -> summarise the whole study on the parent
+run (best value and params, a trials table) -> register the best trial's
+model if asked, once per study whichever machine gets there first.
 """
 
 from __future__ import annotations
@@ -28,15 +31,15 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from trainflow.errors import ConfigError, TrainflowError
+from trainflow.sweep.recovery import Lease, end_lost_sweeps, fail_stale, heartbeat_enabled
 from trainflow.sweep.space import SearchParam, as_override, first_values, search_space
 from trainflow.sweep.study import (
     DIRECTIONS,
     StudySpec,
-    build_storage,
-    open_study,
-    queue_trials,
+    create_and_queue,
     redact_url,
     resolve_storage,
+    study_lock,
 )
 from trainflow.sweep.trial import ATTR_ERROR, ATTR_RUN, ATTR_SWEEP_RUN, ATTR_WORKER, TAG_STATE, TrialSetup, trial_config
 from trainflow.sweep.worker import WorkerSpec, limit_threads, work
@@ -87,16 +90,32 @@ class SweepResult:
 def run_sweep(cfg: DictConfig, run: StepRun) -> SweepResult:
     plan = sweep_plan(cfg, run.output_dir, run.run_id)
     check_trial_config(plan)
-    study = open_study(plan.study, build_storage(plan.study.storage))
-    queued = queue_trials(study, plan.n_trials, plan.enqueue)
+    study, queued = create_and_queue(plan.study, plan.n_trials, plan.enqueue)
     _tag_sweep(run, plan, queued)
+    lease = Lease(study, run.run_id, plan.study.heartbeat_s or 0).start() if heartbeat_enabled(study) else None
+    try:
+        result = _run_trials(study, run, plan)
+    finally:
+        if lease is not None:
+            lease.end()
+    if plan.register_best and result.best_run_id:
+        result.registered = register_best(run, result, plan)
+    run.set_output(_output(run, result))
+    return result
+
+
+def _run_trials(study: optuna.Study, run: StepRun, plan: SweepPlan) -> SweepResult:
+    """Lost machines' runs ended, workers started, trials run and watched to the study's end, summarised."""
+    if heartbeat_enabled(study):
+        fail_stale(study)
+        end_lost_sweeps(study, run.client, plan.study.grace_s)
     workers = start_workers(plan, run)
     try:
         # Imports the model code (seconds) while the workers import theirs.
         check_trial_config(plan, targets=True)
         with run.timed("trials"):
             limit_threads(1 if plan.n_workers > 1 else None)
-            work(study, plan.setup(run.run_id, worker=0), plan.study.storage)
+            work(study, plan.setup(run.run_id, worker=0), plan.study.storage, watch=True)
             wait_workers(workers)
     except BaseException as exc:
         stop_workers(workers, signal_of(exc))
@@ -104,11 +123,7 @@ def run_sweep(cfg: DictConfig, run: StepRun) -> SweepResult:
         _summarise_quietly(study, run, plan)
         raise
     fail_orphans(study, run, plan.own_storage)
-    result = summarise(study, run, plan)
-    if plan.register_best and result.best_run_id:
-        result.registered = register_best(run, result, plan)
-    run.set_output(_output(run, result))
-    return result
+    return summarise(study, run, plan)
 
 
 def sweep_plan(cfg: DictConfig, output_dir: Path, run_id: str) -> SweepPlan:
@@ -122,9 +137,12 @@ def sweep_plan(cfg: DictConfig, output_dir: Path, run_id: str) -> SweepPlan:
         raise ConfigError("optimized_metric: a sweep needs the metric it optimises")
     if node["direction"] not in DIRECTIONS:
         raise ConfigError(f"sweep.direction: '{node['direction']}' is not maximize or minimize")
-    for key in ("n_trials", "n_workers"):
+    for key in ("n_trials", "n_workers", "heartbeat_s"):
         if node[key] < 1:
             raise ConfigError(f"sweep.{key}: must be at least 1 (got {node[key]})")
+    if node["grace_s"] <= node["heartbeat_s"]:
+        raise ConfigError(f"sweep.grace_s: must be longer than sweep.heartbeat_s ({node['heartbeat_s']}s; "
+                          f"got {node['grace_s']}s), or every trial would look lost between two beats")
     _check_strategy(cfg)
     model_name = cfg.registry.get("model_name")
     if node["register_best"] and not model_name:
@@ -132,7 +150,8 @@ def sweep_plan(cfg: DictConfig, output_dir: Path, run_id: str) -> SweepPlan:
     storage = resolve_storage(node["storage"], node["n_workers"], output_dir)
     study = StudySpec(name=node["study_name"] or f"sweep-{run_id}", storage=storage,
                       direction=node["direction"], sampler=node["sampler"], pruner=node["pruner"],
-                      seed=cfg.get("seed"))
+                      seed=cfg.get("seed"), heartbeat_s=node["heartbeat_s"] if storage else None,
+                      grace_s=node["grace_s"], max_retry=node["max_retry"])
     return SweepPlan(study=study, n_trials=node["n_trials"], n_workers=node["n_workers"],
                      space=search_space(node["params"]), metric=str(metric),
                      overrides=trial_overrides(hydra_overrides(), node["register_best"], node["n_workers"]),
@@ -381,11 +400,21 @@ def register_best(run: StepRun, result: SweepResult, plan: SweepPlan) -> str:
     version_tags = _logged_model_tags(run, model_uri)
     version_tags.update({"trainflow.sweep.run_id": run.run_id, "trainflow.sweep.study": result.study_name,
                          "trainflow.trial.number": str(result.best_trial)})
-    version = mlflow.register_model(model_uri, plan.model_name, tags=version_tags)
+    with study_lock(plan.study.storage, plan.study.name):
+        version = _registered_already(run, plan.model_name, result) or \
+            mlflow.register_model(model_uri, plan.model_name, tags=version_tags)
     uri = f"models:/{version.name}/{version.version}"
     run.client.set_tag(run.run_id, "trainflow.registered", uri)
     print(f"registered {uri} (trial {result.best_trial})", flush=True)
     return uri
+
+
+def _registered_already(run: StepRun, model_name: str, result: SweepResult) -> Any:
+    """The version another machine of this study registered for the same best trial, if any."""
+    found = run.client.search_model_versions(
+        f"name = '{model_name}' and tags.`trainflow.sweep.study` = '{result.study_name}' "
+        f"and tags.`trainflow.trial.number` = '{result.best_trial}'")
+    return found[0] if found else None
 
 
 def _logged_model_tags(run: StepRun, model_uri: str) -> dict[str, str]:
