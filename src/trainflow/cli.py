@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from trainflow.tracking import tags as tag
+
 # Hydra's command-line flags (hydra/_internal/utils.py get_args_parser).
 _HYDRA_FLAGS = frozenset({
     "--help", "--hydra-help", "--version", "--cfg", "--resolve", "--package", "--run",
@@ -152,7 +154,7 @@ def _record_on_mlflow_run(message: str) -> None:
         from mlflow import MlflowClient
 
         client = MlflowClient()
-        client.set_tag(run_id, "trainflow.error", message[:5000])
+        client.set_tag(run_id, tag.ERROR, message[:5000])
         client.set_terminated(run_id, "FAILED")
     except Exception:
         pass

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from trainflow.tracking import tags as tag
+
 # What each step's result depends on, beside its config and inputs. A change
 # under a path reruns that step and, through its new output, every step after it.
 # Every step parses its overrides (cli), finds its root (project), and logs
@@ -36,7 +38,6 @@ CODE_SCOPES: dict[str, tuple[str, ...]] = {
 _LOADER_KEYS = frozenset({"batch_size", "num_workers", "pin_memory", "uri", "persistent_workers",
                           "image_size", "train_transform", "eval_transform"})
 _VOLATILE = frozenset({"paths", "hydra", "extras", "tracking", "tags", "task_name"})
-CACHE_TAG = "trainflow.cache_key"
 
 
 def scoped_config(step: str, resolved: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +75,7 @@ def cache_key(step: str, resolved: dict[str, Any], code: str, inputs: dict[str, 
 def find_finished_run(client: Any, experiment_ids: list[str], key: str) -> Any | None:
     runs = client.search_runs(
         experiment_ids,
-        filter_string=f"tags.`{CACHE_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`{tag.CACHE_KEY}` = '{key}' and attributes.status = 'FINISHED'",
         max_results=1,
         order_by=["attributes.start_time DESC"],
     )

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from trainflow.data.images import IMAGE_SUFFIXES, BadImage, open_image
 from trainflow.errors import ConfigError, DataError, UriError
+from trainflow.tracking import tags as tag
 from trainflow.tracking.datasets import is_remote
 from trainflow.tracking.registry import resolve_model
 from trainflow.tracking.run import StepRun
@@ -51,9 +52,9 @@ def predict(cfg: DictConfig, run: StepRun) -> PredictResult:
         raise ConfigError(f"batch_size={cfg.batch_size}: must be at least 1")
 
     model = resolve_model(cfg.model_uri, run.client, run.output_dir / "model")
-    run.client.set_tag(run.run_id, "trainflow.predicted", cfg.model_uri)
+    run.client.set_tag(run.run_id, tag.PREDICTED, cfg.model_uri)
     if model.run_id:
-        run.client.set_tag(run.run_id, "trainflow.upstream.train", model.run_id)
+        run.client.set_tag(run.run_id, tag.UPSTREAM_TRAIN, model.run_id)
     pyfunc = mlflow.pyfunc.load_model(str(model.local_dir))
     local = local_input(str(cfg.input), run.output_dir / "input")
     skipped: list[str] = []

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from trainflow.errors import UriError
+from trainflow.tracking import tags as tag
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -80,11 +81,11 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
             code_paths=[str(Path(trainflow.__file__).parent)],
             tags=tags,
         )
-    run.client.set_tag(run.run_id, "trainflow.model_uri", info.model_uri)
+    run.client.set_tag(run.run_id, tag.MODEL_URI, info.model_uri)
     version = None
     if register_as:
         version = mlflow.register_model(info.model_uri, register_as, tags=tags)
-        run.client.set_tag(run.run_id, "trainflow.registered", f"models:/{register_as}/{version.version}")
+        run.client.set_tag(run.run_id, tag.REGISTERED, f"models:/{register_as}/{version.version}")
         print(f"registered models:/{register_as}/{version.version}", flush=True)
     return LoggedModel(info.model_uri, getattr(info, "model_id", None), version)
 
@@ -189,9 +190,9 @@ def promote_if_better(client: Any, name: str, version: str, metric: str, value: 
     elif str(champion.version) == str(version):
         result = Promotion("kept", value, value, str(version))
     else:
-        recorded = champion.tags.get(f"trainflow.eval.{metric}")
-        same_data = (champion.tags.get("trainflow.eval.data_digest") == digest
-                     and champion.tags.get("trainflow.eval.test_scope", "all") == scope)
+        recorded = champion.tags.get(tag.eval_metric(metric))
+        same_data = (champion.tags.get(tag.EVAL_DATA_DIGEST) == digest
+                     and champion.tags.get(tag.EVAL_TEST_SCOPE, "all") == scope)
         champ_value = float(recorded) if recorded is not None and same_data else champion_value_on(champion)
         better = value > champ_value if higher_is_better else value < champ_value
         result = Promotion("promoted" if better else "kept", value, champ_value, str(champion.version))

@@ -28,9 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainflow.errors import TrackingError, TrainflowError
 from trainflow.project import project_root
+from trainflow.tracking import tags as tag
 from trainflow.tracking.codeversion import CodeVersion, code_version
 from trainflow.tracking.params import flatten, new_params
-from trainflow.tracking.ranks import JOB_TAG, LEADER_RUN_ENV, ReadOnlyClient, find_leader_run, is_follower, job_key
+from trainflow.tracking.ranks import LEADER_RUN_ENV, ReadOnlyClient, find_leader_run, is_follower, job_key
 from trainflow.tracking.redact import is_secret_key, mask_secrets, redact, redact_overrides, secret_values
 from trainflow.tracking.uri import bound_http_client, check_reachable, resolve_tracking_uri
 
@@ -38,11 +39,6 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
-
-TAG_STEP = "trainflow.step"
-TAG_OUTPUT = "trainflow.output_uri"
-TAG_ERROR = "trainflow.error"
-
 
 @dataclass
 class StepRun:
@@ -65,7 +61,7 @@ class StepRun:
     def set_output(self, uri: str, name: str = "output") -> None:
         """Hand the step's product on: a tag other steps and the pipeline read."""
         self.outputs[name] = uri
-        key = TAG_OUTPUT if name == "output" else f"{TAG_OUTPUT}.{name}"
+        key = tag.output(name)
         self.client.set_tag(self.run_id, key, uri)
         if self.leader:
             print(f"{self.step} {name}: {uri}", flush=True)
@@ -323,18 +319,18 @@ def _reopen(mlflow: Any, resume: str, created: str | None) -> Any:
         previous = client.get_run(resume)
     except MlflowException as exc:
         raise TrackingError(f"resume: no run {resume}") from exc
-    if previous.data.tags.get(TAG_STEP) != "train":
+    if previous.data.tags.get(tag.STEP) != "train":
         raise TrackingError(f"resume: run {resume} is not a train run")
     if previous.info.status == "FINISHED":
         raise TrackingError(f"resume: run {resume} finished; nothing to resume")
     if created and created != resume:
-        client.set_tag(created, "trainflow.resumed_into", resume)
+        client.set_tag(created, tag.RESUMED_INTO, resume)
         client.set_terminated(created, "FINISHED")
     os.environ.pop("MLFLOW_RUN_ID", None)
     run = mlflow.start_run(run_id=resume)
-    count = int(previous.data.tags.get("trainflow.resumes", "0")) + 1
-    client.set_tag(resume, "trainflow.resumes", str(count))
-    client.delete_tag(resume, TAG_ERROR) if TAG_ERROR in previous.data.tags else None
+    count = int(previous.data.tags.get(tag.RESUMES, "0")) + 1
+    client.set_tag(resume, tag.RESUMES, str(count))
+    client.delete_tag(resume, tag.ERROR) if tag.ERROR in previous.data.tags else None
     return run
 
 
@@ -409,18 +405,18 @@ def _log_run_identity(ctx: StepRun, cfg: DictConfig, tree: str | None) -> None:
     assert isinstance(resolved, dict)
     overrides = hydra_overrides()
     tags = {
-        TAG_STEP: ctx.step,
-        "trainflow.git.commit": ctx.code.commit or "",
-        "trainflow.git.dirty": str(ctx.code.dirty).lower(),
-        "trainflow.code_version": ctx.code.id,
-        "trainflow.config_hash": config_hash(resolved),
-        "trainflow.overrides": json.dumps(redact_overrides(overrides)),
-        "trainflow.tags": ",".join(str(t) for t in cfg.get("tags") or []),
+        tag.STEP: ctx.step,
+        tag.GIT_COMMIT: ctx.code.commit or "",
+        tag.GIT_DIRTY: str(ctx.code.dirty).lower(),
+        tag.CODE_VERSION: ctx.code.id,
+        tag.CONFIG_HASH: config_hash(resolved),
+        tag.OVERRIDES: json.dumps(redact_overrides(overrides)),
+        tag.USER_TAGS: ",".join(str(t) for t in cfg.get("tags") or []),
     }
     tags.update({f"tag.{t}": "true" for t in cfg.get("tags") or []})
     job = job_key()
     if job is not None:  # torchrun/srun: the other ranks find this run by it
-        tags[JOB_TAG] = job
+        tags[tag.JOB] = job
     _set_tags(ctx, tags)
     if cfg.tracking.get("log_params", True):
         logged = ctx.client.get_run(ctx.run_id).data.params
@@ -462,7 +458,7 @@ def _record_error(ctx: StepRun, message: str, trace: str | None = None) -> None:
     """
     overrides = hydra_overrides()
     try:
-        ctx.client.set_tag(ctx.run_id, TAG_ERROR, mask_secrets(message, overrides, ctx.secrets)[:5000])
+        ctx.client.set_tag(ctx.run_id, tag.ERROR, mask_secrets(message, overrides, ctx.secrets)[:5000])
         if trace:
             ctx.client.log_text(ctx.run_id, mask_secrets(trace, overrides, ctx.secrets), "error.txt")
     except Exception as exc:

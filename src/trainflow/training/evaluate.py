@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainflow.config.validate import check_targets
 from trainflow.errors import ConfigError, DataError
+from trainflow.tracking import tags as tag
 from trainflow.tracking.datasets import FetchedDataset, dataset_for_step, lineage_data_uri
 from trainflow.tracking.lightning import RunLogger
 from trainflow.tracking.registry import Promotion, ResolvedModel, promote_if_better, resolve_model
@@ -83,15 +84,15 @@ def _load_subject(cfg: DictConfig, run: StepRun) -> _Subject:
         artifacts = model.local_dir / "artifacts"
         module = instantiate(OmegaConf.load(artifacts / "model.yaml"), _convert_="all")
         module.load_state_dict(torch.load(artifacts / "weights.pt", map_location="cpu", weights_only=True))
-        run.client.set_tag(run.run_id, "trainflow.evaluated", cfg.model_uri)
+        run.client.set_tag(run.run_id, tag.EVALUATED, cfg.model_uri)
         if model.run_id:
-            run.client.set_tag(run.run_id, "trainflow.upstream.train", model.run_id)
+            run.client.set_tag(run.run_id, tag.UPSTREAM_TRAIN, model.run_id)
         return _Subject(module, cfg.model_uri, model.run_id, model, recorded_data=_served_data(artifacts))
     checkpoint = resolve_checkpoint(cfg.ckpt_path, run.output_dir / "checkpoint")
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     module = instantiate(cfg.model, _convert_="all", **unset_from_checkpoint(cfg.model, saved))
     module.load_state_dict(saved["state_dict"])
-    run.client.set_tag(run.run_id, "trainflow.evaluated", cfg.ckpt_path)
+    run.client.set_tag(run.run_id, tag.EVALUATED, cfg.ckpt_path)
     run_id = cfg.ckpt_path.split("/")[1] if str(cfg.ckpt_path).startswith("runs:/") else None
     return _Subject(module, cfg.ckpt_path, run_id, recorded_data=dict(saved.get("datamodule_hyper_parameters") or {}))
 
@@ -220,10 +221,10 @@ def _record_on_model(run: StepRun, model: ResolvedModel, metrics: dict[str, floa
             run.client.log_metric(run.run_id, key, value, model_id=model.model_id,
                                   dataset_name="test", dataset_digest=dataset.manifest.digest[:36])
     if model.name and model.version:
-        tags: dict[str, str] = {f"trainflow.eval.{k}": str(v) for k, v in test_metrics.items()}
-        tags["trainflow.eval.data_digest"] = dataset.manifest.digest
-        tags["trainflow.eval.test_scope"] = scope
-        tags["trainflow.eval.run_id"] = run.run_id
+        tags: dict[str, str] = {tag.eval_metric(k): str(v) for k, v in test_metrics.items()}
+        tags[tag.EVAL_DATA_DIGEST] = dataset.manifest.digest
+        tags[tag.EVAL_TEST_SCOPE] = scope
+        tags[tag.EVAL_RUN_ID] = run.run_id
         for key, text in tags.items():
             run.client.set_model_version_tag(model.name, model.version, key, text)
 
@@ -234,7 +235,7 @@ def _promote(cfg: DictConfig, run: StepRun, subject: _Subject, metrics: dict[str
     if model is None or model.name is None or model.version is None:
         # Only registry versions carry aliases; the metrics above still stand.
         log.warning("promote: %s is not a registered model version; nothing to promote", subject.source)
-        run.client.set_tag(run.run_id, "trainflow.promotion.decision", "skipped: not a registered version")
+        run.client.set_tag(run.run_id, tag.PROMOTION_DECISION, "skipped: not a registered version")
         return None
     metric = cfg.optimized_metric
     if metric not in metrics:
@@ -251,11 +252,11 @@ def _promote(cfg: DictConfig, run: StepRun, subject: _Subject, metrics: dict[str
                                   dataset.manifest.digest, higher_is_better(metric), champion_value_on,
                                   scope=eval_scope(cfg))
     record = {
-        "trainflow.promotion.decision": promotion.decision,
-        "trainflow.promotion.metric": metric,
-        "trainflow.promotion.candidate": str(promotion.candidate),
-        "trainflow.promotion.champion": "none" if promotion.champion is None else str(promotion.champion),
-        "trainflow.promotion.champion_version": promotion.champion_version or "none",
+        tag.PROMOTION_DECISION: promotion.decision,
+        tag.PROMOTION_METRIC: metric,
+        tag.PROMOTION_CANDIDATE: str(promotion.candidate),
+        tag.PROMOTION_CHAMPION: "none" if promotion.champion is None else str(promotion.champion),
+        tag.PROMOTION_CHAMPION_VERSION: promotion.champion_version or "none",
     }
     for key, value in record.items():
         run.client.set_tag(run.run_id, key, value)

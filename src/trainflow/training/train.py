@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from trainflow.config.validate import check_targets
+from trainflow.tracking import tags as tag
 from trainflow.tracking.datasets import FetchedDataset, dataset_for_step
 from trainflow.tracking.lightning import RunLogger
 from trainflow.tracking.run import StepRun
@@ -156,13 +157,13 @@ def _log_model(cfg: DictConfig, run: StepRun, model: Any, datamodule: Any, resul
     monitor = getattr(callback, "monitor", None) or cfg.optimized_metric
     score = getattr(callback, "best_model_score", None)
     tags = {
-        "trainflow.run_id": run.run_id,
-        "trainflow.data.digest": result.dataset.manifest.digest,
-        "trainflow.data.uri": result.dataset.uri,
-        "trainflow.monitor": str(monitor),
-        "trainflow.monitor.value": str(float(score) if score is not None else result.metrics.get(monitor)),
-        "trainflow.git.commit": run.code.commit or "",
-        "trainflow.code_version": run.code.id,
+        tag.RUN_ID: run.run_id,
+        tag.DATA_DIGEST: result.dataset.manifest.digest,
+        tag.DATA_URI: result.dataset.uri,
+        tag.MONITOR: str(monitor),
+        tag.MONITOR_VALUE: str(float(score) if score is not None else result.metrics.get(monitor)),
+        tag.GIT_COMMIT: run.code.commit or "",
+        tag.CODE_VERSION: run.code.id,
     }
     logged = log_trained_model(run, cfg.model, weights, ServingSpec(pyfunc, meta, example), tags,
                                register_as=cfg.registry.get("model_name") if cfg.registry.get("register") else None)
