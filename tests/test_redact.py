@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY, all_runs
 from test_security import logged_bytes
+from trainflow.config.redact import REDACTED, is_secret_key, mask_secrets, redact, redact_overrides
 from trainflow.tracking import tags as tag
-from trainflow.tracking.redact import REDACTED, is_secret_key, mask_secrets, redact, redact_overrides
 from trainflow.tracking.run import step_run
 
 PLANTED = "planted-" + secrets.token_hex(8)

@@ -97,7 +97,7 @@ def source_licences(files: Iterable[str | None]) -> list[Path]:
     asks that the licence travel with every copy), and the dataset artifact is
     a copy. A source given as an MLflow URI has no folder to look in here.
     """
-    from trainflow.tracking.artifacts import is_artifact_uri
+    from trainflow.fetch import is_artifact_uri
 
     folders: list[Path] = []
     for uri in files:

@@ -168,7 +168,7 @@ def compose_for_cache(step: str, overrides: list[str]) -> tuple[dict[str, Any], 
     from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
 
-    from trainflow.cli import compose_error
+    from trainflow.config.compose import compose_error
     from trainflow.errors import ConfigError
 
     if not GlobalHydra.instance().is_initialized():

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from trainflow.config.redact import mask_secrets, redact_overrides
 from trainflow.errors import ConfigError, TrainflowError
 from trainflow.sweep.space import SearchParam, as_override, first_values, search_space
 from trainflow.sweep.study import (
@@ -41,7 +42,6 @@ from trainflow.sweep.study import (
 from trainflow.sweep.trial import ATTR_ERROR, ATTR_RUN, ATTR_SWEEP_RUN, ATTR_WORKER, TAG_STATE, TrialSetup, trial_config
 from trainflow.sweep.worker import WorkerSpec, limit_threads, work
 from trainflow.tracking import tags as tag
-from trainflow.tracking.redact import mask_secrets, redact_overrides
 from trainflow.tracking.run import StepRun, hydra_overrides
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ def check_trial_config(plan: SweepPlan, targets: bool = False) -> None:
     `targets` also checks the `_target_` nodes against their signatures,
     which imports the model and data code.
     """
-    from trainflow.cli import compose_error
+    from trainflow.config.compose import compose_error
     from trainflow.config.validate import check_targets
 
     overrides = [*plan.overrides, *(as_override(k, v) for k, v in first_values(plan.space).items())]

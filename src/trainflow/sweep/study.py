@@ -65,7 +65,7 @@ def build_storage(url: str | None) -> Any:
 
 def redact_url(url: str | None) -> str:
     """A storage URL fit for tags and logs: the password masked."""
-    from trainflow.tracking.redact import mask_url_passwords
+    from trainflow.config.redact import mask_url_passwords
 
     return mask_url_passwords(url) if url else "in-memory"
 

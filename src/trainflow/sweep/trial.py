@@ -78,7 +78,7 @@ def run_trial(trial: optuna.Trial, setup: TrialSetup, hold_signals: Callable[[],
     before the run ends: from there until the study has the outcome, an
     interrupt must wait, or the run and the study would disagree.
     """
-    from trainflow.tracking.redact import mask_secrets
+    from trainflow.config.redact import mask_secrets
     from trainflow.tracking.run import step_run
 
     params: dict[str, Any] = {}

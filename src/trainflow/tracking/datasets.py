@@ -86,7 +86,7 @@ def fetch_dataset(uri: str, cache_root: Path) -> FetchedDataset:
 
 
 def _download(uri: str, staging: Path) -> Path:
-    from trainflow.tracking.artifacts import download
+    from trainflow.fetch import download
 
     local = download(uri, staging, "data.uri")
     if not (local / MANIFEST).is_file():

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainflow.config.redact import is_secret_key, mask_secrets, redact, redact_overrides, secret_values
 from trainflow.errors import TrackingError, TrainflowError
 from trainflow.project import project_root
 from trainflow.tracking import tags as tag
 from trainflow.tracking.codeversion import CodeVersion, code_version
 from trainflow.tracking.params import flatten, new_params
 from trainflow.tracking.ranks import LEADER_RUN_ENV, ReadOnlyClient, find_leader_run, is_follower, job_key
-from trainflow.tracking.redact import is_secret_key, mask_secrets, redact, redact_overrides, secret_values
 from trainflow.tracking.uri import bound_http_client, check_reachable, resolve_tracking_uri
 
 if TYPE_CHECKING:
