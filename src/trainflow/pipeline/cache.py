@@ -1,8 +1,9 @@
 """The step cache: reuse a FINISHED run whose inputs are the same as ours.
 
 A step's cache key covers its entry point, its resolved config (canonical
-JSON: 3 and "3" differ, key order does not), the content of the code it runs
-and the digests of its inputs. Runs are looked up with a server-side filter on
+JSON: 3 and "3" differ, key order does not), the content of every source file
+it can run (derived from imports, `pipeline.sources`) and the digests of its
+inputs. Runs are looked up with a server-side filter on
 the key, so the search is not limited to the first page of runs.
 """
 
@@ -14,22 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from trainflow.pipeline.sources import step_sources
 from trainflow.tracking import tags as tag
-
-# What each step's result depends on, beside its config and inputs. A change
-# under a path reruns that step and, through its new output, every step after it.
-# Every step parses its overrides (cli), finds its root (project), and logs
-# through the step contract (config, tracking).
-_EVERY_STEP = ("src/trainflow/cli.py", "src/trainflow/project.py", "src/trainflow/errors.py",
-               "src/trainflow/config", "src/trainflow/tracking", "uv.lock")
-CODE_SCOPES: dict[str, tuple[str, ...]] = {
-    "prepare_data": (*_EVERY_STEP, "src/trainflow/data", "src/trainflow/pipeline/prepare.py",
-                     "steps/prepare_data.py"),
-    "train": (*_EVERY_STEP, "src/trainflow/data", "src/trainflow/models", "src/trainflow/training",
-              "steps/train.py"),
-    "evaluate": (*_EVERY_STEP, "src/trainflow/data", "src/trainflow/models", "src/trainflow/training",
-                 "steps/evaluate.py"),
-}
 
 # Config that decides a step's result. prepare_data reads only the data source
 # and the split seed; loader settings (batch size, workers) and the transforms
@@ -52,18 +39,22 @@ def scoped_config(step: str, resolved: dict[str, Any]) -> dict[str, Any]:
     return scoped
 
 
-def code_digest(root: Path, paths: Iterable[str]) -> str:
-    """sha256 over the files the step runs, as they are on disk now."""
+def code_digest(root: Path, files: Iterable[Path]) -> str:
+    """sha256 over the files' paths (relative to `root`) and contents as they are on disk now."""
     digest = hashlib.sha256()
-    for rel in paths:
-        base = root / rel
-        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
-        for path in files:
-            if "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
-                continue
-            digest.update(str(path.relative_to(root)).encode() + b"\0")
-            digest.update(path.read_bytes())
+    for path in sorted(files):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def step_code_digest(root: Path, step: str, resolved: dict[str, Any]) -> str:
+    """The code version a cached run must share: every file the step can run with this config.
+
+    Derived from the import graph (pipeline.sources), so a moved or edited
+    module changes the digest of exactly the steps that can reach it.
+    """
+    return code_digest(root, step_sources(root, step, scoped_config(step, resolved)))
 
 
 def cache_key(step: str, resolved: dict[str, Any], code: str, inputs: dict[str, str]) -> str:

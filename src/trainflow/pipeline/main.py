@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from trainflow.errors import TrainflowError
-from trainflow.pipeline.cache import CODE_SCOPES, cache_key, code_digest, find_finished_run, source_inputs
+from trainflow.pipeline.cache import cache_key, find_finished_run, source_inputs, step_code_digest
 from trainflow.tracking import tags as tag
 from trainflow.tracking.run import StepRun, hydra_overrides
 
@@ -116,7 +116,7 @@ def _step(run: StepRun, step: str, overrides: list[str], resolved: dict[str, Any
 
 def _reuse_or_run(run: StepRun, step: str, overrides: list[str], resolved: dict[str, Any],
                   inputs: dict[str, str], use_cache: bool) -> StepOutcome:
-    key = cache_key(step, resolved, code_digest(run.root, CODE_SCOPES[step]), inputs)
+    key = cache_key(step, resolved, step_code_digest(run.root, step, resolved), inputs)
     if use_cache:
         hit = find_finished_run(run.client, [run.experiment_id], key)
         if hit is not None and tag.OUTPUT in hit.data.tags:
