@@ -13,7 +13,9 @@ from trainflow.pipeline.cache import cache_key, scoped_config, source_inputs, st
 from trainflow.pipeline.main import compose_for_cache, split_overrides
 from trainflow.pipeline.sources import step_sources
 
-BASE = {"data": {"_target_": "D", "seed": 1, "batch_size": 64, "uri": "runs:/a/dataset"},
+# an image data module: the one task whose data config has preprocessing keys
+IMAGES = "trainflow.data.image_folder.ImageFolderDataModule"
+BASE = {"data": {"_target_": IMAGES, "seed": 1, "batch_size": 64, "uri": "runs:/a/dataset"},
         "model": {"lr": 0.1}, "trainer": {"max_epochs": 3}, "seed": 1, "paths": {"output_dir": "/x"}}
 
 

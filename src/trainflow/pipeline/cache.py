@@ -15,21 +15,31 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from trainflow.pipeline.sources import step_sources
+from trainflow.data.task import LOADER_KEYS
+from trainflow.pipeline.sources import declared_strings, step_sources
 from trainflow.tracking import tags as tag
 
-# Config that decides a step's result. prepare_data reads only the data source
-# and the split seed; loader settings (batch size, workers) and the transforms
-# applied when images are loaded (the dataset keeps the encoded files) do not
-# change a dataset.
-_LOADER_KEYS = frozenset({"batch_size", "num_workers", "pin_memory", "uri", "persistent_workers",
-                          "image_size", "train_transform", "eval_transform"})
 _VOLATILE = frozenset({"paths", "hydra", "extras", "tracking", "tags", "task_name"})
 
 
+def dataset_independent_keys(data: dict[str, Any]) -> frozenset[str]:
+    """Data keys that change no dataset: loader settings, and what the data module declares as preprocessing.
+
+    Transforms applied when batches are loaded (an image size, augmentation)
+    leave the packed dataset as it is, so changing them reuses prepare_data.
+    """
+    target = data.get("_target_")
+    declared = (*declared_strings(target, "preprocessing_keys"),
+                *declared_strings(target, "training_only_keys")) if isinstance(target, str) else ()
+    return frozenset((*LOADER_KEYS, *declared))
+
+
 def scoped_config(step: str, resolved: dict[str, Any]) -> dict[str, Any]:
+    """Config that decides a step's result; prepare_data reads only the data source and the split seed."""
     if step == "prepare_data":
-        data = {k: v for k, v in (resolved.get("data") or {}).items() if k not in _LOADER_KEYS}
+        source = resolved.get("data") or {}
+        ignored = dataset_independent_keys(source)
+        data = {k: v for k, v in source.items() if k not in ignored}
         return {"data": data, "seed": resolved.get("seed")}
     scoped = {k: v for k, v in resolved.items() if k not in _VOLATILE}
     if isinstance(scoped.get("data"), dict):
@@ -84,8 +94,10 @@ def source_inputs(resolved: dict[str, Any]) -> dict[str, str]:
     """
     digest = hashlib.sha256()
     found = False
-    for key, value in sorted((resolved.get("data") or {}).items()):
-        if key in _LOADER_KEYS or not isinstance(value, str) or "/" not in value:
+    data = resolved.get("data") or {}
+    ignored = dataset_independent_keys(data)
+    for key, value in sorted(data.items()):
+        if key in ignored or not isinstance(value, str) or "/" not in value:
             continue
         path = Path(value).expanduser()
         if not path.exists():

@@ -24,6 +24,7 @@ from trainflow.tracking import tags as tag
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
+    from trainflow.data.task import ServingSpec
     from trainflow.tracking.run import StepRun
 
 log = logging.getLogger(__name__)
@@ -39,26 +40,15 @@ class LoggedModel:
     version: ModelVersion | None
 
 
-@dataclass
-class ServingSpec:
-    """What a data module says serving needs: the PythonModel class (dotted
-    path), the `meta.json` it reads, and an input example in the form users send."""
-
-    pyfunc: str
-    meta: dict[str, Any]
-    example: Any
-
-
 def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: ServingSpec,
                       tags: dict[str, str], register_as: str | None) -> LoggedModel:
     """Log the pyfunc into the step's run and, if asked, register a version."""
     import mlflow
     import torch
-    from hydra._internal.utils import _locate
     from mlflow.models import infer_signature
 
-    import trainflow
     from trainflow.tracking.lockfile import locked_requirements
+    from trainflow.tracking.pyfunc import TaskModel
 
     with tempfile.TemporaryDirectory(prefix="trainflow-model-") as tmp:
         folder = Path(tmp)
@@ -67,7 +57,7 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
         (folder / "meta.json").write_text(json.dumps(spec.meta))
         artifacts = {"weights": str(folder / "weights.pt"), "model_config": str(folder / "model.yaml"),
                      "meta": str(folder / "meta.json")}
-        python_model = _locate(spec.pyfunc)()
+        python_model = TaskModel(spec.served)
         # The signature comes from a real prediction of the model being logged.
         python_model.load_context(_Context(artifacts))
         output = python_model.predict(None, spec.example)
@@ -78,7 +68,7 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
             signature=infer_signature(spec.example, output),
             input_example=spec.example,
             pip_requirements=locked_requirements(run.root / "uv.lock"),
-            code_paths=[str(Path(trainflow.__file__).parent)],
+            code_paths=code_paths(spec.served),
             tags=tags,
         )
     run.client.set_tag(run.run_id, tag.MODEL_URI, info.model_uri)
@@ -88,6 +78,25 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
         run.client.set_tag(run.run_id, tag.REGISTERED, f"models:/{register_as}/{version.version}")
         print(f"registered models:/{register_as}/{version.version}", flush=True)
     return LoggedModel(info.model_uri, getattr(info, "model_id", None), version)
+
+
+def code_paths(served: type) -> list[str]:
+    """What a served model imports when loaded: trainflow, and the task's own package if it lives elsewhere.
+
+    MLflow copies each path into the model's `code/` and puts that folder on
+    sys.path, so `mlflow models serve` finds a task defined outside trainflow.
+    """
+    import sys
+
+    import trainflow
+
+    paths = [Path(trainflow.__file__).parent]
+    top = sys.modules[served.__module__.split(".")[0]]
+    file = Path(str(top.__file__))
+    task = file.parent if file.name == "__init__.py" else file
+    if task not in paths:
+        paths.append(task)
+    return [str(p) for p in paths]
 
 
 @dataclass

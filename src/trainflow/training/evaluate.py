@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from trainflow.config.validate import check_targets
+from trainflow.data.task import task_data_module
 from trainflow.errors import ConfigError, DataError
 from trainflow.tracking import tags as tag
 from trainflow.tracking.datasets import FetchedDataset, dataset_for_step, lineage_data_uri
@@ -54,7 +56,8 @@ def evaluate(cfg: DictConfig, run: StepRun) -> EvalResult:
         L.seed_everything(cfg.seed, workers=True)
 
     subject = _load_subject(cfg, run)
-    datamodule = instantiate(with_trained_preprocessing(cfg.data, subject.recorded_data), _convert_="all")
+    data = trained_preprocessing(cfg.data, subject.recorded_data)
+    datamodule = task_data_module(instantiate(data, _convert_="all"), cfg.data._target_)
     data_cfg = _with_lineage(cfg.data, run, subject)
     dataset = dataset_for_step(data_cfg, datamodule, run, Path(cfg.paths.cache_dir) / "datasets", "evaluation")
 
@@ -97,12 +100,15 @@ def _load_subject(cfg: DictConfig, run: StepRun) -> _Subject:
     return _Subject(module, cfg.ckpt_path, run_id, recorded_data=dict(saved.get("datamodule_hyper_parameters") or {}))
 
 
-# Data keys that decide what the network sees for an input (the image models'
-# eval transform and the size its default resizes to).
-PREPROCESSING_KEYS = ("eval_transform", "image_size")
+def trained_preprocessing(data_cfg: DictConfig, recorded: dict[str, Any]) -> DictConfig:
+    """`data_cfg` with what its data module declares as preprocessing taken from the trained model."""
+    from hydra.utils import get_class
+
+    keys = getattr(get_class(data_cfg._target_), "preprocessing_keys", ())
+    return with_trained_preprocessing(data_cfg, recorded, keys)
 
 
-def with_trained_preprocessing(data_cfg: DictConfig, recorded: dict[str, Any]) -> DictConfig:
+def with_trained_preprocessing(data_cfg: DictConfig, recorded: dict[str, Any], keys: Sequence[str]) -> DictConfig:
     """`data_cfg` with the preprocessing the weights were trained with in place of its own.
 
     Evaluate's own `data` config is composed afresh (image_size 224 by
@@ -110,12 +116,13 @@ def with_trained_preprocessing(data_cfg: DictConfig, recorded: dict[str, Any]) -
     test batches from it would score inputs the model never saw in training,
     and a number the served model (which applies the eval transform stored
     with it) does not reproduce. `recorded` is what the model carries: its
-    meta.json, or the data module's hyperparameters in a checkpoint. Keys the
-    data module does not take (digits, tagging) are left alone. Each key is
+    meta.json, or the data module's hyperparameters in a checkpoint. `keys`
+    are the data module's `preprocessing_keys` (task contract); a module that
+    declares none (digits, tagging) is left alone. Each key is
     replaced whole: merged into the configured pipeline, a step the training
     run did not have would survive.
     """
-    taken = {key: recorded[key] for key in PREPROCESSING_KEYS if key in recorded and key in data_cfg}
+    taken = {key: recorded[key] for key in keys if key in recorded and key in data_cfg}
     if not taken:
         return data_cfg
     log.info("Evaluating with the preprocessing the model was trained with: %s", ", ".join(sorted(taken)))
@@ -273,7 +280,7 @@ def _score(model: ResolvedModel, dataset: FetchedDataset, metric: str, cfg: Dict
     artifacts = model.local_dir / "artifacts"
     module = instantiate(OmegaConf.load(artifacts / "model.yaml"), _convert_="all")
     module.load_state_dict(torch.load(artifacts / "weights.pt", map_location="cpu", weights_only=True))
-    datamodule = instantiate(with_trained_preprocessing(cfg.data, _served_data(artifacts)), _convert_="all",
+    datamodule = instantiate(trained_preprocessing(cfg.data, _served_data(artifacts)), _convert_="all",
                              uri=str(dataset.path))
     # the candidate's trainer settings: the same device, precision and test batches it was measured on
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
