@@ -4,7 +4,11 @@ Every step (prepare_data, train, evaluate, sweep, main) goes through
 `step_run`: attach to the run `mlflow run` made or start one, tag it, log the
 resolved config, hand the step its run, and end the run FINISHED, FAILED (with
 the error on the run) or KILLED (SIGINT/SIGTERM), exiting non-zero for the
-last two. Nothing else in trainflow starts or ends runs.
+last two. A step's own run starts and ends only here. Other runs are ended
+elsewhere, each for one reason: the sweep marks trial runs its workers could
+not finish, `cli` fails the run `mlflow run` made when the config does not
+compose, `tracking.sync` fails a run whose outage upload came too late, and
+the pipeline launches its child steps through `mlflow.projects`.
 """
 
 from __future__ import annotations
