@@ -106,6 +106,17 @@ def test_moving_or_editing_a_module_reruns_the_steps_that_reach_it(step_configs,
     assert all(moved[s] != edited[s] for s in edited)
 
 
+def test_a_task_outside_the_package_is_part_of_the_code_version(monkeypatch) -> None:
+    """A task on PYTHONPATH inside the checkout (tests/tasks) counts as the project's code."""
+    tasks = ROOT / "tests" / "tasks"
+    monkeypatch.syspath_prepend(str(tasks))
+    cfg = {"data": {"_target_": "winetask.data.WineDataModule"},
+           "model": {"_target_": "trainflow.models.classifier.ClassificationModule",
+                     "net": {"_target_": "winetask.net.WineNet"}}}
+    sources = step_sources(ROOT, "train", cfg)
+    assert {tasks / "winetask/data.py", tasks / "winetask/net.py", tasks / "winetask/__init__.py"} <= set(sources)
+
+
 def test_overrides_are_routed_by_step_prefix() -> None:
     shared, per_step = split_overrides(
         ["experiment=example", "++train.trainer.max_epochs=5", "cache=false", "evaluate.promote=false",

@@ -65,8 +65,22 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str
     return shared, per_step
 
 
+def config_source_overrides() -> list[str]:
+    """`hydra.searchpath=[...]` as main was given it: every step must find the same config groups.
+
+    Hydra keeps `hydra.*` overrides apart from the task's; of those, only the
+    search path describes the configs (a task's groups outside `configs/`),
+    the rest (run dirs, job names) belong to each step's own process.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [item for item in HydraConfig.get().overrides.hydra if item.lstrip("+~").startswith("hydra.searchpath=")]
+
+
 def run_pipeline(cfg: Any, run: StepRun) -> PipelineResult:
-    shared, per_step = split_overrides(hydra_overrides())
+    shared, per_step = split_overrides([*config_source_overrides(), *hydra_overrides()])
     use_cache = bool(cfg.get("cache", True))
     promote = f"promote={str(bool(cfg.get('promote', True))).lower()}"
     overrides = {
