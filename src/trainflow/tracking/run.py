@@ -134,12 +134,15 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
              parent_run_id: str | None = None) -> Iterator[StepRun]:
     """Attach or start, tag, log config; end with the right status.
 
+    In four parts, in the order they happen: where the run logs
+    (`_tracking_target`), which run it is (`_placed_run`, signals held while
+    it is made), what the run records about itself (`_log_run_identity`), and
+    how it ends (`_outcome`, `_clean_exit`, `_close`).
+
     `parent_run_id`: start a new run nested under that one (a sweep's trial,
     possibly in another process), never attaching to `MLFLOW_RUN_ID`.
     """
     import mlflow
-
-    from trainflow.config.extras import apply_extras
 
     root = project_root()
     output_dir = output_dir or _hydra_output_dir() or Path(tempfile.mkdtemp(prefix=f"trainflow-{step}-"))
@@ -147,19 +150,62 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         with _follower_run(step, cfg, root, output_dir) as ctx:
             yield ctx
         return
+    uri, code, tree = _tracking_target(mlflow, cfg, root, output_dir)
+    previous = _hold_signals()
+    ctx = _placed_run(mlflow, step, cfg, root, uri, code, output_dir, parent_run_id, previous)
+    status = "FAILED"
+    try:
+        _arm_signals(previous)
+        age = process_age_s()
+        if age is not None:
+            ctx.timings["time/startup_s"] = age
+        _log_run_identity(ctx, cfg, tree)
+        yield ctx
+        ctx.log_timings()
+        status = "FINISHED"
+    except BaseException as exc:
+        status = _outcome(ctx, exc)
+        clean_exit = _clean_exit(ctx, exc)
+        if clean_exit is None:
+            raise
+        _end(mlflow, status)
+        raise clean_exit from None
+    finally:
+        _close(mlflow, ctx, previous, status)
+
+
+def _tracking_target(mlflow: Any, cfg: DictConfig, root: Path, output_dir: Path) -> tuple[str, CodeVersion, str | None]:
+    """(tracking URI, code version, printed config tree), checked before any run exists: a bad one exits 1."""
+    from trainflow.config.extras import apply_extras
+
     try:
         tree = apply_extras(cfg, output_dir)
         uri = resolve_tracking_uri(cfg.tracking.get("uri"), root)
         bound_http_client(cfg.tracking.connect_timeout_s, cfg.tracking.http_max_retries)
         check_reachable(uri, cfg.tracking.connect_timeout_s)
         mlflow.set_tracking_uri(uri)
-        code = code_version(root)
+        return uri, code_version(root), tree
     except TrainflowError as exc:
         _fail_cleanly(exc)
-    # While the run is being made (and until the block below can end it), a
-    # signal is only noted: raised midway, it could leave a RUNNING run behind.
+
+
+def _hold_signals() -> dict[signal.Signals, Any]:
+    """Only note SIGINT/SIGTERM while the run is being made: raised midway, they could leave a RUNNING run."""
     _Interrupted.signum = None
-    previous = {s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    return {s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _arm_signals(previous: dict[signal.Signals, Any]) -> None:
+    """From here a signal unwinds the step; one that arrived while the run was made does so at once."""
+    for signum in previous:
+        signal.signal(signum, _on_signal)
+    if _Interrupted.signum is not None:
+        raise KeyboardInterrupt(signal.Signals(_Interrupted.signum).name)
+
+
+def _placed_run(mlflow: Any, step: str, cfg: DictConfig, root: Path, uri: str, code: CodeVersion,
+                output_dir: Path, parent_run_id: str | None, previous: dict[signal.Signals, Any]) -> StepRun:
+    """The run this step logs into (attached, resumed, nested or new); no run made: exit, naming why."""
     try:
         run, attached = _attach_or_start(mlflow, cfg, step, root, uri, parent_run_id)  # names a bad URI
         client = mlflow.MlflowClient(uri)
@@ -170,61 +216,46 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         if isinstance(exc, TrainflowError):
             _fail_cleanly(exc)
         raise
-    # DDP ranks that Lightning starts later inherit this and follow the run.
+    # DDP ranks that Lightning starts later inherit the environment: this is how they follow the run.
     os.environ[LEADER_RUN_ENV] = run.info.run_id
-    ctx = StepRun(
-        step=step,
-        run_id=run.info.run_id,
-        experiment_id=run.info.experiment_id,
-        tracking_uri=uri,
-        client=client,
-        root=root,
-        output_dir=output_dir,
-        code=code,
-        attached=attached,
-    )
-    status = "FAILED"
-    try:
-        for signum in previous:
-            signal.signal(signum, _on_signal)
-        if _Interrupted.signum is not None:  # arrived while the run was being made
-            raise KeyboardInterrupt(signal.Signals(_Interrupted.signum).name)
-        age = process_age_s()
-        if age is not None:
-            ctx.timings["time/startup_s"] = age
-        _log_run_identity(ctx, cfg, tree)
-        yield ctx
-        ctx.log_timings()
-        status = "FINISHED"
-    except (KeyboardInterrupt, SystemExit) as exc:
-        if _Interrupted.signum is None and isinstance(exc, SystemExit):
-            status = "FAILED" if exc.code else "FINISHED"  # sys.exit(n) inside a step: its own status
-            if exc.code:
-                _record_error(ctx, f"exited with status {exc.code}")
-            raise
-        status = "KILLED"
-        signum = _Interrupted.signum or signal.SIGINT
-        _record_error(ctx, f"interrupted by {signal.Signals(signum).name}")
-        _end(mlflow, status)
-        _exit_interrupted(step, signum, ctx.run_id)
-    except TrainflowError as exc:
-        _record_error(ctx, str(exc))
-        _end(mlflow, "FAILED")
-        _fail_cleanly(exc)
-    except BaseException as exc:
-        wrapped = wrapped_user_error(exc)
-        if wrapped is not None:  # a constructor's TrainflowError, wrapped by hydra's instantiate
-            _record_error(ctx, str(wrapped))
-            _end(mlflow, "FAILED")
-            _fail_cleanly(wrapped)
+    return StepRun(step=step, run_id=run.info.run_id, experiment_id=run.info.experiment_id, tracking_uri=uri,
+                   client=client, root=root, output_dir=output_dir, code=code, attached=attached)
+
+
+def _outcome(ctx: StepRun, exc: BaseException) -> str:
+    """The status an exception out of the step means, with its reason recorded on the run."""
+    if isinstance(exc, SystemExit) and _Interrupted.signum is None:
+        if exc.code:  # sys.exit(n) inside a step: its own status
+            _record_error(ctx, f"exited with status {exc.code}")
+        return "FAILED" if exc.code else "FINISHED"
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        _record_error(ctx, f"interrupted by {signal.Signals(_Interrupted.signum or signal.SIGINT).name}")
+        return "KILLED"
+    user_error = exc if isinstance(exc, TrainflowError) else wrapped_user_error(exc)
+    if user_error is not None:
+        _record_error(ctx, str(user_error))
+    else:
         _record_error(ctx, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        raise
-    finally:
-        os.environ.pop(LEADER_RUN_ENV, None)
-        _restore(previous)
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == ctx.run_id:  # never a parent's run (nested trials)
-            _end(mlflow, status)
+    return "FAILED"
+
+
+def _clean_exit(ctx: StepRun, exc: BaseException) -> SystemExit | None:
+    """An interruption (128+signal) or an error a user can fix (1), its line printed; None: `exc` propagates."""
+    if isinstance(exc, SystemExit) and _Interrupted.signum is None:
+        return None
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        return _interrupted(ctx.step, _Interrupted.signum or signal.SIGINT, ctx.run_id)
+    # a TrainflowError, or one a data or model constructor raised inside hydra's instantiate
+    user_error = exc if isinstance(exc, TrainflowError) else wrapped_user_error(exc)
+    return _user_error_exit(user_error) if user_error is not None else None
+
+
+def _close(mlflow: Any, ctx: StepRun, previous: dict[signal.Signals, Any], status: str) -> None:
+    os.environ.pop(LEADER_RUN_ENV, None)
+    _restore(previous)
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == ctx.run_id:  # never a parent's run (nested trials)
+        _end(mlflow, status)
 
 
 @contextmanager
@@ -255,16 +286,24 @@ def _find_leader(client: MlflowClient, cfg: DictConfig) -> str:
     return run_id
 
 
-def _exit_interrupted(step: str, signum: int, run_id: str | None) -> NoReturn:
+def _interrupted(step: str, signum: int, run_id: str | None) -> SystemExit:
     name = signal.Signals(signum).name
     ended = f"; run {run_id} KILLED" if run_id else "; no run was made"
     print(f"error: {step} interrupted by {name}{ended}", file=sys.stderr, flush=True)
-    raise SystemExit(128 + int(signum)) from None
+    return SystemExit(128 + int(signum))
+
+
+def _exit_interrupted(step: str, signum: int, run_id: str | None) -> NoReturn:
+    raise _interrupted(step, signum, run_id) from None
+
+
+def _user_error_exit(exc: TrainflowError) -> SystemExit:
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+    return SystemExit(1)
 
 
 def _fail_cleanly(exc: TrainflowError) -> NoReturn:
-    print(f"error: {exc}", file=sys.stderr, flush=True)
-    raise SystemExit(1) from None
+    raise _user_error_exit(exc) from None
 
 
 def _end(mlflow: Any, status: str) -> None:
