@@ -1,7 +1,8 @@
 """Shared fixtures: a real `mlflow server`, embedded sqlite stores, composed configs.
 
-Layered like the configs: `compose_train` gives the real composed config,
-`tiny_overrides` the CPU-seconds version, tests add their own on top.
+Layered like the configs: the `compose` fixture (or `compose_config`) gives
+the real composed config, `TINY` the overrides that make it take CPU-seconds,
+and tests add their own on top.
 """
 
 from __future__ import annotations

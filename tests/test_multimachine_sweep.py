@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from conftest import ROOT, TINY, PostgresServer, step_env
 from trainflow.sweep.recovery import LEASE_PREFIX
 from trainflow.sweep.study import StudySpec, create_and_queue
+from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
 
@@ -82,10 +83,10 @@ def logs(workdir: Path) -> str:
 def study_runs(client: MlflowClient, study: str) -> tuple[dict[str, object], list]:
     """The study's parent runs by machine tag, and its trial runs."""
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, f"tags.`trainflow.sweep.study` = '{study}'", max_results=1000)
+    runs = client.search_runs(experiments, f"tags.`{tag.SWEEP_STUDY}` = '{study}'", max_results=1000)
     parents = {next(k.removeprefix("tag.") for k in r.data.tags if k.startswith("tag.machine-")): r
-               for r in runs if r.data.tags.get("trainflow.step") == "sweep"}
-    trials = [r for r in runs if r.data.tags.get("trainflow.step") == "train"]
+               for r in runs if r.data.tags.get(tag.STEP) == "sweep"}
+    trials = [r for r in runs if r.data.tags.get(tag.STEP) == "train"]
     return parents, trials
 
 
@@ -103,21 +104,21 @@ def test_three_machines_started_together_run_exactly_n_trials_and_register_the_b
     parents, trials = study_runs(client, "three")
     assert sorted(parents) == ["machine-0", "machine-1", "machine-2"]
     assert all(p.info.status == "FINISHED" for p in parents.values())
-    numbers = sorted(int(r.data.tags["trainflow.trial.number"]) for r in trials)
+    numbers = sorted(int(r.data.tags[tag.TRIAL_NUMBER]) for r in trials)
     assert numbers == list(range(9)), "one trial run per trial, numbers unique across machines"
     parent_ids = {p.info.run_id for p in parents.values()}
     for trial in trials:
         assert trial.data.tags["mlflow.parentRunId"] in parent_ids
         assert trial.info.status in ("FINISHED", "KILLED")
         machine = next(k for k, p in parents.items() if p.info.run_id == trial.data.tags["mlflow.parentRunId"])
-        assert trial.data.tags["trainflow.trial.worker"] == "0" and machine  # each machine's own worker 0
+        assert trial.data.tags[tag.TRIAL_WORKER] == "0" and machine  # each machine's own worker 0
     # every machine summarises the whole study: the same best, whichever machine found it
     best = study.best_trial
-    assert {p.data.tags["trainflow.sweep.best_trial"] for p in parents.values()} == {str(best.number)}
+    assert {p.data.tags[tag.SWEEP_BEST_TRIAL] for p in parents.values()} == {str(best.number)}
     versions = client.search_model_versions("name = 'digits-three-machines'")
     assert len(versions) == 1, "the study's best is registered once, not once per machine"
     assert versions[0].run_id == best.user_attrs["mlflow_run_id"]
-    assert {p.data.tags["trainflow.registered"] for p in parents.values()} == {"models:/digits-three-machines/1"}
+    assert {p.data.tags[tag.REGISTERED] for p in parents.values()} == {"models:/digits-three-machines/1"}
     # the storage URL's password reached no run
     for run in [*parents.values(), *trials]:
         assert PostgresServer.PASSWORD not in str(run.data.params) + str(run.data.tags)
@@ -148,9 +149,9 @@ def test_a_machine_killed_mid_trial_loses_nothing(postgres: PostgresServer, pg_m
 
     parents, trials = study_runs(client, "killed")
     assert parents[f"machine-{victim}"].info.status == "FAILED"
-    assert "machine lost" in parents[f"machine-{victim}"].data.tags["trainflow.error"]
+    assert "machine lost" in parents[f"machine-{victim}"].data.tags[tag.ERROR]
     assert [p.info.status for k, p in sorted(parents.items()) if k != f"machine-{victim}"] == ["FINISHED"] * 2
-    statuses = {int(r.data.tags["trainflow.trial.number"]): r.info.status for r in trials}
+    statuses = {int(r.data.tags[tag.TRIAL_NUMBER]): r.info.status for r in trials}
     assert "RUNNING" not in statuses.values(), statuses
     assert statuses[victim_trial] == "FAILED"
     assert len(statuses) == 10 and sorted(statuses) == sorted(t.number for t in study.trials)

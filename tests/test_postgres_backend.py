@@ -11,6 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import ROOT, TINY, VENV_BIN, PostgresServer, free_port, mlflow_run, step_env
+from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +23,7 @@ def steps_of(client: MlflowClient, experiment: str) -> dict[str, list]:
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     out: dict[str, list] = {}
     for run in client.search_runs([experiment_id], max_results=1000):
-        out.setdefault(run.data.tags.get("trainflow.step", "?"), []).append(run)
+        out.setdefault(run.data.tags.get(tag.STEP, "?"), []).append(run)
     return out
 
 
@@ -34,7 +35,7 @@ def test_the_pipeline_and_its_promotion_gate_on_a_postgresql_backed_server(pg_ml
     runs = steps_of(client, "pg-pipeline")
     assert {k: len(v) for k, v in runs.items()} == {"main": 1, "prepare_data": 1, "train": 1, "evaluate": 1}
     assert all(r.info.status == "FINISHED" for v in runs.values() for r in v)
-    assert runs["evaluate"][0].data.tags["trainflow.promotion.decision"] == "promoted"
+    assert runs["evaluate"][0].data.tags[tag.PROMOTION_DECISION] == "promoted"
     assert client.get_model_version_by_alias("pg-digits", "champion").version == "1"
     # served artifacts: the dataset and the model came back through the server
     assert {a.path for a in client.list_artifacts(runs["prepare_data"][0].info.run_id, "dataset")} >= {
@@ -47,10 +48,10 @@ def test_the_pipeline_and_its_promotion_gate_on_a_postgresql_backed_server(pg_ml
     runs = steps_of(client, "pg-pipeline")
     assert len(runs["prepare_data"]) == 1, "the dataset is reused from the PostgreSQL-backed store"
     gate = max(runs["evaluate"], key=lambda r: r.info.start_time)
-    assert gate.data.tags["trainflow.evaluated"] == "models:/pg-digits/2"
-    assert gate.data.tags["trainflow.promotion.decision"] == "kept"
+    assert gate.data.tags[tag.EVALUATED] == "models:/pg-digits/2"
+    assert gate.data.tags[tag.PROMOTION_DECISION] == "kept"
     tags = gate.data.tags
-    assert float(tags["trainflow.promotion.candidate"]) < float(tags["trainflow.promotion.champion"])
+    assert float(tags[tag.PROMOTION_CANDIDATE]) < float(tags[tag.PROMOTION_CHAMPION])
     assert client.get_model_version_by_alias("pg-digits", "champion").version == "1"
 
 
@@ -74,7 +75,7 @@ def test_two_torchrun_nodes_make_one_run_one_version_and_rank_zero_metrics(pg_ml
     runs = steps_of(client, "pg-two-nodes")
     assert {k: len(v) for k, v in runs.items()} == {"train": 1}, "exactly one run for the job"
     run = runs["train"][0]
-    assert run.info.status == "FINISHED" and run.data.tags["trainflow.job"].startswith("torchrun:")
+    assert run.info.status == "FINISHED" and run.data.tags[tag.JOB].startswith("torchrun:")
     assert [str(v.version) for v in client.search_model_versions("name = 'pg-two-nodes'")] == ["1"]
     assert sum(o.count("train output:") for o in outputs) == 1
     # rank zero alone logs: every metric has one value per step, never one per rank

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from trainflow.config.redact import mask_secrets, redact_overrides
 from trainflow.errors import ConfigError, TrainflowError
 from trainflow.sweep.recovery import Lease, end_lost_sweeps, fail_stale, heartbeat_enabled
 from trainflow.sweep.space import SearchParam, as_override, first_values, search_space
@@ -43,7 +44,7 @@ from trainflow.sweep.study import (
 )
 from trainflow.sweep.trial import ATTR_ERROR, ATTR_RUN, ATTR_SWEEP_RUN, ATTR_WORKER, TAG_STATE, TrialSetup, trial_config
 from trainflow.sweep.worker import WorkerSpec, limit_threads, work
-from trainflow.tracking.redact import mask_secrets, redact_overrides
+from trainflow.tracking import tags as tag
 from trainflow.tracking.run import StepRun, hydra_overrides
 
 if TYPE_CHECKING:
@@ -190,7 +191,7 @@ def check_trial_config(plan: SweepPlan, targets: bool = False) -> None:
     `targets` also checks the `_target_` nodes against their signatures,
     which imports the model and data code.
     """
-    from trainflow.cli import compose_error
+    from trainflow.config.compose import compose_error
     from trainflow.config.validate import check_targets
 
     overrides = [*plan.overrides, *(as_override(k, v) for k, v in first_values(plan.space).items())]
@@ -209,13 +210,13 @@ def _tag_sweep(run: StepRun, plan: SweepPlan, queued: int) -> None:
     from mlflow.entities import RunTag
 
     tags = {
-        "trainflow.sweep.study": plan.study.name,
-        "trainflow.sweep.storage": redact_url(plan.study.storage),
-        "trainflow.sweep.direction": plan.study.direction,
-        "trainflow.sweep.metric": plan.metric,
-        "trainflow.sweep.n_trials": str(plan.n_trials),
-        "trainflow.sweep.n_workers": str(plan.n_workers),
-        "trainflow.sweep.queued": str(queued),
+        tag.SWEEP_STUDY: plan.study.name,
+        tag.SWEEP_STORAGE: redact_url(plan.study.storage),
+        tag.SWEEP_DIRECTION: plan.study.direction,
+        tag.SWEEP_METRIC: plan.metric,
+        tag.SWEEP_N_TRIALS: str(plan.n_trials),
+        tag.SWEEP_N_WORKERS: str(plan.n_workers),
+        tag.SWEEP_QUEUED: str(queued),
     }
     run.client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     print(f"sweep: study '{plan.study.name}' (storage {redact_url(plan.study.storage)}): {queued} trials "
@@ -250,7 +251,7 @@ def _start_worker(plan: SweepPlan, run: StepRun, index: int, spec_path: Path, en
     spec_path.write_text(spec.to_json())
     # Own session: a terminal's Ctrl-C reaches only the sweep, which forwards
     # it once (stop_workers), so no worker sees two signals.
-    return subprocess.Popen([sys.executable, "-m", "trainflow.sweep.worker", str(spec_path)], env=env,
+    return subprocess.Popen([sys.executable, "-m", f"{__package__}.worker", str(spec_path)], env=env,
                             stdin=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -349,8 +350,8 @@ def summarise(study: optuna.Study, run: StepRun, plan: SweepPlan) -> SweepResult
         run.run_id,
         metrics=[Metric(f"best/{plan.metric}", float(best.value), now, 0)],
         params=[Param(f"best.{k}", str(v)) for k, v in best.params.items()],
-        tags=[RunTag("trainflow.sweep.best_trial", str(best.number)),
-              RunTag("trainflow.sweep.best_run_id", str(best_run or ""))],
+        tags=[RunTag(tag.SWEEP_BEST_TRIAL, str(best.number)),
+              RunTag(tag.SWEEP_BEST_RUN_ID, str(best_run or ""))],
     )
     # a secret override would otherwise reach this artifact verbatim: pass secrets by the environment
     reproduce = redact_overrides([o for o in plan.overrides if not o.startswith(("hparams_search=", "sweep."))])
@@ -394,17 +395,17 @@ def register_best(run: StepRun, result: SweepResult, plan: SweepPlan) -> str:
 
     assert result.best_run_id and plan.model_name
     tags = run.client.get_run(result.best_run_id).data.tags
-    model_uri = tags.get("trainflow.model_uri")
+    model_uri = tags.get(tag.MODEL_URI)
     if not model_uri:
         raise TrainflowError(f"sweep.register_best: best trial run {result.best_run_id} logged no model")
     version_tags = _logged_model_tags(run, model_uri)
-    version_tags.update({"trainflow.sweep.run_id": run.run_id, "trainflow.sweep.study": result.study_name,
-                         "trainflow.trial.number": str(result.best_trial)})
+    version_tags.update({tag.SWEEP_RUN_ID: run.run_id, tag.SWEEP_STUDY: result.study_name,
+                         tag.TRIAL_NUMBER: str(result.best_trial)})
     with study_lock(plan.study.storage, plan.study.name):
         version = _registered_already(run, plan.model_name, result) or \
             mlflow.register_model(model_uri, plan.model_name, tags=version_tags)
     uri = f"models:/{version.name}/{version.version}"
-    run.client.set_tag(run.run_id, "trainflow.registered", uri)
+    run.client.set_tag(run.run_id, tag.REGISTERED, uri)
     print(f"registered {uri} (trial {result.best_trial})", flush=True)
     return uri
 
@@ -412,8 +413,8 @@ def register_best(run: StepRun, result: SweepResult, plan: SweepPlan) -> str:
 def _registered_already(run: StepRun, model_name: str, result: SweepResult) -> Any:
     """The version another machine of this study registered for the same best trial, if any."""
     found = run.client.search_model_versions(
-        f"name = '{model_name}' and tags.`trainflow.sweep.study` = '{result.study_name}' "
-        f"and tags.`trainflow.trial.number` = '{result.best_trial}'")
+        f"name = '{model_name}' and tags.`{tag.SWEEP_STUDY}` = '{result.study_name}' "
+        f"and tags.`{tag.TRIAL_NUMBER}` = '{result.best_trial}'")
     return found[0] if found else None
 
 
@@ -423,7 +424,7 @@ def _logged_model_tags(run: StepRun, model_uri: str) -> dict[str, str]:
         return {}
     model_id = model_uri.removeprefix("models:/").split("/")[0]
     tags = run.client.get_logged_model(model_id).tags
-    return {k: v for k, v in tags.items() if k.startswith("trainflow.")}
+    return {k: v for k, v in tags.items() if k.startswith(tag.PREFIX)}
 
 
 def _output(run: StepRun, result: SweepResult) -> str:
@@ -432,5 +433,5 @@ def _output(run: StepRun, result: SweepResult) -> str:
         return result.registered
     if result.best_run_id:
         tags = run.client.get_run(result.best_run_id).data.tags
-        return tags.get("trainflow.model_uri") or f"runs:/{result.best_run_id}"
+        return tags.get(tag.MODEL_URI) or f"runs:/{result.best_run_id}"
     return f"runs:/{run.run_id}"

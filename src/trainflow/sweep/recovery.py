@@ -24,8 +24,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from trainflow.sweep.trial import ATTR_RUN, ATTR_SWEEP_RUN, TAG_STATE
-from trainflow.tracking.run import TAG_ERROR
+from trainflow.sweep.trial import ATTR_RUN, ATTR_SWEEP_RUN
+from trainflow.tracking import tags as tag
 
 if TYPE_CHECKING:
     import optuna
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LEASE_PREFIX = "trainflow.lease."
+LEASE_PREFIX = tag.PREFIX + "lease."  # a study user attr, not a run tag
 ENDED = -1.0  # a lease given back: the sweep ended on its own
 
 
@@ -120,9 +120,9 @@ def end_failed(client: Any, run_id: str, why: str, trial: bool = False) -> None:
     try:
         if client.get_run(run_id).info.status != "RUNNING":
             return
-        client.set_tag(run_id, TAG_ERROR, why)
+        client.set_tag(run_id, tag.ERROR, why)
         if trial:
-            client.set_tag(run_id, TAG_STATE, "FAIL")
+            client.set_tag(run_id, tag.TRIAL_STATE, "FAIL")
         client.set_terminated(run_id, "FAILED")
         print(f"sweep: run {run_id} ended FAILED: {why}", flush=True)
     except Exception as exc:

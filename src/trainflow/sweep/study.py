@@ -95,7 +95,7 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
 
 
 def _first_line(exc: BaseException) -> str:
-    from trainflow.tracking.redact import mask_url_passwords
+    from trainflow.config.redact import mask_url_passwords
 
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return mask_url_passwords(text[0] if text else type(exc).__name__)
@@ -114,7 +114,7 @@ def _quiet_experimental() -> Iterator[None]:
 
 def redact_url(url: str | None) -> str:
     """A storage URL fit for tags and logs: the password masked."""
-    from trainflow.tracking.redact import mask_url_passwords
+    from trainflow.config.redact import mask_url_passwords
 
     return mask_url_passwords(url) if url else "in-memory"
 
