@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY, compose_config, free_port, new_sqlite_store
+from helpers import TINY, compose_config, new_sqlite_store
+from servers import free_port
 from trainflow.cli import precheck_overrides
 from trainflow.data.dataset import MANIFEST, files_digest
 from trainflow.tracking import tags as tag

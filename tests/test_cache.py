@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from trainflow.pipeline.cache import cache_key, scoped_config, source_inputs, step_code_digest
 from trainflow.pipeline.main import compose_for_cache, split_overrides
 from trainflow.pipeline.sources import step_sources

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, all_runs, new_sqlite_store, step_env
+from helpers import ROOT, all_runs, new_sqlite_store, step_env
 from trainflow.cli import mlflow_params_to_overrides
 
 

@@ -8,7 +8,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from conftest import ROOT
+from helpers import ROOT
 from trainflow.config.validate import check_targets
 from trainflow.errors import ConfigError
 

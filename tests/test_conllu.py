@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 from trainflow.data.conllu import load_treebank, read_sentences
 from trainflow.data.dataset import read_split, verify_dataset
 from trainflow.data.tagging import IGNORE_TAG, PAD_INDEX, UNK, UNK_INDEX, ConlluDataModule, pad_batch

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import compose_config, new_sqlite_store
+from helpers import compose_config, using_store
 from trainflow.tracking.run import step_run
 
 SENTENCE = ("# sent_id = s{n}\n1\tDogs\tdog\tNOUN\tNNS\t_\t2\tnsubj\t_\t_\n"
@@ -26,13 +26,9 @@ def write_treebank(folder: Path, licence: str | None) -> None:
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    import mlflow
-
-    uri = new_sqlite_store(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield MlflowClient(uri)
+def store(tmp_path):
+    with using_store(tmp_path) as uri:
+        yield MlflowClient(uri)
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from trainflow.data.dataset import read_split, store_in_cache, verify_dataset, write_dataset
 from trainflow.data.digits import DigitsDataModule
 from trainflow.errors import DataError, UriError

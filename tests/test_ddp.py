@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, TINY, VENV_BIN, all_runs, new_sqlite_store, run_step, step_env
+from helpers import ROOT, TINY, all_runs, new_sqlite_store, run_step, step_env
+from servers import VENV_BIN
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from conftest import compose_config, new_sqlite_store
+from helpers import compose_config, using_store
 from trainflow.tracking.run import step_run
 
 MODEL = "digits-images-tiny-classifier"
@@ -18,28 +18,22 @@ EVALUATE = [*QUIET, "data=image_folder", "model=timm", "model.net.model_name=tes
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    import mlflow
-
     from trainflow.data.make_digit_images import write_digit_images
     from trainflow.training.train import train
 
     tmp = tmp_path_factory.mktemp("image_eval")
     write_digit_images(tmp / "digits", size=16, per_class=8)
-    uri = new_sqlite_store(tmp)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    cache = [f"paths.cache_dir={tmp / 'cache'}"]
-    cfg = compose_config("train", ["experiment=digits_images_tiny", *QUIET, *cache, f"data.root={tmp / 'digits'}"],
-                         tmp / "train")
-    assert cfg.data.image_size == 16
-    with step_run("train", cfg) as run:
-        result = train(cfg, run)
-    yield {"uri": uri, "tmp": tmp, "cache": cache, "run_id": run.run_id, "result": result}
-    from hydra.core.global_hydra import GlobalHydra
+    with using_store(tmp) as uri:
+        cache = [f"paths.cache_dir={tmp / 'cache'}"]
+        cfg = compose_config("train", ["experiment=digits_images_tiny", *QUIET, *cache, f"data.root={tmp / 'digits'}"],
+                             tmp / "train")
+        assert cfg.data.image_size == 16
+        with step_run("train", cfg) as run:
+            result = train(cfg, run)
+        yield {"uri": uri, "tmp": tmp, "cache": cache, "run_id": run.run_id, "result": result}
+        from hydra.core.global_hydra import GlobalHydra
 
-    GlobalHydra.instance().clear()
-    mp.undo()
+        GlobalHydra.instance().clear()
 
 
 @pytest.mark.parametrize("subject", ["model_uri=models:/digits-images-tiny-classifier/1", "ckpt_path"])

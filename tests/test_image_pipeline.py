@@ -15,7 +15,7 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import compose_config, new_sqlite_store
+from helpers import compose_config, using_store
 from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
 
@@ -28,7 +28,6 @@ LABELS = [str(d) for d in range(10)]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """prepare_data on a tiny digits image folder (one corrupt file, skipped), then train on its runs:/ URI."""
-    import mlflow
 
     from trainflow.data.make_digit_images import write_digit_images
     from trainflow.pipeline.prepare import prepare_data
@@ -37,23 +36,19 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("images")
     write_digit_images(tmp / "digits", size=16, per_class=8)
     (tmp / "digits" / "3" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    uri = new_sqlite_store(tmp)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    common = [*QUIET, f"paths.cache_dir={tmp / 'cache'}", f"data.root={tmp / 'digits'}", "data.on_bad_image=skip"]
-    cfg = compose_config("prepare_data", common, tmp / "prepare")
-    with step_run("prepare_data", cfg) as prep_run:
-        prepared = prepare_data(cfg, prep_run)
-    cfg = compose_config("train", [*common, f"data.uri={prepared.uri}"], tmp / "train")
-    with step_run("train", cfg) as train_run:
-        result = train(cfg, train_run)
-    yield {"client": MlflowClient(uri), "prepared": prepared, "result": result, "prep_run": prep_run.run_id,
-           "run_id": train_run.run_id, "tmp": tmp, "common": common}
-    from hydra.core.global_hydra import GlobalHydra
+    with using_store(tmp) as uri:
+        common = [*QUIET, f"paths.cache_dir={tmp / 'cache'}", f"data.root={tmp / 'digits'}", "data.on_bad_image=skip"]
+        cfg = compose_config("prepare_data", common, tmp / "prepare")
+        with step_run("prepare_data", cfg) as prep_run:
+            prepared = prepare_data(cfg, prep_run)
+        cfg = compose_config("train", [*common, f"data.uri={prepared.uri}"], tmp / "train")
+        with step_run("train", cfg) as train_run:
+            result = train(cfg, train_run)
+        yield {"client": MlflowClient(uri), "prepared": prepared, "result": result, "prep_run": prep_run.run_id,
+               "run_id": train_run.run_id, "tmp": tmp, "common": common}
+        from hydra.core.global_hydra import GlobalHydra
 
-    GlobalHydra.instance().clear()
-    mp.undo()
+        GlobalHydra.instance().clear()
 
 
 def test_prepare_records_the_skipped_image_and_train_logs_f1_metrics(trained) -> None:

@@ -7,7 +7,7 @@ import torch
 from mlflow import MlflowClient
 from torchmetrics.classification import MulticlassF1Score
 
-from conftest import compose_config, new_sqlite_store
+from helpers import compose_config, using_store
 from trainflow.tracking.run import step_run
 from trainflow.training.metrics import classification_report
 
@@ -29,16 +29,10 @@ def test_a_class_nobody_has_or_predicts_is_left_out_as_in_training() -> None:
 
 
 def test_evaluate_logs_the_train_runs_test_f1(tmp_path) -> None:
-    import mlflow
-
     from trainflow.training.evaluate import evaluate
     from trainflow.training.train import train
 
-    uri = new_sqlite_store(tmp_path)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    try:
+    with using_store(tmp_path) as uri:
         cache = [f"paths.cache_dir={tmp_path / 'cache'}"]
         # trained long enough that it stops predicting the tags the test split lacks
         fit = ["trainer.max_epochs=25", "model.optimizer.lr=0.02", "callbacks.early_stopping=null"]
@@ -49,8 +43,6 @@ def test_evaluate_logs_the_train_runs_test_f1(tmp_path) -> None:
                              tmp_path / "evaluate")
         with step_run("evaluate", cfg) as eval_run:
             result = evaluate(cfg, eval_run)
-    finally:
-        mp.undo()
     logged = MlflowClient(uri).get_run(eval_run.run_id).data.metrics
     assert logged["test/f1_macro"] == pytest.approx(trained.metrics["test/f1"], abs=1e-6)
     assert logged["test/f1"] == pytest.approx(trained.metrics["test/f1"], abs=1e-6)

@@ -11,7 +11,8 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, TINY, all_runs, free_port, mlflow_run, run_step, step_env
+from helpers import ROOT, TINY, all_runs, mlflow_run, run_step, step_env
+from servers import free_port
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow

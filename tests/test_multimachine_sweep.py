@@ -19,7 +19,8 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, TINY, PostgresServer, step_env
+from helpers import ROOT, TINY, step_env
+from servers import PostgresServer
 from trainflow.sweep.recovery import LEASE_PREFIX
 from trainflow.sweep.study import StudySpec, create_and_queue
 from trainflow.tracking import tags as tag

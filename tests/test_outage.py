@@ -11,7 +11,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import ROOT, MlflowServer, free_port, step_env
+from helpers import ROOT, step_env
+from servers import MlflowServer, free_port
 from trainflow.errors import TrackingError
 from trainflow.tracking.lightning import RunLogger
 from trainflow.tracking.sync import sync

@@ -6,18 +6,16 @@ test states which registry state it expects and checks it.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, TINY, VENV_BIN, free_port, mlflow_run, step_env, wait_http
+from helpers import ROOT, TINY, mlflow_run, serve_and_ask, step_env
+from servers import VENV_BIN
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
@@ -164,28 +162,11 @@ def test_changed_source_file_reruns_what_depends_on_it(pipeline, mlflow_server, 
 
 
 def test_serving_the_champion_answers_with_labels(pipeline, mlflow_server, tmp_path) -> None:
-    port = free_port()
-    env = step_env(mlflow_server.uri)
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [f"{VENV_BIN}/mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ping", 120, proc)
-        from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits
 
-        digits = load_digits()
-        body = {"dataframe_split": {"columns": [f"pixel_{i:02d}" for i in range(64)],
-                                    "data": (digits.data[:5] / 16.0).tolist()}}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-    rows = answer["predictions"]
+    digits = load_digits()
+    rows = serve_and_ask(f"models:/{MODEL}@champion", [f"pixel_{i:02d}" for i in range(64)],
+                         (digits.data[:5] / 16.0).tolist(), step_env(mlflow_server.uri), tmp_path)
     assert len(rows) == 5
     assert {row["label"] for row in rows} <= {str(i) for i in range(10)}
     assert all(0 < row["probability"] <= 1 for row in rows)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, TINY, VENV_BIN, PostgresServer, free_port, mlflow_run, step_env
+from helpers import ROOT, TINY, mlflow_run, step_env
+from servers import VENV_BIN, PostgresServer, free_port
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
@@ -130,7 +131,7 @@ def test_a_study_that_exists_with_the_other_direction_fails_naming_it(postgres: 
 
 
 def _assert_nothing_running(tracking_uri: str) -> None:
-    from conftest import all_runs
+    from helpers import all_runs
 
     runs = all_runs(tracking_uri)
     assert runs, "the sweep's run records the failure"

@@ -7,7 +7,7 @@ import tomllib
 
 import yaml
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def _name(requirement: str) -> str:

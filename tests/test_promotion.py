@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import new_sqlite_store
+from helpers import new_sqlite_store
 from trainflow.tracking import tags as tag
 from trainflow.tracking.registry import CHAMPION, promote_if_better
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import new_sqlite_store
+from helpers import new_sqlite_store
 from trainflow.errors import TrackingError
 from trainflow.tracking import tags as tag
 from trainflow.tracking.ranks import find_leader_run, job_key

@@ -10,7 +10,7 @@ import yaml
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import ROOT, TINY, all_runs
+from helpers import ROOT, TINY, all_runs
 from test_security import logged_bytes
 from trainflow.config.redact import REDACTED, is_secret_key, mask_secrets, redact, redact_overrides
 from trainflow.tracking import tags as tag

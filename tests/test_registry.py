@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY
+from helpers import TINY
 from trainflow.data.digits import FEATURES
 from trainflow.tracking import tags as tag
 from trainflow.tracking.registry import resolve_model

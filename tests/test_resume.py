@@ -10,7 +10,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, all_runs, mlflow_run, new_sqlite_store, run_step, step_env
+from helpers import ROOT, all_runs, mlflow_run, new_sqlite_store, run_step, step_env
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY, MlflowServer, mlflow_run, run_step
+from helpers import TINY, mlflow_run, run_step
+from servers import MlflowServer
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow

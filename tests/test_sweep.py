@@ -16,7 +16,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow import MlflowClient
 
-from conftest import ROOT, TINY, all_runs
+from helpers import ROOT, TINY, all_runs
 from trainflow.errors import ConfigError
 from trainflow.sweep.driver import run_sweep, sweep_plan
 from trainflow.sweep.recovery import ENDED, LEASE_PREFIX, Lease, end_lost_sweeps

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, TINY, all_runs, run_step, step_env
+from helpers import ROOT, TINY, all_runs, run_step, step_env
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from types import FrameType
 import optuna
 import pytest
 
-from conftest import TINY
+from helpers import TINY
 from trainflow.sweep.driver import fail_orphans, start_workers, sweep_plan
 from trainflow.sweep.trial import ATTR_SWEEP_RUN
 from trainflow.sweep.worker import DeferredSignals

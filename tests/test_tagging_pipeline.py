@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import compose_config, new_sqlite_store
+from helpers import compose_config, using_store
 from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
 
@@ -23,29 +23,24 @@ QUIET = ["experiment=ud_ewt_tiny", "extras.print_config=false", "callbacks.rich_
 @pytest.fixture(scope="module")
 def tagged(tmp_path_factory):
     """prepare_data, then train on its runs:/ dataset URI with a registered version, as `main` chains them."""
-    import mlflow
 
     from trainflow.pipeline.prepare import prepare_data
     from trainflow.training.train import train
 
     tmp = tmp_path_factory.mktemp("tagging")
-    uri = new_sqlite_store(tmp)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    cache = [f"paths.cache_dir={tmp / 'cache'}"]
-    cfg = compose_config("prepare_data", [*QUIET, *cache], tmp / "prepare")
-    with step_run("prepare_data", cfg) as prep_run:
-        prepared = prepare_data(cfg, prep_run)
-    cfg = compose_config("train", [*QUIET, *cache, f"data.uri={prepared.uri}"], tmp / "train")
-    with step_run("train", cfg) as train_run:
-        trained = train(cfg, train_run)
-    yield {"client": MlflowClient(uri), "prepared": prepared, "trained": trained, "run_id": train_run.run_id,
-           "tmp": tmp, "cache": cache}
-    from hydra.core.global_hydra import GlobalHydra
+    with using_store(tmp) as uri:
+        cache = [f"paths.cache_dir={tmp / 'cache'}"]
+        cfg = compose_config("prepare_data", [*QUIET, *cache], tmp / "prepare")
+        with step_run("prepare_data", cfg) as prep_run:
+            prepared = prepare_data(cfg, prep_run)
+        cfg = compose_config("train", [*QUIET, *cache, f"data.uri={prepared.uri}"], tmp / "train")
+        with step_run("train", cfg) as train_run:
+            trained = train(cfg, train_run)
+        yield {"client": MlflowClient(uri), "prepared": prepared, "trained": trained, "run_id": train_run.run_id,
+               "tmp": tmp, "cache": cache}
+        from hydra.core.global_hydra import GlobalHydra
 
-    GlobalHydra.instance().clear()
-    mp.undo()
+        GlobalHydra.instance().clear()
 
 
 def test_train_reads_the_prepared_dataset_and_logs_the_sizes_it_took_from_it(tagged) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 
-from conftest import ROOT
+from helpers import ROOT
 from trainflow.tracking import tags as tag
 
 

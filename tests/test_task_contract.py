@@ -8,18 +8,14 @@ user would add their own task. Nothing in src/trainflow names it.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, TINY, VENV_BIN, free_port, mlflow_run, run_step, step_env, wait_http
+from helpers import ROOT, TINY, mlflow_run, run_step, serve_and_ask, step_env
 from trainflow.tracking import tags as tag
 
 TASKS = ROOT / "tests" / "tasks"
@@ -98,25 +94,9 @@ def test_serving_needs_nothing_but_the_model(wine, mlflow_server, tmp_path: Path
     """No PYTHONPATH: the task's package travels in the model's code/ and serves from there."""
     env = step_env(mlflow_server.uri)
     env.pop("PYTHONPATH", None)
-    port = free_port()
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [f"{VENV_BIN}/mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ping", 120, proc)
-        from sklearn.datasets import load_wine
+    from sklearn.datasets import load_wine
 
-        frame = load_wine(as_frame=True).frame.drop(columns="target").head(4)
-        body = {"dataframe_split": {"columns": list(frame.columns), "data": frame.to_numpy().tolist()}}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-    rows = answer["predictions"]
+    frame = load_wine(as_frame=True).frame.drop(columns="target").head(4)
+    rows = serve_and_ask(f"models:/{MODEL}@champion", list(frame.columns), frame.to_numpy().tolist(), env, tmp_path)
     assert len(rows) == 4 and {row["label"] for row in rows} <= CULTIVARS
     assert all(abs(sum(row[f"prob_{c}"] for c in CULTIVARS) - 1) < 1e-4 for row in rows)

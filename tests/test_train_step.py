@@ -8,7 +8,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import TINY, all_runs
+from helpers import TINY, all_runs
 from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
 from trainflow.training.evaluate import evaluate

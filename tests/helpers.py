@@ -1,0 +1,155 @@
+"""What tests share that is not a fixture: the tiny overrides, stores, step runners and serving.
+
+Test modules import these (`from helpers import TINY, run_step`); pytest's
+fixtures, which build on them, stay in conftest.py; the servers they start are in servers.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from servers import VENV_BIN, free_port, wait_http
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Overrides that make a train step take CPU-seconds; each test adds its own.
+TINY = [
+    "experiment=example",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.model_summary=null",
+    "trainer.enable_progress_bar=false",
+    "extras.print_config=false",
+    "registry.log_model=false",
+]
+
+
+_STORE_TEMPLATE: list[Path] = []
+
+
+def new_sqlite_store(directory: Path) -> str:
+    """A ready embedded store in `directory`: a copy of one made once per process.
+
+    MLflow creates its tables on first use without a lock, so a test polling a
+    fresh store while a step subprocess opens it races them ("table ...
+    already exists"). Copying a made store also spares every step the
+    migrations.
+    """
+    if not _STORE_TEMPLATE:
+        from mlflow import MlflowClient
+
+        template = Path(tempfile.mkdtemp(prefix="trainflow-store-")) / "mlflow.db"
+        MlflowClient(f"sqlite:///{template}").search_experiments()
+        _STORE_TEMPLATE.append(template)
+    directory.mkdir(parents=True, exist_ok=True)
+    db = directory / "mlflow.db"
+    shutil.copyfile(_STORE_TEMPLATE[0], db)
+    with closing(sqlite3.connect(db)) as con, con:  # `mlflow run`'s Default experiment: artifacts here too
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                    ((directory / "mlruns").as_uri(),))
+    return f"sqlite:///{db}"
+
+
+def compose_config(config_name: str = "train", overrides: list[str] | None = None,
+                   output_dir: Path | None = None) -> DictConfig:
+    """A step's config as its script gets it; module-scoped fixtures call this directly."""
+    from trainflow.config.compose import compose_step_config
+
+    return compose_step_config(config_name, overrides, output_dir, config_dir=ROOT / "configs")
+
+
+def step_env(tracking_uri: str, **extra: str) -> dict[str, str]:
+    """Environment for a step subprocess: the venv first on PATH, our store."""
+    env = dict(os.environ)
+    env.update(extra)
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '')}"
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(key, None)
+    return env
+
+
+def run_step(args: list[str], tracking_uri: str, timeout: float = 240, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=step_env(tracking_uri, **extra),
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+def mlflow_run(entry: str, params: list[str], tracking_uri: str, timeout: float = 300,
+               experiment: str | None = None, **extra: str) -> subprocess.CompletedProcess:
+    """`mlflow run` of one entry point; `extra`: environment beside the store (credentials)."""
+    cmd = [f"{VENV_BIN}/mlflow", "run", str(ROOT), "-e", entry, "--env-manager", "local"]
+    if experiment:
+        cmd += ["--experiment-name", experiment]
+    for p in params:
+        cmd += ["-P", p]
+    return subprocess.run(cmd, cwd=ROOT, env=step_env(tracking_uri, **extra), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def all_runs(tracking_uri: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return list(client.search_runs(ids, max_results=1000)) if ids else []
+
+
+@contextmanager
+def using_store(directory: Path) -> Iterator[str]:
+    """A fresh embedded store in `directory` as this process's tracking URI, for module-scoped set-ups.
+
+    Steps run in-process read `MLFLOW_TRACKING_URI`; MLflow's fluent API keeps
+    its own URI, so both are set, and both are put back afterwards.
+    """
+    import mlflow
+
+    uri = new_sqlite_store(directory)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(previous)
+        patch.undo()
+
+
+def serve_and_ask(model_uri: str, columns: list[str], rows: list[list], env: dict[str, str], workdir: Path) -> list:
+    """`mlflow models serve` of `model_uri`, as users start it; its answer to one `dataframe_split` request."""
+    import json
+
+    port = free_port()
+    log = open(workdir / "serve.log", "wb")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(
+        [f"{VENV_BIN}/mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port)],
+        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", 120, proc)
+        body = {"dataframe_split": {"columns": columns, "data": rows}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return list(json.loads(response.read())["predictions"])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
