@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LEASE_PREFIX = tag.PREFIX + "lease."  # a study user attr, not a run tag
+LEASE_PREFIX = tag.STUDY_LEASE_PREFIX  # a study user attr, not a run tag
 ENDED = -1.0  # a lease given back: the sweep ended on its own
 
 

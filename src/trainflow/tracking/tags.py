@@ -74,6 +74,9 @@ TRIAL_PARAMS = "trainflow.trial.params"
 TRIAL_WORKER = "trainflow.trial.worker"
 TRIAL_VALUE = "trainflow.trial.value"
 
+# --- Optuna study user attrs (sweep.recovery), not run tags ------------------
+STUDY_LEASE_PREFIX = "trainflow.lease."  # + the sweep's parent run id: the time of its last heartbeat
+
 
 def output(name: str = "output") -> str:
     """The tag holding a step's output called `name` (`output` is the main one)."""
