@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from trainflow.errors import TrainflowError
 from trainflow.pipeline.cache import CACHE_TAG, CODE_SCOPES, cache_key, code_digest, find_finished_run, source_inputs
+from trainflow.tracking.headline import log_headline
 from trainflow.tracking.run import TAG_OUTPUT, StepRun, hydra_overrides
 
 log = logging.getLogger(__name__)
@@ -197,4 +198,5 @@ def _record(run: StepRun, result: PipelineResult) -> None:
     summary = {s: {k: v for k, v in asdict(o).items() if k != "tags"} for s, o in result.steps.items()}
     run.client.log_text(run.run_id, json.dumps(summary, indent=2), "pipeline.json")
     run.client.set_tag(run.run_id, "trainflow.pipeline.reused", ",".join(result.reused) or "none")
+    log_headline(run.client, run.run_id, result.steps["evaluate"].run_id)
     run.set_output(result.steps["evaluate"].output)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from trainflow.errors import UriError
+from trainflow.tracking.model_card import write_model_card
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -84,8 +85,9 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
     version = None
     if register_as:
         version = mlflow.register_model(info.model_uri, register_as, tags=tags)
-        run.client.set_tag(run.run_id, "trainflow.registered", f"models:/{register_as}/{version.version}")
+        write_model_card(run.client, register_as, str(version.version))
         print(f"registered models:/{register_as}/{version.version}", flush=True)
+        run.client.set_tag(run.run_id, "trainflow.registered", f"models:/{register_as}/{version.version}")
     return LoggedModel(info.model_uri, getattr(info, "model_id", None), version)
 
 

@@ -373,14 +373,10 @@ def _artifacts_beside(uri: str, root: Path) -> str | None:
 
 
 def default_run_name(step: str, cfg: DictConfig) -> str:
-    """`train-example-digits`: step, experiment, data, so the UI list reads."""
-    parts = [step]
-    choices = _hydra_choices()
-    for group in ("experiment", "data"):
-        choice = choices.get(group)
-        if choice and choice not in parts:
-            parts.append(str(choice).replace("/", "-"))
-    return "-".join(parts)
+    """`train-example-digits lr=0.01`: step, experiment, data and what was overridden (tracking/run_name.py)."""
+    from trainflow.tracking.run_name import run_name
+
+    return run_name(step, _hydra_choices(), hydra_overrides())
 
 
 def _hydra_choices() -> dict[str, Any]:

@@ -1,0 +1,139 @@
+"""A model card on every registered version: its description, in markdown.
+
+The registry page shows a version's tags as one cell of ~20 `trainflow.*`
+pairs: the evidence is there, but nobody reads it at a glance. The
+description is what the page renders first, so it says in a few lines what
+the version is, what data it saw, how it tested, what the promotion gate
+decided (both numbers), and links to the runs that made and measured it.
+The card is rendered from the version's tags and runs (tags stay for
+machines), and rewritten whenever they change: at registration, after
+evaluate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Version tags the card reads (written by training/train.py and training/evaluate.py).
+TAG_TRAIN_RUN = "trainflow.run_id"
+TAG_EVAL_RUN = "trainflow.eval.run_id"
+EVAL_PREFIX = "trainflow.eval."
+PROMOTION_PREFIX = "trainflow.promotion."
+
+
+@dataclass
+class RunLink:
+    run_id: str
+    experiment_id: str
+    name: str
+
+    def markdown(self) -> str:
+        # relative to the UI's hash router: right on any host the server is reached by
+        return f"[{self.name}](#/experiments/{self.experiment_id}/runs/{self.run_id})"
+
+
+@dataclass
+class CardFacts:
+    """Everything the card shows, gathered from the registry and the tracking store."""
+
+    name: str
+    version: str
+    tags: Mapping[str, str]
+    model_class: str
+    train: RunLink | None
+    evaluate: RunLink | None = None
+    train_test_metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+def render_model_card(facts: CardFacts) -> str:
+    """The card's markdown; sections whose evidence is missing say so instead of vanishing."""
+    tags = facts.tags
+    lines = [f"### {facts.name} v{facts.version}", "", _what_it_is(facts), "",
+             f"**Data**: `{tags.get('trainflow.data.uri', 'unknown')}`, "
+             f"digest `{tags.get('trainflow.data.digest', tags.get('trainflow.eval.data_digest', 'unknown'))}`", ""]
+    lines += _metrics_table(facts)
+    lines += ["", _promotion(tags), ""]
+    links = [f"train run {facts.train.markdown()}" if facts.train else "train run unknown"]
+    if facts.evaluate:
+        links.append(f"evaluate run {facts.evaluate.markdown()}")
+    lines.append("**Runs**: " + " · ".join(links))
+    return "\n".join(lines) + "\n"
+
+
+def _what_it_is(facts: CardFacts) -> str:
+    tags = facts.tags
+    monitor, value = tags.get("trainflow.monitor"), tags.get("trainflow.monitor.value")
+    best = f" Best `{monitor}` in training: {_number(value)}." if monitor and value else ""
+    commit = tags.get("trainflow.git.commit")
+    code = f" from commit `{commit[:12]}`" if commit else ""
+    return f"A `{facts.model_class}` trained{code}.{best} Served as an MLflow pyfunc."
+
+
+def _metrics_table(facts: CardFacts) -> list[str]:
+    evaluated = {k.removeprefix(EVAL_PREFIX): v for k, v in facts.tags.items()
+                 if k.startswith(EVAL_PREFIX + "test/")}
+    if evaluated:
+        scope = facts.tags.get(EVAL_PREFIX + "test_scope", "all")
+        source = f"measured by evaluate on the test split ({'all of it' if scope == 'all' else scope})"
+        values: Mapping[str, Any] = evaluated
+    elif facts.train_test_metrics:
+        source = "measured by the train run on its best checkpoint; not evaluated yet"
+        values = facts.train_test_metrics
+    else:
+        return ["**Test metrics**: none recorded yet."]
+    rows = [f"| `{key}` | {_number(values[key])} |" for key in sorted(values)]
+    return [f"**Test metrics** ({source}):", "", "| metric | value |", "| --- | --- |", *rows]
+
+
+def _promotion(tags: Mapping[str, str]) -> str:
+    decision = tags.get(PROMOTION_PREFIX + "decision")
+    if not decision:
+        return "**Promotion**: not decided yet (evaluate with `promote=true`)."
+    metric = tags.get(PROMOTION_PREFIX + "metric", "?")
+    candidate = _number(tags.get(PROMOTION_PREFIX + "candidate"))
+    champion = tags.get(PROMOTION_PREFIX + "champion", "none")
+    champion_version = tags.get(PROMOTION_PREFIX + "champion_version", "none")
+    against = "no champion before it" if champion == "none" else f"champion v{champion_version}: {_number(champion)}"
+    return f"**Promotion**: {decision} on `{metric}`: this version {candidate} vs {against}."
+
+
+def _number(value: Any) -> str:
+    try:
+        return f"{float(value):.4f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def write_model_card(client: Any, name: str, version: str) -> str:
+    """Render the card from what the registry and the runs hold now, and set it as the description."""
+    mv = client.get_model_version(name, version)
+    tags = dict(mv.tags)
+    train_id = tags.get(TAG_TRAIN_RUN) or mv.run_id
+    train_run = client.get_run(train_id) if train_id else None
+    eval_id = tags.get(TAG_EVAL_RUN)
+    facts = CardFacts(
+        name=name, version=str(version), tags=tags,
+        model_class=_model_class(train_run.data.params if train_run else {}),
+        train=_link(train_run),
+        evaluate=_link(client.get_run(eval_id)) if eval_id else None,
+        train_test_metrics={k: v for k, v in (train_run.data.metrics if train_run else {}).items()
+                            if k.startswith("test/")},
+    )
+    text = render_model_card(facts)
+    client.update_model_version(name, version, description=text)
+    return text
+
+
+def _link(run: Any) -> RunLink | None:
+    if run is None:
+        return None
+    return RunLink(run.info.run_id, run.info.experiment_id, run.info.run_name or run.info.run_id)
+
+
+def _model_class(params: Mapping[str, str]) -> str:
+    """`Classifier(SimpleDenseNet)`: the LightningModule and its network, from the train run's params."""
+    module = params.get("model._target_", "model").rsplit(".", 1)[-1]
+    net = params.get("model.net._target_")
+    return f"{module}({net.rsplit('.', 1)[-1]})" if net else module
