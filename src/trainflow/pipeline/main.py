@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from trainflow.config.extras import TREE_SHOWN_ENV
 from trainflow.errors import TrainflowError
 from trainflow.pipeline.cache import CACHE_TAG, CODE_SCOPES, cache_key, code_digest, find_finished_run, source_inputs
 from trainflow.tracking.headline import log_headline
@@ -141,6 +142,8 @@ def _launch(run: StepRun, step: str, overrides: list[str]) -> str:
         key, _, value = item.partition("=")
         params[key] = value  # later overrides win, as on Hydra's command line
     print(f"{step}: running with {overrides}", flush=True)
+    # a pipeline shows one config tree, its own; each step still saves its tree as config_tree.log
+    os.environ[TREE_SHOWN_ENV] = "1"
     # env manager "local" means this interpreter's environment: its `python`
     # must come first on PATH even when main was started by full path.
     bin_dir = os.path.dirname(sys.executable)

@@ -86,7 +86,6 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
     if register_as:
         version = mlflow.register_model(info.model_uri, register_as, tags=tags)
         write_model_card(run.client, register_as, str(version.version))
-        print(f"registered models:/{register_as}/{version.version}", flush=True)
         run.client.set_tag(run.run_id, "trainflow.registered", f"models:/{register_as}/{version.version}")
     return LoggedModel(info.model_uri, getattr(info, "model_id", None), version)
 

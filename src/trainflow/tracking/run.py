@@ -67,8 +67,6 @@ class StepRun:
         self.outputs[name] = uri
         key = TAG_OUTPUT if name == "output" else f"{TAG_OUTPUT}.{name}"
         self.client.set_tag(self.run_id, key, uri)
-        if self.leader:
-            print(f"{self.step} {name}: {uri}", flush=True)
 
     def artifact_uri(self, path: str = "") -> str:
         return f"runs:/{self.run_id}/{path}".rstrip("/")
@@ -196,6 +194,7 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         yield ctx
         ctx.log_timings()
         status = "FINISHED"
+        _print_summary(ctx, age)
     except (KeyboardInterrupt, SystemExit) as exc:
         if _Interrupted.signum is None and isinstance(exc, SystemExit):
             status = "FAILED" if exc.code else "FINISHED"  # sys.exit(n) inside a step: its own status
@@ -253,6 +252,17 @@ def _find_leader(client: MlflowClient, cfg: DictConfig) -> str:
         _fail_cleanly(exc)
     os.environ[LEADER_RUN_ENV] = run_id
     return run_id
+
+
+def _print_summary(ctx: StepRun, started_age: float | None) -> None:
+    """One line per finished step: its output URI and its run (tracking/console.py)."""
+    from trainflow.tracking.console import run_link, step_summary
+
+    now = process_age_s()
+    took = now - started_age if now is not None and started_age is not None else None
+    if ctx.leader:
+        print(step_summary(ctx.step, ctx.outputs, run_link(ctx.tracking_uri, ctx.experiment_id, ctx.run_id), took),
+              flush=True)
 
 
 def _exit_interrupted(step: str, signum: int, run_id: str | None) -> NoReturn:
