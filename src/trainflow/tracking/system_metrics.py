@@ -8,6 +8,7 @@ as `system/*` metrics of the run it is given.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -26,6 +27,8 @@ def system_metrics(run: StepRun, tracking: DictConfig) -> Iterator[None]:
         return
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+    # its start/stop/"no GPU" notes are INFO lines on every train step; its warnings still show
+    logging.getLogger("mlflow.system_metrics.system_metrics_monitor").setLevel(logging.WARNING)
     monitor = SystemMetricsMonitor(run.run_id, sampling_interval=float(tracking.system_metrics_interval_s),
                                    tracking_uri=run.tracking_uri)
     monitor.start()
