@@ -16,8 +16,9 @@ def test_a_name_says_what_was_overridden_by_its_last_key_part() -> None:
 def test_uris_secrets_and_presentation_keys_stay_out_of_the_name() -> None:
     name = run_name("evaluate", CHOICES, [
         "data.uri=runs:/0123/dataset", "model_uri=models:/m@champion", "tracking.api_token=hunter2",
-        "db_password=hunter2", "extras.print_config=false", "callbacks.rich_progress_bar=null",
-        "train.extras.print_config=false", "registry.model_name=x", "tags=[a,b]", "promote=true"])
+        "db_password=hunter2", "+db={user:a,password:hunter2}", "extras.print_config=false",
+        "callbacks.rich_progress_bar=null", "train.extras.print_config=false", "registry.model_name=x",
+        "tags=[a,b]", "promote=true"])
     assert name == "evaluate-example-digits promote=true"
     assert "hunter2" not in name
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from trainflow.tracking.redact import is_secret_key
+from trainflow.tracking.redact import is_secret_key, redact_overrides
 
 # Overrides that change how a run looks or where it logs, not what it computes.
 PRESENTATION_PREFIXES = ("extras.", "tracking.", "paths.", "hydra.", "registry.", "tags",
@@ -41,14 +41,15 @@ def distinguishing_overrides(overrides: Sequence[str]) -> list[str]:
     """`model.optimizer.lr=0.01` -> `lr=0.01`, leaving out URIs, secrets and presentation keys.
 
     A URI handed on by the pipeline (`data.uri=runs:/…`) differs on every run
-    and says nothing a reader can compare. Keys keep their full path when two
+    and says nothing a reader can compare; an override that carries a secret
+    anywhere (a key, a nested key, a URL's password) is left out whole. Keys keep their full path when two
     would shorten to the same last part.
     """
     kept: list[tuple[str, str]] = []
-    for item in overrides:
+    for item, redacted in zip(overrides, redact_overrides(list(overrides)), strict=True):
         key, sep, value = item.lstrip("+~").partition("=")
         group_key = key.replace("/", ".")
-        if (not sep or group_key in NAMED_GROUPS or ":/" in value or is_secret_key(key)
+        if (not sep or group_key in NAMED_GROUPS or ":/" in value or redacted != item or is_secret_key(key)
                 or group_key.removeprefix(_step_prefix(group_key)).startswith(PRESENTATION_PREFIXES)):
             continue
         kept.append((key, value))
