@@ -114,7 +114,10 @@ def test_a_registered_version_carries_a_model_card(pipeline) -> None:
     client, exp, first, _ = pipeline
     version = client.get_model_version(MODEL, "1")
     card, tags = version.description, version.tags
-    assert card.startswith(f"### {MODEL} v1\n\nA `ClassificationModule(SimpleDenseNet)` trained"), card
+    acc = float(tags["trainflow.eval.test/acc"])
+    # line one is plain text, figures first: the versions table previews its start raw
+    assert card.startswith(f"test/acc {acc:.4f} · promoted\n\n"
+                           f"{MODEL} v1: a `ClassificationModule(SimpleDenseNet)` trained"), card
     assert f"`{tags['trainflow.data.uri']}`, digest `{tags['trainflow.data.digest']}`" in card
     assert f"| `test/acc` | {float(tags['trainflow.eval.test/acc']):.4f} |" in card
     assert "measured by evaluate on the test split (limit_test_batches=2" in card

@@ -42,6 +42,7 @@ def test_train_registers_a_tagged_version(trained) -> None:
     test_acc = client.get_run(run.run_id).data.metrics["test/acc"]
     assert f"| `test/acc` | {test_acc:.4f} |" in card
     assert "**Promotion**: not decided yet" in card
+    assert card.startswith(f"test/acc {test_acc:.4f} · not evaluated yet\n\n{MODEL} v1: a "), card
     assert f"/runs/{run.run_id})" in card
     assert client.get_run(run.run_id).data.tags["trainflow.output_uri"] == f"models:/{MODEL}/1"
 

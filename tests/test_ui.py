@@ -97,14 +97,17 @@ def test_the_registry_page_shows_the_champion_and_the_model_card(tracked, page, 
     client = tracked["client"]
     version = client.get_model_version_by_alias(MODEL, "champion")
     page.goto(f"{mlflow_server.uri}/#/models/{MODEL}")
+    page.get_by_role("button", name="Close").click()  # the assistant panel: room for the description column
     versions = page.get_by_role("row").filter(has_text=f"Version {version.version}")
     versions.first.wait_for()
-    assert re.search(r"@\s*champion", versions.first.inner_text()), versions.first.inner_text()
+    row = versions.first.inner_text()
+    assert re.search(r"@\s*champion", row), row
+    acc = float(version.tags["trainflow.eval.test/acc"])
+    assert f"test/acc {acc:.4f} · promoted" in row, "the card's first line, previewed"
     page.screenshot(path=str(tmp_path / "registry.png"), full_page=True)
 
     page.goto(f"{mlflow_server.uri}/#/models/{MODEL}/versions/{version.version}")
-    page.get_by_role("heading", name=f"{MODEL} v{version.version}").wait_for()  # the card's markdown, rendered
-    page.get_by_role("button", name="Close").click()
+    page.get_by_text("Promotion: promoted").first.wait_for()  # the card's markdown, rendered
     page.screenshot(path=str(tmp_path / "model_card.png"), full_page=True)
     body = page.inner_text("body")
     assert re.search(r"Aliases\s*:\s*@\s*champion", body)

@@ -50,7 +50,7 @@ class CardFacts:
 def render_model_card(facts: CardFacts) -> str:
     """The card's markdown; sections whose evidence is missing say so instead of vanishing."""
     tags = facts.tags
-    lines = [f"### {facts.name} v{facts.version}", "", _what_it_is(facts), "",
+    lines = [_headline(facts), "", _what_it_is(facts), "",
              f"**Data**: `{tags.get('trainflow.data.uri', 'unknown')}`, "
              f"digest `{tags.get('trainflow.data.digest', tags.get('trainflow.eval.data_digest', 'unknown'))}`", ""]
     lines += _metrics_table(facts)
@@ -62,26 +62,42 @@ def render_model_card(facts: CardFacts) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _headline(facts: CardFacts) -> str:
+    """Plain text, figures first: the versions table previews a description's first ~30 characters, raw."""
+    metrics = _test_metrics(facts)[1]
+    metric = facts.tags.get(PROMOTION_PREFIX + "metric") or ("test/acc" if "test/acc" in metrics else None)
+    figure = f"{metric} {_number(metrics[metric])} · " if metric and metric in metrics else ""
+    if facts.tags.get(PROMOTION_PREFIX + "decision"):
+        state = facts.tags[PROMOTION_PREFIX + "decision"]
+    elif facts.tags.get(TAG_EVAL_RUN):
+        state = "evaluated, no promotion decision"
+    else:
+        state = "not evaluated yet"
+    return f"{figure}{state}"
+
+
+def _test_metrics(facts: CardFacts) -> tuple[str, Mapping[str, Any]]:
+    """Evaluate's test figures when there are any, else train's own test on its best checkpoint."""
+    evaluated = {k.removeprefix(EVAL_PREFIX): v for k, v in facts.tags.items()
+                 if k.startswith(EVAL_PREFIX + "test/")}
+    if evaluated:
+        scope = facts.tags.get(EVAL_PREFIX + "test_scope", "all")
+        return f"measured by evaluate on the test split ({'all of it' if scope == 'all' else scope})", evaluated
+    return "measured by the train run on its best checkpoint; not evaluated yet", facts.train_test_metrics
+
+
 def _what_it_is(facts: CardFacts) -> str:
     tags = facts.tags
     monitor, value = tags.get("trainflow.monitor"), tags.get("trainflow.monitor.value")
     best = f" Best `{monitor}` in training: {_number(value)}." if monitor and value else ""
     commit = tags.get("trainflow.git.commit")
     code = f" from commit `{commit[:12]}`" if commit else ""
-    return f"A `{facts.model_class}` trained{code}.{best} Served as an MLflow pyfunc."
+    return f"{facts.name} v{facts.version}: a `{facts.model_class}` trained{code}.{best} Served as an MLflow pyfunc."
 
 
 def _metrics_table(facts: CardFacts) -> list[str]:
-    evaluated = {k.removeprefix(EVAL_PREFIX): v for k, v in facts.tags.items()
-                 if k.startswith(EVAL_PREFIX + "test/")}
-    if evaluated:
-        scope = facts.tags.get(EVAL_PREFIX + "test_scope", "all")
-        source = f"measured by evaluate on the test split ({'all of it' if scope == 'all' else scope})"
-        values: Mapping[str, Any] = evaluated
-    elif facts.train_test_metrics:
-        source = "measured by the train run on its best checkpoint; not evaluated yet"
-        values = facts.train_test_metrics
-    else:
+    source, values = _test_metrics(facts)
+    if not values:
         return ["**Test metrics**: none recorded yet."]
     rows = [f"| `{key}` | {_number(values[key])} |" for key in sorted(values)]
     return [f"**Test metrics** ({source}):", "", "| metric | value |", "| --- | --- |", *rows]
