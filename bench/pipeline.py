@@ -23,6 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from trainflow.tracking import tags as tag
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -73,7 +75,7 @@ def report(uri: str, experiment: str) -> None:
     runs = sorted(client.search_runs([exp]), key=lambda r: r.info.start_time)
     print(f"{'run':<14}{'wall s':>8}  phases (s)")
     for run in runs:
-        step = run.data.tags.get("trainflow.step", "?")
+        step = run.data.tags.get(tag.STEP, "?")
         wall = (run.info.end_time - run.info.start_time) / 1000
         phases = {k.removeprefix("time/").removesuffix("_s"): v for k, v in run.data.metrics.items()
                   if k.startswith("time/")}

@@ -44,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trainflow.tracking import tags as tag
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -113,7 +115,7 @@ def phases(uri: str) -> dict[str, float]:
 
     client = MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    parent = next(r for r in runs if r.data.tags.get("trainflow.step") == "sweep")
+    parent = next(r for r in runs if r.data.tags.get(tag.STEP) == "sweep")
     trials = [(r.info.end_time - r.info.start_time) / 1000 for r in runs if r is not parent]
     return {"trials_phase_s": parent.data.metrics.get("time/trials_s", float("nan")),
             "trial_mean_s": statistics.mean(trials), "trials": float(len(trials))}

@@ -1,27 +1,28 @@
 """Shared fixtures: a real `mlflow server`, embedded sqlite stores, composed configs.
 
-Layered like the configs: `compose_train` gives the real composed config,
-`tiny_overrides` the CPU-seconds version, tests add their own on top.
+Layered like the configs: the `compose` fixture (or `compose_config`) gives
+the real composed config, `TINY` the overrides that make it take CPU-seconds,
+and tests add their own on top.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig
+
+from servers import MlflowServer, PostgresServer, free_port, wait_http
+
+__all__ = ["MlflowServer", "PostgresServer", "free_port", "wait_http"]  # tests import them from here
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
@@ -50,66 +51,28 @@ TINY = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
-
-
-class MlflowServer:
-    """`mlflow server` on 127.0.0.1 with a sqlite backend and served artifacts."""
-
-    def __init__(self, workdir: Path, port: int | None = None, app_name: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        self.workdir = workdir
-        self.port = port or free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.app_name = app_name
-        self.env = env or {}
-
-    def start(self, timeout_s: float = 90) -> None:
-        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **self.env)
-        env.pop("MLFLOW_TRACKING_URI", None)
-        app = ["--app-name", self.app_name] if self.app_name else []
-        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
-        self.proc = subprocess.Popen(
-            [f"{VENV_BIN}/mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.workdir / 'server.db'}",
-             "--artifacts-destination", str(self.workdir / "artifacts"), *app],
-            cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        wait_http(f"{self.uri}/health", timeout_s, self.proc)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc = None
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL 15 cluster for this test process (Debian's server binaries; see tests/servers.py)."""
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_mlflow_server(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """`mlflow server` whose backend store is a database in that PostgreSQL, artifacts served."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-pg-server"), backend_uri=postgres.create_database("mlflow"))
+    server.start(timeout_s=180)
     yield server
     server.stop()
 

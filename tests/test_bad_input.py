@@ -22,7 +22,8 @@ from mlflow import MlflowClient
 from conftest import TINY, compose_config, free_port, new_sqlite_store
 from trainflow.cli import precheck_overrides
 from trainflow.data.dataset import MANIFEST, files_digest
-from trainflow.tracking.run import TAG_OUTPUT, step_run
+from trainflow.tracking import tags as tag
+from trainflow.tracking.run import step_run
 
 MODEL = "bad-input-model"
 RUN_ID = "0123456789abcdef0123456789abcdef"
@@ -92,7 +93,7 @@ def check_nothing_claimed(store, before: tuple) -> None:
     assert registry_state(client) == before
     for run in client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000):
         if run.info.run_id != store["run_id"] and run.info.status == "FINISHED":
-            assert TAG_OUTPUT not in run.data.tags, run.data.tags
+            assert tag.OUTPUT not in run.data.tags, run.data.tags
 
 
 def corrupt_dataset(store, tmp_path: Path, how: str) -> Path:

@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from trainflow.pipeline.cache import CODE_SCOPES, cache_key, code_digest, scoped_config, source_inputs
+from trainflow.pipeline.cache import cache_key, scoped_config, source_inputs, step_code_digest
 from trainflow.pipeline.main import compose_for_cache, split_overrides
+from trainflow.pipeline.sources import step_sources
 
-BASE = {"data": {"_target_": "D", "seed": 1, "batch_size": 64, "uri": "runs:/a/dataset"},
+# an image data module: the one task whose data config has preprocessing keys
+IMAGES = "trainflow.data.image_folder.ImageFolderDataModule"
+BASE = {"data": {"_target_": IMAGES, "seed": 1, "batch_size": 64, "uri": "runs:/a/dataset"},
         "model": {"lr": 0.1}, "trainer": {"max_epochs": 3}, "seed": 1, "paths": {"output_dir": "/x"}}
 
 
@@ -38,24 +41,80 @@ def test_types_inputs_and_code_are_part_of_the_key() -> None:
     assert "uri" not in scoped_config("train", BASE)["data"]
 
 
-def test_a_changed_source_file_reruns_only_the_steps_that_run_it(tmp_path: Path) -> None:
+def _project_copy(tmp_path: Path) -> Path:
     copy = tmp_path / "project"
     for part in ("src", "steps", "configs"):
         shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "uv.lock", copy / "uv.lock")
-    before = {s: code_digest(copy, paths) for s, paths in CODE_SCOPES.items()}
+    return copy
+
+
+def _digests(root: Path, configs: dict[str, dict]) -> dict[str, str]:
+    return {step: step_code_digest(root, step, cfg) for step, cfg in configs.items()}
+
+
+@pytest.fixture
+def step_configs(hydra_configs) -> dict[str, dict]:
+    return {step: compose_for_cache(step, ["experiment=example"])[0] for step in ("prepare_data", "train", "evaluate")}
+
+
+def test_a_changed_source_file_reruns_only_the_steps_that_run_it(step_configs, tmp_path: Path) -> None:
+    copy = _project_copy(tmp_path)
+    before = _digests(copy, step_configs)
     with (copy / "src/trainflow/models/classifier.py").open("a") as f:
         f.write("\n# a change\n")
-    after = {s: code_digest(copy, paths) for s, paths in CODE_SCOPES.items()}
+    after = _digests(copy, step_configs)
     assert before["prepare_data"] == after["prepare_data"]
     assert before["train"] != after["train"] and before["evaluate"] != after["evaluate"]
     with (copy / "src/trainflow/data/digits.py").open("a") as f:
         f.write("\n# a change\n")
-    assert code_digest(copy, CODE_SCOPES["prepare_data"]) != after["prepare_data"]
-    before = {s: code_digest(copy, paths) for s, paths in CODE_SCOPES.items()}
+    assert step_code_digest(copy, "prepare_data", step_configs["prepare_data"]) != after["prepare_data"]
+    before = _digests(copy, step_configs)
     with (copy / "src/trainflow/cli.py").open("a") as f:  # how overrides are read: every step
         f.write("\n# a change\n")
-    assert all(code_digest(copy, paths) != before[s] for s, paths in CODE_SCOPES.items())
+    assert all(digest != before[s] for s, digest in _digests(copy, step_configs).items())
+
+
+def test_the_code_a_step_runs_is_derived_from_its_imports_and_config(step_configs) -> None:
+    """No list to keep: what the script imports (at any depth) and what `_target_`s name is covered."""
+    sources = step_sources(ROOT, "train", scoped_config("train", step_configs["train"]))
+    train = {p.relative_to(ROOT).as_posix() for p in sources}
+    assert {"steps/train.py", "uv.lock", "src/trainflow/training/train.py", "src/trainflow/fetch.py",
+            "src/trainflow/data/digits.py", "src/trainflow/models/classifier.py",
+            "src/trainflow/models/components/simple_dense_net.py",
+            "src/trainflow/training/model_checkpoint.py"} <= train
+    assert "src/trainflow/sweep/driver.py" not in train, "only what train can reach"
+    prepare = step_sources(ROOT, "prepare_data", scoped_config("prepare_data", step_configs["prepare_data"]))
+    assert ROOT / "src/trainflow/models/classifier.py" not in prepare, "prepare_data builds no model"
+
+
+def test_moving_or_editing_a_module_reruns_the_steps_that_reach_it(step_configs, tmp_path: Path) -> None:
+    copy = _project_copy(tmp_path)
+    before = _digests(copy, step_configs)
+    with (copy / "src/trainflow/fetch.py").open("a") as f:  # reached only through imports of imports
+        f.write("\n# a change\n")
+    edited = _digests(copy, step_configs)
+    assert all(edited[s] != before[s] for s in before)
+
+    # the same bytes under another name: every importer changes, and so does the path hashed
+    old, new = copy / "src/trainflow/data/split_loaders.py", copy / "src/trainflow/data/loaders.py"
+    old.rename(new)
+    for module in (copy / "src/trainflow/data").glob("*.py"):
+        text = module.read_text()
+        module.write_text(text.replace("trainflow.data.split_loaders", "trainflow.data.loaders"))
+    moved = _digests(copy, step_configs)
+    assert all(moved[s] != edited[s] for s in edited)
+
+
+def test_a_task_outside_the_package_is_part_of_the_code_version(monkeypatch) -> None:
+    """A task on PYTHONPATH inside the checkout (tests/tasks) counts as the project's code."""
+    tasks = ROOT / "tests" / "tasks"
+    monkeypatch.syspath_prepend(str(tasks))
+    cfg = {"data": {"_target_": "winetask.data.WineDataModule"},
+           "model": {"_target_": "trainflow.models.classifier.ClassificationModule",
+                     "net": {"_target_": "winetask.net.WineNet"}}}
+    sources = step_sources(ROOT, "train", cfg)
+    assert {tasks / "winetask/data.py", tasks / "winetask/net.py", tasks / "winetask/__init__.py"} <= set(sources)
 
 
 def test_overrides_are_routed_by_step_prefix() -> None:

@@ -13,6 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import ROOT, TINY, VENV_BIN, all_runs, new_sqlite_store, run_step, step_env
+from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +61,7 @@ def test_torchrun_ranks_share_rank_zeros_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     runs = all_runs(uri)
     assert len(runs) == 1, [r.data.tags.get("mlflow.runName") for r in runs]
-    assert runs[0].info.status == "FINISHED" and runs[0].data.tags["trainflow.job"].startswith("torchrun:")
+    assert runs[0].info.status == "FINISHED" and runs[0].data.tags[tag.JOB].startswith("torchrun:")
     versions = MlflowClient(uri).search_model_versions("name = 'torchrun-digits'")
     assert [str(v.version) for v in versions] == ["1"]
     assert done.stdout.count("train output:") == 1

@@ -63,20 +63,24 @@ def test_evaluate_scores_what_training_tested(trained, subject: str) -> None:
 def test_a_data_config_without_an_eval_transform_is_left_alone() -> None:
     from omegaconf import OmegaConf
 
+    from trainflow.data.digits import DigitsDataModule
     from trainflow.training.evaluate import with_trained_preprocessing
 
     digits = OmegaConf.create({"_target_": "trainflow.data.digits.DigitsDataModule", "batch_size": 64})
-    assert with_trained_preprocessing(digits, {"eval_transform": {"_target_": "x"}, "image_size": 16}) is digits
+    assert with_trained_preprocessing(digits, {"eval_transform": {"_target_": "x"}, "image_size": 16},
+                                      DigitsDataModule.preprocessing_keys) is digits
 
 
 def test_the_recorded_pipeline_replaces_the_configured_one_whole() -> None:
     from omegaconf import OmegaConf
 
+    from trainflow.data.image_folder import ImageFolderDataModule
     from trainflow.training.evaluate import with_trained_preprocessing
 
     configured = OmegaConf.create({"image_size": 224, "eval_transform": {"_target_": "albumentations.Compose",
                                    "p": 0.5, "transforms": [{"_target_": "albumentations.Resize", "height": 224,
                                                              "width": 224}]}})
     recorded = {"eval_transform": {"_target_": "albumentations.Compose", "transforms": []}, "image_size": 16}
-    out = OmegaConf.to_container(with_trained_preprocessing(configured, recorded))
+    out = OmegaConf.to_container(with_trained_preprocessing(configured, recorded,
+                                                          ImageFolderDataModule.preprocessing_keys))
     assert out == recorded

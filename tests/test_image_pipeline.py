@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from conftest import compose_config, new_sqlite_store
+from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
 
 MODEL = "digits-images-tiny-classifier"
@@ -115,7 +116,7 @@ def test_predict_writes_csv_and_parquet_for_a_folder_and_a_parquet_split(trained
     assert f"predictions: {result.csv}" in capsys.readouterr().out
     artifacts = {a.path for a in client.list_artifacts(run.run_id, "predictions")}
     assert artifacts == {"predictions/predictions.csv", "predictions/predictions.parquet"}
-    assert client.get_run(run.run_id).data.tags["trainflow.upstream.train"] == trained["run_id"]
+    assert client.get_run(run.run_id).data.tags[tag.UPSTREAM_TRAIN] == trained["run_id"]
 
     test_split = f"{trained['prepared'].uri}/test.parquet"
     cfg = compose_config("predict", ["extras.print_config=false", f"model_uri=models:/{MODEL}/1",

@@ -12,6 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import ROOT, TINY, all_runs, free_port, mlflow_run, run_step, step_env
+from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +33,9 @@ def test_mlflow_run_train_makes_exactly_one_tracked_run(mlflow_server) -> None:
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "my run: a/b@c"
-    assert run.data.tags["trainflow.step"] == "train"
+    assert run.data.tags[tag.STEP] == "train"
     assert run.data.tags["mlflow.project.entryPoint"] == "train"
-    assert json.loads(run.data.tags["trainflow.overrides"])[:2] == ["experiment=example", "trainer.max_epochs=1"]
+    assert json.loads(run.data.tags[tag.OVERRIDES])[:2] == ["experiment=example", "trainer.max_epochs=1"]
     assert run.data.tags["tag.with space"] == "true"
     assert run.data.params["trainer.max_epochs"] == "1"
     assert "test/acc" in run.data.metrics
@@ -92,5 +93,5 @@ def test_signal_ends_the_run_killed_with_a_nonzero_exit(sqlite_uri, sig) -> None
     assert proc.returncode == 128 + sig
     run = all_runs(sqlite_uri)[0]
     assert run.info.status == "KILLED"
-    assert sig.name in run.data.tags["trainflow.error"]
+    assert sig.name in run.data.tags[tag.ERROR]
     assert f"interrupted by {sig.name}" in err

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from trainflow.config.hashing import config_hash
+from trainflow.config.redact import REDACTED, is_secret_key, redact
 from trainflow.tracking.params import flatten, new_params
-from trainflow.tracking.redact import REDACTED, is_secret_key, redact
 
 
 def test_flatten_uses_override_syntax_keys() -> None:

@@ -18,6 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import ROOT, TINY, VENV_BIN, free_port, mlflow_run, step_env, wait_http
+from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ def step_runs(client: MlflowClient, experiment_id: str) -> dict[str, list]:
     runs = client.search_runs([experiment_id], max_results=1000)
     out: dict[str, list] = {}
     for run in runs:
-        out.setdefault(run.data.tags.get("trainflow.step", "?"), []).append(run)
+        out.setdefault(run.data.tags.get(tag.STEP, "?"), []).append(run)
     return out
 
 
@@ -67,23 +68,23 @@ def test_first_run_chains_three_child_steps_by_uri(pipeline) -> None:
         assert child.data.tags["mlflow.parentRunId"] == main.info.run_id
         assert child.info.status == "FINISHED"
     dataset_uri = f"runs:/{prepared.info.run_id}/dataset"
-    assert prepared.data.tags["trainflow.output_uri"] == dataset_uri
+    assert prepared.data.tags[tag.OUTPUT] == dataset_uri
     assert {a.path for a in client.list_artifacts(prepared.info.run_id, "dataset")} >= {
         "dataset/manifest.json", "dataset/train.parquet", "dataset/val.parquet", "dataset/test.parquet"}
-    assert trained.data.tags["trainflow.data.uri"] == dataset_uri
-    assert trained.data.tags["trainflow.upstream.prepare_data"] == prepared.info.run_id
-    assert trained.data.tags["trainflow.data.digest"] == prepared.data.tags["trainflow.data.digest"]
+    assert trained.data.tags[tag.DATA_URI] == dataset_uri
+    assert trained.data.tags[tag.UPSTREAM_PREPARE_DATA] == prepared.info.run_id
+    assert trained.data.tags[tag.DATA_DIGEST] == prepared.data.tags[tag.DATA_DIGEST]
     assert [i.dataset.digest for i in trained.inputs.dataset_inputs] == \
-        [prepared.data.tags["trainflow.data.digest"][:36]]
-    assert trained.data.tags["trainflow.output_uri"] == f"models:/{MODEL}/1"
-    assert evaluated.data.tags["trainflow.evaluated"] == f"models:/{MODEL}/1"
-    assert evaluated.data.tags["trainflow.promotion.decision"] == "promoted"
+        [prepared.data.tags[tag.DATA_DIGEST][:36]]
+    assert trained.data.tags[tag.OUTPUT] == f"models:/{MODEL}/1"
+    assert evaluated.data.tags[tag.EVALUATED] == f"models:/{MODEL}/1"
+    assert evaluated.data.tags[tag.PROMOTION_DECISION] == "promoted"
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
-    assert main.data.tags["trainflow.step"] == "main"
+    assert main.data.tags[tag.STEP] == "main"
     # the runs table compares pipelines by the evaluated model's test figures, on the parent itself
     assert main.data.metrics["test/acc"] == evaluated.data.metrics["test/acc"]
     assert main.data.metrics["test/f1_macro"] == evaluated.data.metrics["test/f1_macro"]
-    assert main.data.tags["trainflow.headline.run_id"] == evaluated.info.run_id
+    assert main.data.tags[tag.HEADLINE_RUN] == evaluated.info.run_id
 
 
 def test_second_run_reuses_every_step_and_links_them(pipeline) -> None:
@@ -92,7 +93,7 @@ def test_second_run_reuses_every_step_and_links_them(pipeline) -> None:
         assert [r.info.run_id for r in second[step]] == [r.info.run_id for r in first[step]], step
     assert len(second["main"]) == 2
     newest = max(second["main"], key=lambda r: r.info.start_time)
-    assert newest.data.tags["trainflow.pipeline.reused"] == "prepare_data,train,evaluate"
+    assert newest.data.tags[tag.PIPELINE_REUSED] == "prepare_data,train,evaluate"
     for step in ("prepare_data", "train", "evaluate"):
         assert newest.data.tags[f"trainflow.pipeline.{step}.run_id"] == first[step][0].info.run_id
 
@@ -101,12 +102,12 @@ def test_registered_version_is_tagged_and_serves_labels(pipeline) -> None:
     client, _, first, _ = pipeline
     version = client.get_model_version(MODEL, "1")
     trained = first["train"][0]
-    assert version.tags["trainflow.run_id"] == trained.info.run_id
-    assert version.tags["trainflow.data.digest"] == trained.data.tags["trainflow.data.digest"]
-    assert version.tags["trainflow.monitor"] == "val/acc"
-    assert float(version.tags["trainflow.monitor.value"]) > 0
-    assert "trainflow.git.commit" in version.tags
-    assert "trainflow.eval.test/acc" in version.tags
+    assert version.tags[tag.RUN_ID] == trained.info.run_id
+    assert version.tags[tag.DATA_DIGEST] == trained.data.tags[tag.DATA_DIGEST]
+    assert version.tags[tag.MONITOR] == "val/acc"
+    assert float(version.tags[tag.MONITOR_VALUE]) > 0
+    assert tag.GIT_COMMIT in version.tags
+    assert tag.eval_metric("test/acc") in version.tags
 
 
 def test_a_registered_version_carries_a_model_card(pipeline) -> None:
@@ -140,7 +141,7 @@ def test_evaluate_from_the_champion_alias(pipeline, mlflow_server) -> None:
     assert {"evaluation/confusion_matrix.png", "evaluation/per_class_metrics.json",
             "evaluation/predictions.parquet", "evaluation/per_class_metrics.csv"} <= paths
     # evaluated on the dataset the model was trained on, found through lineage
-    assert run.data.tags["trainflow.data.digest"] == client.get_model_version(MODEL, "1").tags["trainflow.data.digest"]
+    assert run.data.tags[tag.DATA_DIGEST] == client.get_model_version(MODEL, "1").tags[tag.DATA_DIGEST]
     predictions = client.download_artifacts(run.info.run_id, "evaluation/predictions.parquet")
     import pandas as pd
 
@@ -156,15 +157,15 @@ def test_changed_training_override_reruns_train_and_evaluate_only(pipeline, mlfl
     now = step_runs(client, exp)
     assert len(now["prepare_data"]) == 1
     assert len(now["train"]) == 2
-    newest_eval = max((r for r in now["evaluate"] if "trainflow.promotion.decision" in r.data.tags),
+    newest_eval = max((r for r in now["evaluate"] if tag.PROMOTION_DECISION in r.data.tags),
                       key=lambda r: r.info.start_time)
-    assert newest_eval.data.tags["trainflow.evaluated"] == f"models:/{MODEL}/2"
+    assert newest_eval.data.tags[tag.EVALUATED] == f"models:/{MODEL}/2"
     # the promotion gate: the worse model does not take the alias, and says why
-    assert newest_eval.data.tags["trainflow.promotion.decision"] == "kept"
-    assert float(newest_eval.data.tags["trainflow.promotion.candidate"]) < \
-        float(newest_eval.data.tags["trainflow.promotion.champion"])
+    assert newest_eval.data.tags[tag.PROMOTION_DECISION] == "kept"
+    assert float(newest_eval.data.tags[tag.PROMOTION_CANDIDATE]) < \
+        float(newest_eval.data.tags[tag.PROMOTION_CHAMPION])
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
-    assert client.get_model_version(MODEL, "2").tags["trainflow.promotion.decision"] == "kept"
+    assert client.get_model_version(MODEL, "2").tags[tag.PROMOTION_DECISION] == "kept"
     candidate = float(newest_eval.data.tags["trainflow.promotion.candidate"])
     champion = float(newest_eval.data.tags["trainflow.promotion.champion"])
     assert f"**Promotion**: kept on `test/acc`: this version {candidate:.4f} vs champion v1: {champion:.4f}." in \
@@ -247,8 +248,8 @@ def test_a_debug_pipeline_evaluates_its_unregistered_model(mlflow_server) -> Non
     client = MlflowClient(mlflow_server.uri)
     runs = step_runs(client, client.get_experiment_by_name(experiment).experiment_id)
     trained, evaluated = runs["train"][0], runs["evaluate"][0]
-    assert trained.data.tags["trainflow.output_uri"].startswith("models:/m-")
-    assert evaluated.data.tags["trainflow.evaluated"] == trained.data.tags["trainflow.output_uri"]
+    assert trained.data.tags[tag.OUTPUT].startswith("models:/m-")
+    assert evaluated.data.tags[tag.EVALUATED] == trained.data.tags[tag.OUTPUT]
     assert "test/acc" in evaluated.data.metrics
-    assert evaluated.data.tags["trainflow.promotion.decision"] == "skipped: not a registered version"
+    assert evaluated.data.tags[tag.PROMOTION_DECISION] == "skipped: not a registered version"
     assert client.search_model_versions("name = 'digits-debug'") == []

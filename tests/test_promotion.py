@@ -8,6 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import new_sqlite_store
+from trainflow.tracking import tags as tag
 from trainflow.tracking.registry import CHAMPION, promote_if_better
 
 
@@ -19,8 +20,8 @@ def registry(tmp_path: Path) -> MlflowClient:
     for _ in range(2):
         client.create_model_version("m", source=str(tmp_path))
     client.set_registered_model_alias("m", CHAMPION, "1")
-    for key, value in {"trainflow.eval.test/acc": "0.9", "trainflow.eval.data_digest": "d",
-                       "trainflow.eval.test_scope": "limit_test_batches=2"}.items():
+    for key, value in {tag.eval_metric("test/acc"): "0.9", tag.EVAL_DATA_DIGEST: "d",
+                       tag.EVAL_TEST_SCOPE: "limit_test_batches=2"}.items():
         client.set_model_version_tag("m", "1", key, value)
     return client
 

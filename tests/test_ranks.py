@@ -10,7 +10,8 @@ from mlflow import MlflowClient
 
 from conftest import new_sqlite_store
 from trainflow.errors import TrackingError
-from trainflow.tracking.ranks import JOB_TAG, find_leader_run, job_key
+from trainflow.tracking import tags as tag
+from trainflow.tracking.ranks import find_leader_run, job_key
 
 KEY = "torchrun:localhost:29500:none"  # a static rendezvous: every job has this key
 
@@ -18,11 +19,11 @@ KEY = "torchrun:localhost:29500:none"  # a static rendezvous: every job has this
 def test_a_follower_takes_this_jobs_run_never_a_stale_one_with_the_same_key(tmp_path: Path) -> None:
     client = MlflowClient(new_sqlite_store(tmp_path))
     experiment = client.create_experiment("ddp")
-    stale = client.create_run(experiment, start_time=int((time.time() - 3600) * 1000), tags={JOB_TAG: KEY})
+    stale = client.create_run(experiment, start_time=int((time.time() - 3600) * 1000), tags={tag.JOB: KEY})
     this_job_started = time.time() - 5
     with pytest.raises(TrackingError, match=r"no run of job torchrun:localhost:29500:none appeared within 0\.5s"):
         find_leader_run(client, KEY, "ddp", this_job_started, timeout_s=0.5, poll_s=0.1)
-    current = client.create_run(experiment, tags={JOB_TAG: KEY})
+    current = client.create_run(experiment, tags={tag.JOB: KEY})
     assert find_leader_run(client, KEY, "ddp", this_job_started, timeout_s=5) == current.info.run_id
     assert find_leader_run(client, KEY, experiment, this_job_started, timeout_s=5) == current.info.run_id
     assert stale.info.status == "RUNNING"

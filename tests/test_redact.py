@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY, all_runs
 from test_security import logged_bytes
-from trainflow.tracking.redact import REDACTED, is_secret_key, mask_secrets, redact, redact_overrides
+from trainflow.config.redact import REDACTED, is_secret_key, mask_secrets, redact, redact_overrides
+from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
 
 PLANTED = "planted-" + secrets.token_hex(8)
@@ -100,8 +101,8 @@ def test_planted_secrets_reach_no_param_tag_or_artifact_of_a_failing_step(
     everything, names = logged_bytes(client, run.run_id, tmp_path / "artifacts")
     assert {"config.yaml", "overrides.yaml", "error.txt"} <= names
     tags = client.get_run(run.run_id).data.tags
-    assert tags["trainflow.error"] == f"ValueError: cannot connect as etl/{REDACTED}"
-    assert "+db.password=***" in tags["trainflow.overrides"]
+    assert tags[tag.ERROR] == f"ValueError: cannot connect as etl/{REDACTED}"
+    assert "+db.password=***" in tags[tag.OVERRIDES]
     assert PLANTED.encode() not in everything
 
 
@@ -114,7 +115,7 @@ def test_a_secret_from_the_environment_is_masked_in_the_error_it_appears_in(
     with pytest.raises(RuntimeError), step_run("train", cfg) as run:
         raise RuntimeError(f"vault refused {cfg.vault.token}")
     everything, _ = logged_bytes(MlflowClient(sqlite_uri), run.run_id, tmp_path / "artifacts")
-    assert MlflowClient(sqlite_uri).get_run(run.run_id).data.tags["trainflow.error"] == \
+    assert MlflowClient(sqlite_uri).get_run(run.run_id).data.tags[tag.ERROR] == \
         f"RuntimeError: vault refused {REDACTED}"
     assert PLANTED.encode() not in everything
 
@@ -132,7 +133,7 @@ def test_a_compose_error_under_mlflow_run_masks_the_secret(
     for override in broken:
         with pytest.raises(SystemExit):
             precheck_overrides("train", [*TINY, override])
-        error = client.get_run(run_id).data.tags["trainflow.error"]
+        error = client.get_run(run_id).data.tags[tag.ERROR]
         assert error.startswith("train config: ") and PLANTED not in error
     assert client.get_run(run_id).info.status == "FAILED"
     assert PLANTED not in capsys.readouterr().err

@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from conftest import TINY
 from trainflow.data.digits import FEATURES
+from trainflow.tracking import tags as tag
 from trainflow.tracking.registry import resolve_model
 from trainflow.tracking.run import step_run
 from trainflow.training.train import train
@@ -34,7 +35,7 @@ def test_train_registers_a_tagged_version(trained) -> None:
     assert result.registered == f"models:/{MODEL}/1"
     version = client.get_model_version(MODEL, "1")
     assert version.run_id == run.run_id
-    assert version.tags["trainflow.data.digest"] == result.dataset.manifest.digest
+    assert version.tags[tag.DATA_DIGEST] == result.dataset.manifest.digest
     # its model card, before any evaluate: train's own test figures, and no decision yet
     card = version.description
     assert f"digest `{result.dataset.manifest.digest}`" in card
@@ -44,13 +45,13 @@ def test_train_registers_a_tagged_version(trained) -> None:
     assert "**Promotion**: not decided yet" in card
     assert card.startswith(f"test/acc {test_acc:.4f} · not evaluated yet\n\n{MODEL} v1: a "), card
     assert f"/runs/{run.run_id})" in card
-    assert client.get_run(run.run_id).data.tags["trainflow.output_uri"] == f"models:/{MODEL}/1"
+    assert client.get_run(run.run_id).data.tags[tag.OUTPUT] == f"models:/{MODEL}/1"
 
 
 def test_every_model_uri_form_resolves_to_the_same_model(trained, tmp_path) -> None:
     client, run, _, _ = trained
     client.set_registered_model_alias(MODEL, "champion", "1")
-    model_uri = client.get_run(run.run_id).data.tags["trainflow.model_uri"]
+    model_uri = client.get_run(run.run_id).data.tags[tag.MODEL_URI]
     assert model_uri.startswith("models:/m-")
     forms = [f"models:/{MODEL}@champion", f"models:/{MODEL}/1", f"models:/{MODEL}/latest", model_uri,
              f"runs:/{run.run_id}/model"]
@@ -91,7 +92,7 @@ def test_digest_mismatch_fails_naming_the_uri_and_registers_nothing(trained, com
     assert line.startswith(f"error: {tampered}: digest mismatch")
     assert [str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")] == ["1"]
     failed = client.get_run(run.run_id)
-    assert failed.info.status == "FAILED" and "trainflow.output_uri" not in failed.data.tags
+    assert failed.info.status == "FAILED" and tag.OUTPUT not in failed.data.tags
 
 
 def test_example_experiment_reaches_95_percent(compose, tmp_path, sqlite_uri, tracking_env) -> None:

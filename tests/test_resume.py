@@ -11,6 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import ROOT, all_runs, mlflow_run, new_sqlite_store, run_step, step_env
+from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,7 @@ def test_interrupted_then_resumed_matches_uninterrupted(tmp_path) -> None:
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     interrupted = runs[0].info.run_id
     killed = client.get_run(interrupted)
-    assert killed.info.status == "KILLED" and "SIGTERM" in killed.data.tags["trainflow.error"]
+    assert killed.info.status == "KILLED" and "SIGTERM" in killed.data.tags[tag.ERROR]
     assert "interrupted by SIGTERM" in err
     epochs_done = len(history(client, interrupted, "val/acc"))
     assert epochs_done < 8, "the interruption came too late to test anything"
@@ -59,9 +60,9 @@ def test_interrupted_then_resumed_matches_uninterrupted(tmp_path) -> None:
     resumed = mlflow_run("train", [*ARGS[1:], f"resume={interrupted}"], uri, experiment="relaunch")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     [launched] = [r for r in all_runs(uri) if client.get_experiment(r.info.experiment_id).name == "relaunch"]
-    assert launched.info.status == "FINISHED" and launched.data.tags["trainflow.resumed_into"] == interrupted
+    assert launched.info.status == "FINISHED" and launched.data.tags[tag.RESUMED_INTO] == interrupted
     run = client.get_run(interrupted)
-    assert run.info.status == "FINISHED" and run.data.tags["trainflow.resumes"] == "1"
+    assert run.info.status == "FINISHED" and run.data.tags[tag.RESUMES] == "1"
     [reference] = [r for r in all_runs(uri) if client.get_experiment(r.info.experiment_id).name == "straight"]
     for key in FINAL:
         assert run.data.metrics[key] == pytest.approx(reference.data.metrics[key], abs=1e-6), key

@@ -9,6 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import TINY, MlflowServer, mlflow_run, run_step
+from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
 
@@ -119,7 +120,7 @@ def test_the_whole_pipeline_runs_with_credentials_and_logs_none(auth_server, tmp
     client = MlflowClient(server.uri)
     exp = client.get_experiment_by_name("secure-pipeline")
     runs = client.search_runs([exp.experiment_id])
-    assert sorted(r.data.tags["trainflow.step"] for r in runs) == ["evaluate", "main", "prepare_data", "train"]
+    assert sorted(r.data.tags[tag.STEP] for r in runs) == ["evaluate", "main", "prepare_data", "train"]
     assert all(r.info.status == "FINISHED" for r in runs)
     champion = client.get_model_version_by_alias("secure-pipeline", "champion")
     everything = repr(champion.tags).encode()

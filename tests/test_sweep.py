@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -18,8 +19,10 @@ from mlflow import MlflowClient
 from conftest import ROOT, TINY, all_runs
 from trainflow.errors import ConfigError
 from trainflow.sweep.driver import run_sweep, sweep_plan
+from trainflow.sweep.recovery import ENDED, LEASE_PREFIX, Lease, end_lost_sweeps
 from trainflow.sweep.space import as_override, search_space
 from trainflow.sweep.study import StudySpec, build_storage, claim_trial, open_study, queue_trials
+from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
 
 # TINY trials of digits_optuna; weight decay is pinned per trial, and the first
@@ -41,26 +44,26 @@ def test_one_parent_run_a_child_run_per_trial_and_a_raising_trial_does_not_stop_
     client = MlflowClient(sqlite_uri)
     runs = {r.info.run_id: r for r in all_runs(sqlite_uri)}
     parent = runs.pop(run.run_id)
-    assert parent.info.status == "FINISHED" and parent.data.tags["trainflow.step"] == "sweep"
+    assert parent.info.status == "FINISHED" and parent.data.tags[tag.STEP] == "sweep"
     assert len(runs) == 4 and {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {run.run_id}
-    by_number = {int(r.data.tags["trainflow.trial.number"]): r for r in runs.values()}
+    by_number = {int(r.data.tags[tag.TRIAL_NUMBER]): r for r in runs.values()}
     assert sorted(by_number) == [0, 1, 2, 3]
 
     # the trial that raised is recorded as failed; the sweep went on
     failed = by_number[0]
-    assert failed.info.status == "FAILED" and failed.data.tags["trainflow.trial.state"] == "FAIL"
-    assert "Invalid weight_decay value: -1.0" in failed.data.tags["trainflow.error"]
+    assert failed.info.status == "FAILED" and failed.data.tags[tag.TRIAL_STATE] == "FAIL"
+    assert "Invalid weight_decay value: -1.0" in failed.data.tags[tag.ERROR]
     assert result.states == {"FAIL": 1, "COMPLETE": 3}
     for number in (1, 2, 3):
         trial = by_number[number]
-        assert trial.info.status == "FINISHED" and trial.data.tags["trainflow.trial.state"] == "COMPLETE"
-        assert trial.data.tags["trainflow.step"] == "train" and "val/acc_best" in trial.data.metrics
+        assert trial.info.status == "FINISHED" and trial.data.tags[tag.TRIAL_STATE] == "COMPLETE"
+        assert trial.data.tags[tag.STEP] == "train" and "val/acc_best" in trial.data.metrics
         saved = {a.path for a in client.list_artifacts(trial.info.run_id, "checkpoints")}
         assert saved == {"checkpoints/best"}, "a trial is never resumed: no `last` to save every epoch"
 
     # best value and params on the parent, from the best trial's run
     best = max((by_number[n] for n in (1, 2, 3)), key=lambda r: r.data.metrics["val/acc_best"])
-    assert parent.data.tags["trainflow.sweep.best_run_id"] == best.info.run_id == result.best_run_id
+    assert parent.data.tags[tag.SWEEP_BEST_RUN_ID] == best.info.run_id == result.best_run_id
     assert parent.data.metrics["best/val/acc_best"] == pytest.approx(best.data.metrics["val/acc_best"])
     for key in ("model.optimizer.lr", "data.batch_size", "model.net.lin1_size"):
         assert float(parent.data.params[f"best.{key}"]) == pytest.approx(float(best.data.params[key]))
@@ -68,7 +71,7 @@ def test_one_parent_run_a_child_run_per_trial_and_a_raising_trial_does_not_stop_
         run.run_id, "sweep/trials.csv", str(tmp_path))).read_text())))
     assert [row["state"] for row in table] == ["FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
     assert {row["run_id"] for row in table} == set(runs)
-    assert parent.data.tags["trainflow.output_uri"] == f"runs:/{best.info.run_id}"
+    assert parent.data.tags[tag.OUTPUT] == f"runs:/{best.info.run_id}"
 
 
 def test_two_worker_processes_share_one_sqlite_study(compose, tmp_path, sqlite_uri, tracking_env,
@@ -89,9 +92,9 @@ def test_two_worker_processes_share_one_sqlite_study(compose, tmp_path, sqlite_u
     assert run.run_id == created and client.get_run(created).info.status == "FINISHED"
     children = [r for r in all_runs(sqlite_uri) if r.info.run_id != created]
     assert {r.data.tags.get("mlflow.parentRunId") for r in children} == {created}
-    numbers = sorted(int(r.data.tags["trainflow.trial.number"]) for r in children)
+    numbers = sorted(int(r.data.tags[tag.TRIAL_NUMBER]) for r in children)
     assert numbers == [0, 1, 2, 3, 4, 5], "six trials, none twice"
-    assert {r.data.tags["trainflow.trial.worker"] for r in children} == {"0", "1"}, "both processes ran trials"
+    assert {r.data.tags[tag.TRIAL_WORKER] for r in children} == {"0", "1"}, "both processes ran trials"
     study = optuna.load_study(study_name="digits-workers", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6 and result.states == {"COMPLETE": 6}
     assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {r.info.run_id for r in children}
@@ -118,6 +121,29 @@ def test_workers_racing_for_the_queue_claim_each_trial_once(tmp_path) -> None:
         t.join()
     assert sorted(claimed) == list(range(12))
     assert len(open_study(spec, build_storage(url)).trials) == 12
+
+
+def test_the_next_sweep_ends_a_lost_machines_parent_failed_and_leaves_live_ones(tmp_path, sqlite_uri) -> None:
+    """A machine killed when no other was there to notice: its lease is stale, its run still RUNNING."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = open_study(StudySpec(name="leases", storage=url, direction="maximize"), build_storage(url))
+    client = MlflowClient(sqlite_uri)
+    lost, alive, ended = (client.create_run("0").info.run_id for _ in range(3))
+    study.set_user_attr(LEASE_PREFIX + lost, time.time() - 120)
+    lease = Lease(study, alive, interval_s=1).start()
+    study.set_user_attr(LEASE_PREFIX + ended, time.time() - 120)
+    client.set_terminated(ended, "FINISHED")
+    try:
+        assert sorted(end_lost_sweeps(study, client, grace_s=60)) == sorted([lost, ended])
+    finally:
+        lease.end()
+    assert client.get_run(lost).info.status == "FAILED"
+    assert "sweep machine lost: no heartbeat for 12" in client.get_run(lost).data.tags[tag.ERROR]
+    assert client.get_run(alive).info.status == "RUNNING", "a live lease is left alone"
+    assert client.get_run(ended).info.status == "FINISHED", "a run that ended keeps its status"
+    attrs = study.user_attrs
+    assert attrs[LEASE_PREFIX + lost] == attrs[LEASE_PREFIX + ended] == attrs[LEASE_PREFIX + alive] == ENDED
+    assert end_lost_sweeps(study, client, grace_s=60) == [], "a closed lease is not lost twice"
 
 
 @pytest.mark.parametrize("value", [0.001, 1e-05, 3, True, None, "adam", "32", "it's"])

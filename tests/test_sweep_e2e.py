@@ -12,6 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import ROOT, TINY, all_runs, run_step, step_env
+from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +21,7 @@ LR = "model.optimizer.lr"
 
 def trial_runs(uri: str, parent_id: str) -> dict[int, object]:
     children = [r for r in all_runs(uri) if r.data.tags.get("mlflow.parentRunId") == parent_id]
-    numbers = [int(r.data.tags["trainflow.trial.number"]) for r in children]
+    numbers = [int(r.data.tags[tag.TRIAL_NUMBER]) for r in children]
     assert len(numbers) == len(set(numbers)), f"a trial ran twice: {sorted(numbers)}"
     return dict(zip(numbers, children, strict=True))
 
@@ -42,25 +43,25 @@ def test_train_multirun_runs_the_study_and_an_aggressive_pruner_prunes(sqlite_ur
     assert done.returncode == 0, done.stderr[-3000:]
 
     client = MlflowClient(sqlite_uri)
-    parent = next(r for r in all_runs(sqlite_uri) if r.data.tags.get("trainflow.step") == "sweep")
+    parent = next(r for r in all_runs(sqlite_uri) if r.data.tags.get(tag.STEP) == "sweep")
     assert parent.info.status == "FINISHED"
     trials = trial_runs(sqlite_uri, parent.info.run_id)
-    assert {n: r.data.tags["trainflow.trial.state"] for n, r in trials.items()} == {0: "COMPLETE", 1: "PRUNED"}
+    assert {n: r.data.tags[tag.TRIAL_STATE] for n, r in trials.items()} == {0: "COMPLETE", 1: "PRUNED"}
     assert [trials[n].info.status for n in (0, 1)] == ["FINISHED", "KILLED"]
     epochs = {n: len(client.get_metric_history(r.info.run_id, "val/acc")) for n, r in trials.items()}
     assert epochs == {0: 2, 1: 1}, "the pruned trial stops after its first epoch"
     assert "test/acc" not in trials[1].data.metrics, "nor is it tested"
-    assert parent.data.tags["trainflow.sweep.best_trial"] == "0"
+    assert parent.data.tags[tag.SWEEP_BEST_TRIAL] == "0"
     # the parent's headline is its best trial's test figure: the runs table compares sweeps with pipelines
     assert parent.data.metrics["test/acc"] == trials[0].data.metrics["test/acc"]
-    assert parent.data.tags["trainflow.headline.run_id"] == trials[0].info.run_id
+    assert parent.data.tags[tag.HEADLINE_RUN] == trials[0].info.run_id
     assert parent.data.metrics["sweep/n_pruned"] == 1
     assert (tmp_path / "multirun" / "trials" / "0001").is_dir(), "trials write under hydra.sweep.dir"
 
     versions = client.search_model_versions("name = 'digits-sweep'")
     assert [(str(v.version), v.run_id) for v in versions] == [("1", trials[0].info.run_id)], "only the best, once"
-    assert versions[0].tags["trainflow.trial.number"] == "0" and "trainflow.data.digest" in versions[0].tags
-    assert parent.data.tags["trainflow.output_uri"] == "models:/digits-sweep/1"
+    assert versions[0].tags[tag.TRIAL_NUMBER] == "0" and tag.DATA_DIGEST in versions[0].tags
+    assert parent.data.tags[tag.OUTPUT] == "models:/digits-sweep/1"
 
 
 def test_ctrl_c_ends_the_sweep_killed_and_keeps_finished_trials(sqlite_uri, tmp_path) -> None:
@@ -86,7 +87,7 @@ def test_ctrl_c_ends_the_sweep_killed_and_keeps_finished_trials(sqlite_uri, tmp_
     assert proc.returncode == 128 + signal.SIGINT, output[-3000:]
 
     runs = all_runs(sqlite_uri)
-    parent = next(r for r in runs if r.data.tags.get("trainflow.step") == "sweep")
+    parent = next(r for r in runs if r.data.tags.get(tag.STEP) == "sweep")
     assert parent.info.status == "KILLED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert 2 <= len(children) < 40 and not [r for r in runs if r.info.status == "RUNNING"]

@@ -12,6 +12,7 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import compose_config, new_sqlite_store
+from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
 
 MODEL = "ud-ewt-tiny-tagger"
@@ -53,7 +54,7 @@ def test_train_reads_the_prepared_dataset_and_logs_the_sizes_it_took_from_it(tag
     assert prepared.manifest.splits == {"train": 48, "val": 12, "test": 60}
     assert trained.registered == f"models:/{MODEL}/1"
     run = client.get_run(tagged["run_id"])
-    assert run.data.tags["trainflow.data.uri"] == prepared.uri
+    assert run.data.tags[tag.DATA_URI] == prepared.uri
     for key in ("train/acc", "val/acc", "val/f1", "test/acc", "test/f1", "test/loss"):
         assert key in run.data.metrics, key
     # the model config logged with the weights carries the sizes the data module gave

@@ -9,6 +9,7 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import TINY, all_runs
+from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
 from trainflow.training.evaluate import evaluate
 from trainflow.training.train import train
@@ -28,12 +29,12 @@ def check_train_run(uri: str, run_id: str) -> None:
     for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/loss"):
         assert key in run.data.metrics, key
     tags = run.data.tags
-    assert tags["trainflow.step"] == "train"
+    assert tags[tag.STEP] == "train"
     # the name says what this run changed; presentation keys (progress bar, printing, registry) are left out
     assert tags["mlflow.runName"] == \
         "train-example-digits max_epochs=1 limit_train_batches=4 limit_val_batches=2 limit_test_batches=2"
-    assert tags["trainflow.git.dirty"] in ("true", "false")
-    assert "trainer.max_epochs=1" in tags["trainflow.overrides"]
+    assert tags[tag.GIT_DIRTY] in ("true", "false")
+    assert "trainer.max_epochs=1" in tags[tag.OVERRIDES]
     assert tags["tag.digits"] == "true"
     assert run.data.params["trainer.max_epochs"] == "1"
     assert run.data.params["model.optimizer.lr"] == "0.002"
@@ -43,7 +44,7 @@ def check_train_run(uri: str, run_id: str) -> None:
         files = {Path(a.path).name for a in client.list_artifacts(run_id, f"checkpoints/{alias}")}
         assert files == {f"{alias}.ckpt", "metadata.yaml"}, files
     # TINY logs no model (registry.log_model=false): the best checkpoint is what train hands on
-    assert tags["trainflow.output_uri"] == f"runs:/{run_id}/checkpoints/best/best.ckpt"
+    assert tags[tag.OUTPUT] == f"runs:/{run_id}/checkpoints/best/best.ckpt"
     meta = yaml.safe_load(Path(client.download_artifacts(run_id, "checkpoints/best/metadata.yaml")).read_text())
     assert meta["monitor"] == "val/acc" and meta["mode"] == "max" and meta["score"] is not None
     config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml")).read_text())
@@ -88,7 +89,7 @@ def test_failure_marks_the_run_failed_with_the_error(compose, tmp_path, sqlite_u
     assert info.value.code == 1
     failed = MlflowClient(sqlite_uri).get_run(run.run_id)
     assert failed.info.status == "FAILED"
-    assert "model.optimizer.lrr" in failed.data.tags["trainflow.error"]
+    assert "model.optimizer.lrr" in failed.data.tags[tag.ERROR]
 
 
 @pytest.mark.parametrize(("code", "status"), [(3, "FAILED"), (0, "FINISHED"), (None, "FINISHED")])
@@ -101,7 +102,7 @@ def test_sys_exit_inside_a_step_keeps_its_code(compose, tmp_path, sqlite_uri, tr
     assert info.value.code == code
     ended = MlflowClient(sqlite_uri).get_run(run.run_id)
     assert ended.info.status == status
-    assert ended.data.tags.get("trainflow.error") == (f"exited with status {code}" if code else None)
+    assert ended.data.tags.get(tag.ERROR) == (f"exited with status {code}" if code else None)
 
 
 def test_a_signal_while_the_run_is_made_ends_it_killed(compose, tmp_path, sqlite_uri, tracking_env,
@@ -126,7 +127,7 @@ def test_a_signal_while_the_run_is_made_ends_it_killed(compose, tmp_path, sqlite
         pytest.fail("the step must not start")
     assert info.value.code == 128 + signal.SIGTERM
     [run] = all_runs(sqlite_uri)
-    assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["trainflow.error"]
+    assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags[tag.ERROR]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handlers step_run found come back"
 
 
@@ -141,4 +142,4 @@ def test_evaluate_a_logged_checkpoint_in_its_own_run(compose, tmp_path, sqlite_u
     evaluated = MlflowClient(sqlite_uri).get_run(run.run_id)
     assert evaluated.info.status == "FINISHED"
     assert evaluated.data.metrics["test/acc"] == pytest.approx(result.metrics["test/acc"])
-    assert evaluated.data.tags["trainflow.step"] == "evaluate"
+    assert evaluated.data.tags[tag.STEP] == "evaluate"

@@ -15,6 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from trainflow.config.compose import compose_error
+from trainflow.tracking import tags as tag
+
 # Hydra's command-line flags (hydra/_internal/utils.py get_args_parser).
 _HYDRA_FLAGS = frozenset({
     "--help", "--hydra-help", "--version", "--cfg", "--resolve", "--package", "--run",
@@ -72,22 +75,6 @@ def accept_mlflow_params(step_prefixes: tuple[str, ...] = (), config_name: str |
         precheck_overrides(config_name, sys.argv[1:])
 
 
-def compose_error(exc: BaseException) -> str:
-    """Hydra's message on one line: what failed, and the key it names."""
-    import re
-
-    parts: list[str] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(parts) < 2:
-        text = " ".join(line.strip() for line in str(seen).splitlines() if line.strip())
-        text = re.sub(r"\s*(reference_type|object_type)=\S+", "", text)
-        text = re.sub(r"\s*Config search path:.*$", "", text)
-        if text and text != "None" and "$VALUE" not in text and not any(text in p for p in parts):
-            parts.append(text)
-        seen = seen.__cause__ or seen.__context__
-    return "; ".join(parts) or type(exc).__name__
-
-
 _MULTIRUN = frozenset({"-m", "--multirun"})
 
 
@@ -113,7 +100,7 @@ def precheck_overrides(config_name: str, overrides: list[str]) -> None:
             cfg = compose(config_name=config_name, overrides=args)
         check_targets(cfg)
     except Exception as exc:
-        from trainflow.tracking.redact import mask_secrets
+        from trainflow.config.redact import mask_secrets
 
         message = mask_secrets(f"{config_name} config: {compose_error(exc)}", overrides)
         print(f"error: {message}", file=sys.stderr, flush=True)
@@ -152,7 +139,7 @@ def _record_on_mlflow_run(message: str) -> None:
         from mlflow import MlflowClient
 
         client = MlflowClient()
-        client.set_tag(run_id, "trainflow.error", message[:5000])
+        client.set_tag(run_id, tag.ERROR, message[:5000])
         client.set_terminated(run_id, "FAILED")
     except Exception:
         pass

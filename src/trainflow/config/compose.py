@@ -8,6 +8,7 @@ exactly as `@hydra.main` leaves them.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
@@ -38,3 +39,17 @@ def compose_step_config(config_name: str = "train", overrides: list[str] | None 
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+def compose_error(exc: BaseException) -> str:
+    """Hydra's message on one line: what failed, and the key it names."""
+    parts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(parts) < 2:
+        text = " ".join(line.strip() for line in str(seen).splitlines() if line.strip())
+        text = re.sub(r"\s*(reference_type|object_type)=\S+", "", text)
+        text = re.sub(r"\s*Config search path:.*$", "", text)
+        if text and text != "None" and "$VALUE" not in text and not any(text in p for p in parts):
+            parts.append(text)
+        seen = seen.__cause__ or seen.__context__
+    return "; ".join(parts) or type(exc).__name__

@@ -84,7 +84,7 @@ def print_config_tree(cfg: DictConfig, output_dir: Path, order: Sequence[str] = 
     import rich.tree
     from rich.console import Console
 
-    from trainflow.tracking.redact import redact
+    from trainflow.config.redact import redact
 
     tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
     container = redact(OmegaConf.to_container(cfg, resolve=True))

@@ -141,6 +141,11 @@ class SweepSchema:
     params: dict[str, SearchParamSchema] = field(default_factory=dict)
     enqueue_trials: list[Any] = field(default_factory=list)
     register_best: bool = False
+    # liveness in a database storage: a trial silent for grace_s is stale (its machine is lost)
+    heartbeat_s: int = 10
+    grace_s: int = 60
+    # how often a lost machine's trial is queued again before it stays FAIL
+    max_retry: int = 1
 
 
 @dataclass

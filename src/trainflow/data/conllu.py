@@ -194,7 +194,7 @@ def local_file(uri: str, key: str) -> Iterator[tuple[Path, str]]:
 
 def download(uri: str, dst: Path, key: str) -> Path:
     """One CoNLL-U file from an MLflow URI (MLflow is imported only then)."""
-    from trainflow.tracking.artifacts import download as download_artifact
+    from trainflow.fetch import download as download_artifact
 
     local = download_artifact(uri, dst, key, error=DataError)
     if not local.is_file():

@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 
 from trainflow.data.dataset import Manifest, read_manifest, read_split, write_dataset
 from trainflow.data.split_loaders import SplitDataModule
+from trainflow.data.task import ServedModel, ServingSpec, probabilities_frame
 from trainflow.errors import ConfigError, DataError
 
 LABEL_NAMES = [str(d) for d in range(10)]
@@ -88,11 +89,11 @@ class DigitsDataModule(SplitDataModule):
                    "val_fraction": self.val_fraction, "test_fraction": self.test_fraction},
         )
 
-    def serving_spec(self, rows: int = 5) -> tuple[str, dict, pd.DataFrame]:
-        """The pyfunc class, its meta.json, and an input example (test rows)."""
+    def serving_spec(self, rows: int = 5) -> ServingSpec:
+        """Feature columns in; the example is test rows."""
         x = self.splits["test"].tensors[0][:rows].numpy()
         meta = {"features": FEATURES, "label_names": self.label_names}
-        return "trainflow.tracking.pyfunc.LabelledClassifier", meta, pd.DataFrame(x, columns=FEATURES)
+        return ServingSpec(LabelledClassifier, meta, pd.DataFrame(x, columns=FEATURES))
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -112,3 +113,16 @@ class DigitsDataModule(SplitDataModule):
             x, y = from_table(table)
             self.splits[split] = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
 
+
+class LabelledClassifier(ServedModel):
+    """Rows of feature columns in; `label`, `probability`, `prob_<label>` out."""
+
+    def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
+        features = self.meta["features"]
+        missing = [f for f in features if f not in rows.columns]
+        if missing:
+            raise ValueError(f"input lacks feature column(s): {', '.join(missing[:5])}")
+        x = torch.as_tensor(rows[features].to_numpy(dtype=np.float32, copy=True))
+        with torch.no_grad():
+            probs = torch.softmax(self.module(x), dim=-1).numpy()
+        return probabilities_frame(probs, self.label_names)

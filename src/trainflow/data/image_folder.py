@@ -27,8 +27,17 @@ import torch
 from torch.utils.data import Dataset
 
 from trainflow.data.dataset import Manifest, read_manifest, read_split, write_dataset
-from trainflow.data.images import IMAGE_SUFFIXES, BadImage, build_transform, open_image, reseed, transform_image
+from trainflow.data.images import (
+    IMAGE_SUFFIXES,
+    BadImage,
+    build_transform,
+    image_bytes,
+    open_image,
+    reseed,
+    transform_image,
+)
 from trainflow.data.split_loaders import SplitDataModule
+from trainflow.data.task import FolderRows, ServedModel, ServingSpec, probabilities_frame
 from trainflow.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -169,7 +178,7 @@ class EncodedImages(Dataset):
 
 
 class ImageFolderDataModule(SplitDataModule):
-    """Images in class folders; same contract as DigitsDataModule.
+    """Images in class folders (the task contract: trainflow.data.task.TaskDataModule).
 
     `build_dataset` packs the folder into a dataset artifact (what prepare_data
     logs), `uri` points the module at one, `model_kwargs` tells the model the
@@ -177,6 +186,10 @@ class ImageFolderDataModule(SplitDataModule):
     Transforms arrive as config (`_target_` nodes) and are built in `setup`,
     so packing images never imports albumentations.
     """
+
+    # what the network sees for an input: evaluate takes these from the trained model
+    preprocessing_keys = ("eval_transform", "image_size")
+    training_only_keys = ("train_transform",)  # augmentation: packs no differently, never evaluated with
 
     def __init__(self, root: str | None = None, val_fraction: float = 0.15, test_fraction: float = 0.15,
                  seed: int = 12345, on_bad_image: str = "raise", image_size: int = 224,
@@ -281,11 +294,11 @@ class ImageFolderDataModule(SplitDataModule):
             self.splits[split] = EncodedImages(table.column("image").to_pylist(), table.column("label").to_pylist(),
                                                names, transforms["train" if split == "train" else "eval"])
 
-    def serving_spec(self, rows: int = 3) -> tuple[str, dict, pd.DataFrame]:
-        """The pyfunc class, its meta.json (classes, the eval transform), and test images as the example."""
+    def serving_spec(self, rows: int = 3) -> ServingSpec:
+        """Image bytes in, decoded with the eval transform (in meta.json); the example is test images."""
         meta = {"label_names": self.label_names, "eval_transform": self.eval_transform, "image_column": "image"}
         example = pd.DataFrame({"image": self.splits["test"].images[:rows]})
-        return "trainflow.tracking.pyfunc.ImageClassifier", meta, example
+        return ServingSpec(ImageClassifier, meta, example)
 
 
 
@@ -295,3 +308,60 @@ def default_transform(image_size: int) -> dict[str, Any]:
         {"_target_": "albumentations.Resize", "height": image_size, "width": image_size},
         {"_target_": "albumentations.Normalize"},
     ]}
+
+
+class ImageClassifier(ServedModel):
+    """A column `image` of encoded PNG/JPEG bytes in (base64 text too: JSON requests); one row per image out.
+
+    Returns `label`, `probability` and `prob_<label>` like every classifier.
+    Each image goes through the EVAL transform stored in meta.json (resize,
+    normalise) after decoding to RGB the way training did, so a grayscale,
+    palette or RGBA file of any size is answered.
+    """
+
+    batch_size = 64  # images per forward pass: bounds memory on long requests
+
+    def __init__(self, module: Any, meta: dict[str, Any]) -> None:
+        super().__init__(module, meta)
+        self.transform = build_transform(meta["eval_transform"])
+        self.column = str(meta.get("image_column", "image"))
+
+    def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
+        if self.column not in rows.columns:
+            raise ValueError(f"input lacks column '{self.column}' (PNG/JPEG bytes, or base64 text, per row)")
+        probs = [np.zeros((0, len(self.label_names)), dtype=np.float32)]
+        values = list(rows[self.column])
+        for start in range(0, len(values), self.batch_size):
+            tensors = []
+            for row, value in enumerate(values[start:start + self.batch_size], start):
+                try:
+                    tensors.append(transform_image(self.transform, image_bytes(value)))
+                except BadImage as exc:
+                    raise ValueError(f"row {row}: not a readable PNG/JPEG image ({exc})") from exc
+            with torch.no_grad():
+                probs.append(torch.softmax(self.module(torch.stack(tensors)), dim=-1).numpy())
+        return probabilities_frame(np.concatenate(probs), self.label_names)
+
+    def read_folder(self, folder: Path, on_bad_image: str) -> FolderRows:
+        """Every image under `folder`, decoded once here, so a bad file is named instead of failing a batch."""
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        names, images, skipped = [], [], []
+        for path in files:
+            name = path.relative_to(folder).as_posix()
+            try:
+                data = path.read_bytes()
+                open_image(data)
+            except (OSError, BadImage) as exc:
+                if on_bad_image == "raise":
+                    raise DataError(f"{path}: not a readable PNG/JPEG image ({exc}); on_bad_image=skip leaves "
+                                    "such files out") from exc
+                skipped.append(name)
+                continue
+            names.append(name)
+            images.append(data)
+        if skipped:
+            log.warning("skipped %d unreadable image(s) under %s: %s", len(skipped), folder, ", ".join(skipped[:5]))
+        if not images:
+            raise DataError(f"input: no readable .png/.jpg/.jpeg images under {folder}")
+        return FolderRows(names, pd.DataFrame({self.column: images}), skipped)

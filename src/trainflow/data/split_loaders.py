@@ -3,13 +3,14 @@
 Each data module fills `splits` in `setup` from its dataset folder; how the
 three loaders are built from them (shuffle for train only, persistent
 workers when there are workers) is the same for digits, images and
-treebanks, so it lives here once.
+treebanks, so it lives here once, with the task contract's defaults
+(`trainflow.data.task.TaskDataModule`): no preprocessing keys, no model kwargs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
@@ -18,6 +19,9 @@ from torch.utils.data import DataLoader
 class SplitDataModule(LightningDataModule):
     """A LightningDataModule whose `splits` ({"train"|"val"|"test": map-style dataset}) feed its loaders."""
 
+    preprocessing_keys: ClassVar[tuple[str, ...]] = ()
+    training_only_keys: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, batch_size: int, num_workers: int, pin_memory: bool,
                  collate_fn: Callable[[list[Any]], Any] | None = None) -> None:
         """`collate_fn`: for examples that need padding (token tasks); None stacks tensors."""
@@ -25,6 +29,10 @@ class SplitDataModule(LightningDataModule):
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.collate_fn = collate_fn
         self.splits: dict[str, Any] = {}
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """A task whose model needs nothing from its dataset adds nothing to the model config."""
+        return {}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(

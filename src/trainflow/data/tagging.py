@@ -27,6 +27,7 @@ import torch
 from trainflow.data.conllu import Sentence, check_tag_column, load_treebank
 from trainflow.data.dataset import Manifest, read_manifest, read_split, write_dataset
 from trainflow.data.split_loaders import SplitDataModule
+from trainflow.data.task import ServedModel, ServingSpec
 from trainflow.errors import ConfigError, DataError
 
 PAD, UNK = "<pad>", "<unk>"
@@ -97,7 +98,7 @@ def source_licences(files: Iterable[str | None]) -> list[Path]:
     asks that the licence travel with every copy), and the dataset artifact is
     a copy. A source given as an MLflow URI has no folder to look in here.
     """
-    from trainflow.tracking.artifacts import is_artifact_uri
+    from trainflow.fetch import is_artifact_uri
 
     folders: list[Path] = []
     for uri in files:
@@ -154,10 +155,10 @@ def to_table(sentences: list[Sentence], word_index: dict[str, int], tag_index: d
 class ConlluDataModule(SplitDataModule):
     """Sentences of a CoNLL-U treebank, tagged with UPOS or XPOS, as padded batches.
 
-    Same contract as DigitsDataModule: `build_dataset` writes the splits and
-    vocabularies (what prepare_data logs), `uri` points the module at such a
-    folder, `serving_spec` says how the registered model reads requests, and
-    `model_kwargs` hands the model the sizes only the data knows.
+    The task contract (trainflow.data.task.TaskDataModule): `build_dataset`
+    writes the splits and vocabularies (what prepare_data logs), `uri` points
+    the module at such a folder, `serving_spec` says how the registered model
+    reads requests, and `model_kwargs` hands the model the sizes only the data knows.
     """
 
     def __init__(self, train_file: str, test_file: str, val_file: str | None = None, val_fraction: float = 0.1,
@@ -255,10 +256,59 @@ class ConlluDataModule(SplitDataModule):
                                                   table.column("tag_ids").to_pylist(), strict=True)
             ]
 
-    def serving_spec(self, rows: int = 3) -> tuple[str, dict, pd.DataFrame]:
-        """The pyfunc class, its meta.json (vocabularies), and an input example (test sentences)."""
+    def serving_spec(self, rows: int = 3) -> ServingSpec:
+        """Token lists in, read with the vocabularies (in meta.json); the example is test sentences."""
         meta = {"words": self.vocab["words"], "chars": self.vocab["chars"], "label_names": self.label_names,
                 "lowercase": self.lowercase, "max_word_chars": self.max_word_chars, "tag_column": self.tag_column}
         example = pd.DataFrame({"tokens": self.words["test"][:rows]})
-        return "trainflow.tracking.pyfunc.TokenTagger", meta, example
+        return ServingSpec(TokenTagger, meta, example)
 
+
+class TokenTagger(ServedModel):
+    """Tokenized sentences in (column `tokens`, a list of strings per row); one tag per token out.
+
+    Returns `tags` (list of tag names, as long as `tokens`) and `probabilities`
+    (the probability of each chosen tag). Tokens are syntactic words, as in
+    the treebank the tagger learnt from (`did`, `n't`, not `didn't`).
+    """
+
+    batch_size = 64  # sentences per forward pass: bounds memory on long requests
+
+    def __init__(self, module: Any, meta: dict[str, Any]) -> None:
+        super().__init__(module, meta)
+        self.word_index = {w: i for i, w in enumerate(meta["words"])}
+        self.char_index = {c: i for i, c in enumerate(meta["chars"])}
+
+    def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
+        if "tokens" not in rows.columns:
+            raise ValueError("input lacks column 'tokens' (a list of words per sentence)")
+        sentences = [_as_words(tokens) for tokens in rows["tokens"]]
+        tags: list[list[str]] = []
+        probabilities: list[list[float]] = []
+        for start in range(0, len(sentences), self.batch_size):
+            batch_tags, batch_probs = self._tag(sentences[start:start + self.batch_size])
+            tags.extend(batch_tags)
+            probabilities.extend(batch_probs)
+        return pd.DataFrame({"tags": tags, "probabilities": probabilities})
+
+    def _tag(self, sentences: list[list[str]]) -> tuple[list[list[str]], list[list[float]]]:
+        # An empty sentence still needs one position to run the network; it is cut off below.
+        examples = [(encode_words(s or [""], self.word_index, self.meta["lowercase"]),
+                     encode_chars(s or [""], self.char_index, self.meta["max_word_chars"]),
+                     [IGNORE_TAG] * max(len(s), 1))
+                    for s in sentences]
+        inputs, _ = pad_batch(examples)
+        with torch.no_grad():
+            probs, best = torch.softmax(self.module(inputs), dim=-1).max(dim=-1)
+        names = self.label_names
+        return ([[names[i] for i in best[row, :len(s)].tolist()] for row, s in enumerate(sentences)],
+                [probs[row, :len(s)].double().tolist() for row, s in enumerate(sentences)])
+
+
+def _as_words(tokens: Any) -> list[str]:
+    """A row's tokens as strings: a list, a numpy array (MLflow's schema enforcement), or a string of words."""
+    if tokens is None:
+        return []
+    if isinstance(tokens, str):
+        return tokens.split()
+    return [str(t) for t in tokens]

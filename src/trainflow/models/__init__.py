@@ -1,1 +1,1 @@
-"""LightningModules and their networks; none of them imports MLflow."""
+"""LightningModules and their networks; none of them imports MLflow (checked by `lint-imports`)."""

@@ -1,8 +1,9 @@
 """The step cache: reuse a FINISHED run whose inputs are the same as ours.
 
 A step's cache key covers its entry point, its resolved config (canonical
-JSON: 3 and "3" differ, key order does not), the content of the code it runs
-and the digests of its inputs. Runs are looked up with a server-side filter on
+JSON: 3 and "3" differ, key order does not), the content of every source file
+it can run (derived from imports, `pipeline.sources`) and the digests of its
+inputs. Runs are looked up with a server-side filter on
 the key, so the search is not limited to the first page of runs.
 """
 
@@ -14,34 +15,31 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-# What each step's result depends on, beside its config and inputs. A change
-# under a path reruns that step and, through its new output, every step after it.
-# Every step parses its overrides (cli), finds its root (project), and logs
-# through the step contract (config, tracking).
-_EVERY_STEP = ("src/trainflow/cli.py", "src/trainflow/project.py", "src/trainflow/errors.py",
-               "src/trainflow/config", "src/trainflow/tracking", "uv.lock")
-CODE_SCOPES: dict[str, tuple[str, ...]] = {
-    "prepare_data": (*_EVERY_STEP, "src/trainflow/data", "src/trainflow/pipeline/prepare.py",
-                     "steps/prepare_data.py"),
-    "train": (*_EVERY_STEP, "src/trainflow/data", "src/trainflow/models", "src/trainflow/training",
-              "steps/train.py"),
-    "evaluate": (*_EVERY_STEP, "src/trainflow/data", "src/trainflow/models", "src/trainflow/training",
-                 "steps/evaluate.py"),
-}
+from trainflow.data.task import LOADER_KEYS
+from trainflow.pipeline.sources import declared_strings, step_sources
+from trainflow.tracking import tags as tag
 
-# Config that decides a step's result. prepare_data reads only the data source
-# and the split seed; loader settings (batch size, workers) and the transforms
-# applied when images are loaded (the dataset keeps the encoded files) do not
-# change a dataset.
-_LOADER_KEYS = frozenset({"batch_size", "num_workers", "pin_memory", "uri", "persistent_workers",
-                          "image_size", "train_transform", "eval_transform"})
 _VOLATILE = frozenset({"paths", "hydra", "extras", "tracking", "tags", "task_name"})
-CACHE_TAG = "trainflow.cache_key"
+
+
+def dataset_independent_keys(data: dict[str, Any]) -> frozenset[str]:
+    """Data keys that change no dataset: loader settings, and what the data module declares as preprocessing.
+
+    Transforms applied when batches are loaded (an image size, augmentation)
+    leave the packed dataset as it is, so changing them reuses prepare_data.
+    """
+    target = data.get("_target_")
+    declared = (*declared_strings(target, "preprocessing_keys"),
+                *declared_strings(target, "training_only_keys")) if isinstance(target, str) else ()
+    return frozenset((*LOADER_KEYS, *declared))
 
 
 def scoped_config(step: str, resolved: dict[str, Any]) -> dict[str, Any]:
+    """Config that decides a step's result; prepare_data reads only the data source and the split seed."""
     if step == "prepare_data":
-        data = {k: v for k, v in (resolved.get("data") or {}).items() if k not in _LOADER_KEYS}
+        source = resolved.get("data") or {}
+        ignored = dataset_independent_keys(source)
+        data = {k: v for k, v in source.items() if k not in ignored}
         return {"data": data, "seed": resolved.get("seed")}
     scoped = {k: v for k, v in resolved.items() if k not in _VOLATILE}
     if isinstance(scoped.get("data"), dict):
@@ -51,18 +49,22 @@ def scoped_config(step: str, resolved: dict[str, Any]) -> dict[str, Any]:
     return scoped
 
 
-def code_digest(root: Path, paths: Iterable[str]) -> str:
-    """sha256 over the files the step runs, as they are on disk now."""
+def code_digest(root: Path, files: Iterable[Path]) -> str:
+    """sha256 over the files' paths (relative to `root`) and contents as they are on disk now."""
     digest = hashlib.sha256()
-    for rel in paths:
-        base = root / rel
-        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
-        for path in files:
-            if "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
-                continue
-            digest.update(str(path.relative_to(root)).encode() + b"\0")
-            digest.update(path.read_bytes())
+    for path in sorted(files):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def step_code_digest(root: Path, step: str, resolved: dict[str, Any]) -> str:
+    """The code version a cached run must share: every file the step can run with this config.
+
+    Derived from the import graph (pipeline.sources), so a moved or edited
+    module changes the digest of exactly the steps that can reach it.
+    """
+    return code_digest(root, step_sources(root, step, scoped_config(step, resolved)))
 
 
 def cache_key(step: str, resolved: dict[str, Any], code: str, inputs: dict[str, str]) -> str:
@@ -74,7 +76,7 @@ def cache_key(step: str, resolved: dict[str, Any], code: str, inputs: dict[str, 
 def find_finished_run(client: Any, experiment_ids: list[str], key: str) -> Any | None:
     runs = client.search_runs(
         experiment_ids,
-        filter_string=f"tags.`{CACHE_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`{tag.CACHE_KEY}` = '{key}' and attributes.status = 'FINISHED'",
         max_results=1,
         order_by=["attributes.start_time DESC"],
     )
@@ -92,8 +94,10 @@ def source_inputs(resolved: dict[str, Any]) -> dict[str, str]:
     """
     digest = hashlib.sha256()
     found = False
-    for key, value in sorted((resolved.get("data") or {}).items()):
-        if key in _LOADER_KEYS or not isinstance(value, str) or "/" not in value:
+    data = resolved.get("data") or {}
+    ignored = dataset_independent_keys(data)
+    for key, value in sorted(data.items()):
+        if key in ignored or not isinstance(value, str) or "/" not in value:
             continue
         path = Path(value).expanduser()
         if not path.exists():

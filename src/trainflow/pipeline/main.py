@@ -19,9 +19,10 @@ from omegaconf import OmegaConf
 
 from trainflow.config.extras import TREE_SHOWN_ENV
 from trainflow.errors import TrainflowError
-from trainflow.pipeline.cache import CACHE_TAG, CODE_SCOPES, cache_key, code_digest, find_finished_run, source_inputs
+from trainflow.pipeline.cache import cache_key, find_finished_run, source_inputs, step_code_digest
+from trainflow.tracking import tags as tag
 from trainflow.tracking.headline import log_headline
-from trainflow.tracking.run import TAG_OUTPUT, StepRun, hydra_overrides
+from trainflow.tracking.run import StepRun, hydra_overrides
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,22 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str
     return shared, per_step
 
 
+def config_source_overrides() -> list[str]:
+    """`hydra.searchpath=[...]` as main was given it: every step must find the same config groups.
+
+    Hydra keeps `hydra.*` overrides apart from the task's; of those, only the
+    search path describes the configs (a task's groups outside `configs/`),
+    the rest (run dirs, job names) belong to each step's own process.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [item for item in HydraConfig.get().overrides.hydra if item.lstrip("+~").startswith("hydra.searchpath=")]
+
+
 def run_pipeline(cfg: Any, run: StepRun) -> PipelineResult:
-    shared, per_step = split_overrides(hydra_overrides())
+    shared, per_step = split_overrides([*config_source_overrides(), *hydra_overrides()])
     use_cache = bool(cfg.get("cache", True))
     promote = f"promote={str(bool(cfg.get('promote', True))).lower()}"
     overrides = {
@@ -85,7 +100,7 @@ def run_pipeline(cfg: Any, run: StepRun) -> PipelineResult:
     prepared = _step(run, "prepare_data", overrides["prepare_data"], configs["prepare_data"],
                      source_inputs(composed["prepare_data"][1]), use_cache)
     outcomes["prepare_data"] = prepared
-    digest = prepared.tags.get("trainflow.data.digest", "")
+    digest = prepared.tags.get(tag.DATA_DIGEST, "")
     data = [f"data.uri={prepared.output}"]
 
     trained = _step(run, "train", [*overrides["train"], *data], configs["train"], {"data": digest}, use_cache)
@@ -108,26 +123,26 @@ def _step(run: StepRun, step: str, overrides: list[str], resolved: dict[str, Any
 
     outcome = _reuse_or_run(run, step, overrides, resolved, inputs, use_cache)
     run.client.log_batch(run.run_id, tags=[
-        RunTag(f"trainflow.pipeline.{step}.run_id", outcome.run_id),
-        RunTag(f"trainflow.pipeline.{step}.reused", str(outcome.reused).lower()),
-        RunTag(f"trainflow.pipeline.{step}.output", outcome.output),
+        RunTag(tag.pipeline_step(step, "run_id"), outcome.run_id),
+        RunTag(tag.pipeline_step(step, "reused"), str(outcome.reused).lower()),
+        RunTag(tag.pipeline_step(step, "output"), outcome.output),
     ])
     return outcome
 
 
 def _reuse_or_run(run: StepRun, step: str, overrides: list[str], resolved: dict[str, Any],
                   inputs: dict[str, str], use_cache: bool) -> StepOutcome:
-    key = cache_key(step, resolved, code_digest(run.root, CODE_SCOPES[step]), inputs)
+    key = cache_key(step, resolved, step_code_digest(run.root, step, resolved), inputs)
     if use_cache:
         hit = find_finished_run(run.client, [run.experiment_id], key)
-        if hit is not None and TAG_OUTPUT in hit.data.tags:
+        if hit is not None and tag.OUTPUT in hit.data.tags:
             log.info("%s: reusing run %s (cache key %s)", step, hit.info.run_id, key[:12])
             print(f"{step}: reused run {hit.info.run_id}", flush=True)
-            return StepOutcome(step, hit.info.run_id, True, hit.data.tags[TAG_OUTPUT], key, dict(hit.data.tags))
+            return StepOutcome(step, hit.info.run_id, True, hit.data.tags[tag.OUTPUT], key, dict(hit.data.tags))
     run_id = _launch(run, step, overrides)
-    run.client.set_tag(run_id, CACHE_TAG, key)
+    run.client.set_tag(run_id, tag.CACHE_KEY, key)
     child = run.client.get_run(run_id)
-    output = child.data.tags.get(TAG_OUTPUT)
+    output = child.data.tags.get(tag.OUTPUT)
     if not output:
         raise TrainflowError(f"pipeline: step {step} (run {run_id}) finished without an output URI")
     return StepOutcome(step, run_id, False, output, key, dict(child.data.tags))
@@ -171,7 +186,7 @@ def compose_for_cache(step: str, overrides: list[str]) -> tuple[dict[str, Any], 
     from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
 
-    from trainflow.cli import compose_error
+    from trainflow.config.compose import compose_error
     from trainflow.errors import ConfigError
 
     if not GlobalHydra.instance().is_initialized():
@@ -200,6 +215,6 @@ def _record(run: StepRun, result: PipelineResult) -> None:
     """The whole pipeline on its run: which steps ran, which were reused, what each handed on."""
     summary = {s: {k: v for k, v in asdict(o).items() if k != "tags"} for s, o in result.steps.items()}
     run.client.log_text(run.run_id, json.dumps(summary, indent=2), "pipeline.json")
-    run.client.set_tag(run.run_id, "trainflow.pipeline.reused", ",".join(result.reused) or "none")
+    run.client.set_tag(run.run_id, tag.PIPELINE_REUSED, ",".join(result.reused) or "none")
     log_headline(run.client, run.run_id, result.steps["evaluate"].run_id)
     run.set_output(result.steps["evaluate"].output)

@@ -1,10 +1,12 @@
-"""The predict step: a model's answers for a folder of images or a parquet file, as run artifacts.
+"""The predict step: a model's answers for a folder of raw files or a parquet file, as run artifacts.
 
 The model is loaded as the MLflow pyfunc it was logged as, so predict does
-exactly what serving does (the eval transform for images, feature columns for
-digits, tokens for a tagger) and works for any trainflow model. Rows are named
-by file (a folder) or numbered (a parquet file); the model's columns follow
-(`label`, `probability`, `prob_<label>` for classifiers).
+exactly what serving does and works for any trainflow model. A parquet file
+gives the model's input columns; a folder is read by the task's served model
+(`ServedModel.read_folder`: images for an image classifier), so this step
+knows no task. Rows are named by file (a folder) or numbered (a parquet
+file); the model's columns follow (`label`, `probability`, `prob_<label>`
+for classifiers).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from trainflow.data.images import IMAGE_SUFFIXES, BadImage, open_image
 from trainflow.errors import ConfigError, DataError, UriError
+from trainflow.tracking import tags as tag
 from trainflow.tracking.datasets import is_remote
 from trainflow.tracking.registry import resolve_model
 from trainflow.tracking.run import StepRun
@@ -26,7 +28,7 @@ from trainflow.tracking.run import StepRun
 log = logging.getLogger(__name__)
 
 ARTIFACT_DIR = "predictions"
-BAD_IMAGE_POLICIES = ("raise", "skip")
+BAD_IMAGE_POLICIES = ("raise", "skip")  # what a served model's read_folder does with an unreadable file
 
 
 @dataclass
@@ -51,14 +53,14 @@ def predict(cfg: DictConfig, run: StepRun) -> PredictResult:
         raise ConfigError(f"batch_size={cfg.batch_size}: must be at least 1")
 
     model = resolve_model(cfg.model_uri, run.client, run.output_dir / "model")
-    run.client.set_tag(run.run_id, "trainflow.predicted", cfg.model_uri)
+    run.client.set_tag(run.run_id, tag.PREDICTED, cfg.model_uri)
     if model.run_id:
-        run.client.set_tag(run.run_id, "trainflow.upstream.train", model.run_id)
+        run.client.set_tag(run.run_id, tag.UPSTREAM_TRAIN, model.run_id)
     pyfunc = mlflow.pyfunc.load_model(str(model.local_dir))
     local = local_input(str(cfg.input), run.output_dir / "input")
     skipped: list[str] = []
     if local.is_dir():
-        ids, frame, skipped = read_image_folder(local, image_column(pyfunc, cfg), cfg.on_bad_image)
+        ids, frame, skipped = read_folder(local, pyfunc, cfg)
     else:
         ids, frame = read_parquet(local, str(cfg.input), pyfunc)
 
@@ -98,44 +100,17 @@ def local_input(uri: str, dst: Path) -> Path:
     return path
 
 
-def image_column(pyfunc: Any, cfg: DictConfig) -> str:
-    """The model's one binary input column: a folder of images needs a model that takes image bytes."""
-    from mlflow.types import DataType
-
-    schema = pyfunc.metadata.get_input_schema()
-    columns = [c for c in (schema.inputs if schema is not None else []) if getattr(c, "name", None)]
-    binary = [c.name for c in columns if c.type == DataType.binary]
-    if len(binary) != 1:
+def read_folder(folder: Path, pyfunc: Any, cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(file names, the model's input rows, skipped files), read the way the model's task reads a folder."""
+    served = getattr(pyfunc.unwrap_python_model(), "served", None)
+    read = served.read_folder(folder, cfg.on_bad_image) if served is not None else None
+    if read is None:
+        schema = pyfunc.metadata.get_input_schema()
+        columns = [c for c in (schema.inputs if schema is not None else []) if getattr(c, "name", None)]
         takes = ", ".join(c.name for c in columns[:5]) + (" …" if len(columns) > 5 else "")
-        raise ConfigError(f"input: {cfg.input} is a folder of images, but {cfg.model_uri} does not take images "
+        raise ConfigError(f"input: {cfg.input} is a folder, but {cfg.model_uri} does not read folders "
                           f"(its input columns: {takes or 'not declared'}); pass a .parquet file")
-    return binary[0]
-
-
-def read_image_folder(folder: Path, column: str, on_bad_image: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(file names, a frame of image bytes, skipped files); every image is decoded once here, so a bad
-    file is named instead of failing a batch."""
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    names, images, skipped = [], [], []
-    for path in files:
-        name = path.relative_to(folder).as_posix()
-        try:
-            data = path.read_bytes()
-            open_image(data)
-        except (OSError, BadImage) as exc:
-            if on_bad_image == "raise":
-                raise DataError(f"{path}: not a readable PNG/JPEG image ({exc}); on_bad_image=skip leaves "
-                                "such files out") from exc
-            skipped.append(name)
-            continue
-        names.append(name)
-        images.append(data)
-    if skipped:
-        log.warning("skipped %d unreadable image(s) under %s: %s", len(skipped), folder, ", ".join(skipped[:5]))
-    if not images:
-        raise DataError(f"input: no readable .png/.jpg/.jpeg images under {folder}")
-    return pd.DataFrame({"file": names}), pd.DataFrame({column: images}), skipped
+    return pd.DataFrame({"file": read.names}), read.rows, read.skipped
 
 
 def read_parquet(path: Path, origin: str, pyfunc: Any) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from trainflow.config.validate import check_targets
 from trainflow.data.dataset import Manifest, staging_dir, store_in_cache
+from trainflow.data.task import task_data_module
 from trainflow.tracking.datasets import FetchedDataset, log_dataset_input
 from trainflow.tracking.run import StepRun
 
@@ -34,7 +35,7 @@ def prepare_data(cfg: DictConfig, run: StepRun) -> PrepareResult:
     upload never leaves a FINISHED run that claims a dataset.
     """
     check_targets(cfg, sections=("data",))
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = task_data_module(instantiate(cfg.data, _convert_="all"), cfg.data._target_)
     cache_root = Path(cfg.paths.cache_dir) / "datasets"
     staging = staging_dir(cache_root)
     try:

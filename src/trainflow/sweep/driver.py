@@ -4,9 +4,12 @@
         result = run_sweep(cfg, run)
 
 Recipe: read the study config -> check one trial composes -> create the study
-and queue its trials -> start workers -> work in this process too -> wait ->
-summarise the whole study on the parent run (best value and params, a trials
-table) -> register the best trial's model if asked.
+and queue its trials (under a lock every machine shares) -> take a lease and
+end lost machines' runs -> start workers -> work in this process too, then
+watch the study until no trial is running anywhere (a lost machine's trial
+comes back to the queue) -> wait -> summarise the whole study on the parent
+run (best value and params, a trials table) -> register the best trial's
+model if asked, once per study whichever machine gets there first.
 """
 
 from __future__ import annotations
@@ -27,21 +30,22 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from trainflow.config.redact import mask_secrets, redact_overrides
 from trainflow.errors import ConfigError, TrainflowError
+from trainflow.sweep.recovery import Lease, end_lost_sweeps, fail_stale, heartbeat_enabled
 from trainflow.sweep.space import SearchParam, as_override, first_values, search_space
 from trainflow.sweep.study import (
     DIRECTIONS,
     StudySpec,
-    build_storage,
-    open_study,
-    queue_trials,
+    create_and_queue,
     redact_url,
     resolve_storage,
+    study_lock,
 )
 from trainflow.sweep.trial import ATTR_ERROR, ATTR_RUN, ATTR_SWEEP_RUN, ATTR_WORKER, TAG_STATE, TrialSetup, trial_config
 from trainflow.sweep.worker import WorkerSpec, limit_threads, work
+from trainflow.tracking import tags as tag
 from trainflow.tracking.headline import log_best_trial_headline
-from trainflow.tracking.redact import mask_secrets, redact_overrides
 from trainflow.tracking.run import StepRun, hydra_overrides
 
 if TYPE_CHECKING:
@@ -88,16 +92,32 @@ class SweepResult:
 def run_sweep(cfg: DictConfig, run: StepRun) -> SweepResult:
     plan = sweep_plan(cfg, run.output_dir, run.run_id)
     check_trial_config(plan)
-    study = open_study(plan.study, build_storage(plan.study.storage))
-    queued = queue_trials(study, plan.n_trials, plan.enqueue)
+    study, queued = create_and_queue(plan.study, plan.n_trials, plan.enqueue)
     _tag_sweep(run, plan, queued)
+    lease = Lease(study, run.run_id, plan.study.heartbeat_s or 0).start() if heartbeat_enabled(study) else None
+    try:
+        result = _run_trials(study, run, plan)
+    finally:
+        if lease is not None:
+            lease.end()
+    if plan.register_best and result.best_run_id:
+        result.registered = register_best(run, result, plan)
+    run.set_output(_output(run, result))
+    return result
+
+
+def _run_trials(study: optuna.Study, run: StepRun, plan: SweepPlan) -> SweepResult:
+    """Lost machines' runs ended, workers started, trials run and watched to the study's end, summarised."""
+    if heartbeat_enabled(study):
+        fail_stale(study)
+        end_lost_sweeps(study, run.client, plan.study.grace_s)
     workers = start_workers(plan, run)
     try:
         # Imports the model code (seconds) while the workers import theirs.
         check_trial_config(plan, targets=True)
         with run.timed("trials"):
             limit_threads(1 if plan.n_workers > 1 else None)
-            work(study, plan.setup(run.run_id, worker=0), plan.study.storage)
+            work(study, plan.setup(run.run_id, worker=0), plan.study.storage, watch=True)
             wait_workers(workers)
     except BaseException as exc:
         stop_workers(workers, signal_of(exc))
@@ -105,11 +125,7 @@ def run_sweep(cfg: DictConfig, run: StepRun) -> SweepResult:
         _summarise_quietly(study, run, plan)
         raise
     fail_orphans(study, run, plan.own_storage)
-    result = summarise(study, run, plan)
-    if plan.register_best and result.best_run_id:
-        result.registered = register_best(run, result, plan)
-    run.set_output(_output(run, result))
-    return result
+    return summarise(study, run, plan)
 
 
 def sweep_plan(cfg: DictConfig, output_dir: Path, run_id: str) -> SweepPlan:
@@ -123,9 +139,12 @@ def sweep_plan(cfg: DictConfig, output_dir: Path, run_id: str) -> SweepPlan:
         raise ConfigError("optimized_metric: a sweep needs the metric it optimises")
     if node["direction"] not in DIRECTIONS:
         raise ConfigError(f"sweep.direction: '{node['direction']}' is not maximize or minimize")
-    for key in ("n_trials", "n_workers"):
+    for key in ("n_trials", "n_workers", "heartbeat_s"):
         if node[key] < 1:
             raise ConfigError(f"sweep.{key}: must be at least 1 (got {node[key]})")
+    if node["grace_s"] <= node["heartbeat_s"]:
+        raise ConfigError(f"sweep.grace_s: must be longer than sweep.heartbeat_s ({node['heartbeat_s']}s; "
+                          f"got {node['grace_s']}s), or every trial would look lost between two beats")
     _check_strategy(cfg)
     model_name = cfg.registry.get("model_name")
     if node["register_best"] and not model_name:
@@ -133,7 +152,8 @@ def sweep_plan(cfg: DictConfig, output_dir: Path, run_id: str) -> SweepPlan:
     storage = resolve_storage(node["storage"], node["n_workers"], output_dir)
     study = StudySpec(name=node["study_name"] or f"sweep-{run_id}", storage=storage,
                       direction=node["direction"], sampler=node["sampler"], pruner=node["pruner"],
-                      seed=cfg.get("seed"))
+                      seed=cfg.get("seed"), heartbeat_s=node["heartbeat_s"] if storage else None,
+                      grace_s=node["grace_s"], max_retry=node["max_retry"])
     return SweepPlan(study=study, n_trials=node["n_trials"], n_workers=node["n_workers"],
                      space=search_space(node["params"]), metric=str(metric),
                      overrides=trial_overrides(hydra_overrides(), node["register_best"], node["n_workers"]),
@@ -172,7 +192,7 @@ def check_trial_config(plan: SweepPlan, targets: bool = False) -> None:
     `targets` also checks the `_target_` nodes against their signatures,
     which imports the model and data code.
     """
-    from trainflow.cli import compose_error
+    from trainflow.config.compose import compose_error
     from trainflow.config.validate import check_targets
 
     overrides = [*plan.overrides, *(as_override(k, v) for k, v in first_values(plan.space).items())]
@@ -191,13 +211,13 @@ def _tag_sweep(run: StepRun, plan: SweepPlan, queued: int) -> None:
     from mlflow.entities import RunTag
 
     tags = {
-        "trainflow.sweep.study": plan.study.name,
-        "trainflow.sweep.storage": redact_url(plan.study.storage),
-        "trainflow.sweep.direction": plan.study.direction,
-        "trainflow.sweep.metric": plan.metric,
-        "trainflow.sweep.n_trials": str(plan.n_trials),
-        "trainflow.sweep.n_workers": str(plan.n_workers),
-        "trainflow.sweep.queued": str(queued),
+        tag.SWEEP_STUDY: plan.study.name,
+        tag.SWEEP_STORAGE: redact_url(plan.study.storage),
+        tag.SWEEP_DIRECTION: plan.study.direction,
+        tag.SWEEP_METRIC: plan.metric,
+        tag.SWEEP_N_TRIALS: str(plan.n_trials),
+        tag.SWEEP_N_WORKERS: str(plan.n_workers),
+        tag.SWEEP_QUEUED: str(queued),
     }
     run.client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     print(f"sweep: study '{plan.study.name}' (storage {redact_url(plan.study.storage)}): {queued} trials "
@@ -232,7 +252,7 @@ def _start_worker(plan: SweepPlan, run: StepRun, index: int, spec_path: Path, en
     spec_path.write_text(spec.to_json())
     # Own session: a terminal's Ctrl-C reaches only the sweep, which forwards
     # it once (stop_workers), so no worker sees two signals.
-    return subprocess.Popen([sys.executable, "-m", "trainflow.sweep.worker", str(spec_path)], env=env,
+    return subprocess.Popen([sys.executable, "-m", f"{__package__}.worker", str(spec_path)], env=env,
                             stdin=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -331,8 +351,8 @@ def summarise(study: optuna.Study, run: StepRun, plan: SweepPlan) -> SweepResult
         run.run_id,
         metrics=[Metric(f"best/{plan.metric}", float(best.value), now, 0)],
         params=[Param(f"best.{k}", str(v)) for k, v in best.params.items()],
-        tags=[RunTag("trainflow.sweep.best_trial", str(best.number)),
-              RunTag("trainflow.sweep.best_run_id", str(best_run or ""))],
+        tags=[RunTag(tag.SWEEP_BEST_TRIAL, str(best.number)),
+              RunTag(tag.SWEEP_BEST_RUN_ID, str(best_run or ""))],
     )
     log_best_trial_headline(run.client, run.run_id, best_run)
     # a secret override would otherwise reach this artifact verbatim: pass secrets by the environment
@@ -377,17 +397,27 @@ def register_best(run: StepRun, result: SweepResult, plan: SweepPlan) -> str:
 
     assert result.best_run_id and plan.model_name
     tags = run.client.get_run(result.best_run_id).data.tags
-    model_uri = tags.get("trainflow.model_uri")
+    model_uri = tags.get(tag.MODEL_URI)
     if not model_uri:
         raise TrainflowError(f"sweep.register_best: best trial run {result.best_run_id} logged no model")
     version_tags = _logged_model_tags(run, model_uri)
-    version_tags.update({"trainflow.sweep.run_id": run.run_id, "trainflow.sweep.study": result.study_name,
-                         "trainflow.trial.number": str(result.best_trial)})
-    version = mlflow.register_model(model_uri, plan.model_name, tags=version_tags)
+    version_tags.update({tag.SWEEP_RUN_ID: run.run_id, tag.SWEEP_STUDY: result.study_name,
+                         tag.TRIAL_NUMBER: str(result.best_trial)})
+    with study_lock(plan.study.storage, plan.study.name):
+        version = _registered_already(run, plan.model_name, result) or \
+            mlflow.register_model(model_uri, plan.model_name, tags=version_tags)
     uri = f"models:/{version.name}/{version.version}"
-    run.client.set_tag(run.run_id, "trainflow.registered", uri)
+    run.client.set_tag(run.run_id, tag.REGISTERED, uri)
     print(f"registered {uri} (trial {result.best_trial})", flush=True)
     return uri
+
+
+def _registered_already(run: StepRun, model_name: str, result: SweepResult) -> Any:
+    """The version another machine of this study registered for the same best trial, if any."""
+    found = run.client.search_model_versions(
+        f"name = '{model_name}' and tags.`{tag.SWEEP_STUDY}` = '{result.study_name}' "
+        f"and tags.`{tag.TRIAL_NUMBER}` = '{result.best_trial}'")
+    return found[0] if found else None
 
 
 def _logged_model_tags(run: StepRun, model_uri: str) -> dict[str, str]:
@@ -396,7 +426,7 @@ def _logged_model_tags(run: StepRun, model_uri: str) -> dict[str, str]:
         return {}
     model_id = model_uri.removeprefix("models:/").split("/")[0]
     tags = run.client.get_logged_model(model_id).tags
-    return {k: v for k, v in tags.items() if k.startswith("trainflow.")}
+    return {k: v for k, v in tags.items() if k.startswith(tag.PREFIX)}
 
 
 def _output(run: StepRun, result: SweepResult) -> str:
@@ -405,5 +435,5 @@ def _output(run: StepRun, result: SweepResult) -> str:
         return result.registered
     if result.best_run_id:
         tags = run.client.get_run(result.best_run_id).data.tags
-        return tags.get("trainflow.model_uri") or f"runs:/{result.best_run_id}"
+        return tags.get(tag.MODEL_URI) or f"runs:/{result.best_run_id}"
     return f"runs:/{run.run_id}"

@@ -2,13 +2,17 @@
 
 The study's trial budget is a queue: the sweep that creates the study puts
 `n_trials` WAITING trials in it, and every worker (in any process, on any
-machine) pops trials until none is left. Popping never creates a trial, so
-however many workers race, the study ends with exactly `n_trials` trials.
+machine) pops trials until none is left. Popping never creates a trial, and
+"count the trials, queue the missing ones" runs under a lock every machine
+shares (`study_lock`: a PostgreSQL advisory lock, MySQL's GET_LOCK, a file
+lock beside a sqlite file), so however many machines start at the same
+instant, the study gets exactly `n_trials` trials.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +30,8 @@ log = logging.getLogger(__name__)
 DIRECTIONS = ("maximize", "minimize")
 # sqlite waits this long for another worker's write instead of failing "database is locked"
 SQLITE_TIMEOUT_S = 60
+# a PostgreSQL/MySQL server that does not answer: fail the sweep, naming the URL, instead of hanging
+CONNECT_TIMEOUT_S = 10
 
 
 @dataclass
@@ -38,6 +44,9 @@ class StudySpec:
     sampler: dict[str, Any] | None = None
     pruner: dict[str, Any] | None = None
     seed: int | None = None
+    heartbeat_s: int | None = None  # None: no heartbeat (in memory, or tests of the queue alone)
+    grace_s: int = 60
+    max_retry: int = 1
 
 
 def resolve_storage(storage: str | None, n_workers: int, output_dir: Path) -> str | None:
@@ -50,22 +59,62 @@ def resolve_storage(storage: str | None, n_workers: int, output_dir: Path) -> st
     return None
 
 
-def build_storage(url: str | None) -> Any:
-    """An RDBStorage whose sqlite connections wait for each other's writes."""
+def build_storage(url: str | None, heartbeat_s: int | None = None, grace_s: int = 60, max_retry: int = 1) -> Any:
+    """An RDBStorage whose sqlite connections wait for each other's writes, with trial heartbeats if asked.
+
+    A database that cannot be reached (wrong URL, server down, no such
+    database) fails here in seconds, naming the URL with its password masked.
+    """
     import optuna
 
     if url is None:
         return optuna.storages.InMemoryStorage()
-    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
+    from trainflow.sweep.recovery import StaleTrialCallback
+
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        with _quiet_experimental():
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=heartbeat_s,
+                grace_period=grace_s if heartbeat_s else None,
+                heartbeat_stale_trial_callback=StaleTrialCallback(max_retry, grace_s) if heartbeat_s else None)
     except Exception as exc:
-        raise ConfigError(f"sweep.storage: cannot open {redact_url(url)}: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(f"sweep.storage: cannot open {redact_url(url)}: {_first_line(exc)}") from exc
+
+
+def open_storage(spec: StudySpec) -> Any:
+    return build_storage(spec.storage, spec.heartbeat_s, spec.grace_s, spec.max_retry)
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    """sqlite waits for other writers; a network database answers or fails within CONNECT_TIMEOUT_S."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    if url.startswith(("postgresql", "mysql")):
+        return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}, "pool_pre_ping": True}
+    return {}
+
+
+def _first_line(exc: BaseException) -> str:
+    from trainflow.config.redact import mask_url_passwords
+
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return mask_url_passwords(text[0] if text else type(exc).__name__)
+
+
+@contextmanager
+def _quiet_experimental() -> Iterator[None]:
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 def redact_url(url: str | None) -> str:
     """A storage URL fit for tags and logs: the password masked."""
-    from trainflow.tracking.redact import mask_url_passwords
+    from trainflow.config.redact import mask_url_passwords
 
     return mask_url_passwords(url) if url else "in-memory"
 
@@ -99,9 +148,66 @@ def open_study(spec: StudySpec, storage: Any, worker: int = 0) -> optuna.Study:
                                 sampler=build_sampler(spec.sampler, spec.seed, worker),
                                 pruner=build_pruner(spec.pruner), load_if_exists=True)
     if study.direction.name.lower() != spec.direction:
-        raise ConfigError(f"sweep.direction: study '{spec.name}' exists with direction "
-                          f"{study.direction.name.lower()}, not {spec.direction}")
+        raise ConfigError(f"sweep.direction: study '{spec.name}' in {redact_url(spec.storage)} exists with "
+                          f"direction {study.direction.name.lower()}, not {spec.direction}")
     return study
+
+
+@contextmanager
+def study_lock(url: str | None, name: str) -> Iterator[None]:
+    """One machine at a time creates the study (and the storage's tables) and tops up its queue.
+
+    PostgreSQL: a session advisory lock keyed by the study name, held on a
+    connection of its own and released when it closes, so a machine killed
+    while holding it frees it. MySQL: GET_LOCK, likewise. sqlite: a file lock
+    beside the database (sqlite is one machine's storage anyway). In memory:
+    one process, nothing to lock.
+    """
+    if url is None:
+        yield
+        return
+    if sqlite_path(url) is not None:
+        with _file_lock(url):
+            yield
+        return
+    from sqlalchemy.engine import make_url
+
+    backend = make_url(url).get_backend_name()
+    if backend not in ("postgresql", "mysql", "mariadb"):
+        raise ConfigError(f"sweep.storage: {redact_url(url)}: no lock shared across machines for '{backend}'; "
+                          "use postgresql://, mysql:// or (one machine) sqlite://")
+    with _server_lock(url, backend, f"trainflow-study:{name}"):
+        yield
+
+
+@contextmanager
+def _server_lock(url: str, backend: str, key: str) -> Iterator[None]:
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool, **_engine_kwargs(url))
+        connection = engine.connect()
+    except Exception as exc:
+        raise ConfigError(f"sweep.storage: cannot connect to {redact_url(url)}: {_first_line(exc)}") from exc
+    try:
+        if backend == "postgresql":
+            number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": number})
+        else:
+            connection.execute(sqlalchemy.text("SELECT GET_LOCK(:k, -1)"), {"k": key[:64]})
+        connection.commit()
+        yield
+    finally:
+        connection.close()  # a session lock ends with its connection
+        engine.dispose()
+
+
+def create_and_queue(spec: StudySpec, n_trials: int, enqueue: list[dict[str, Any]]) -> tuple[optuna.Study, int]:
+    """The study, created or joined, topped up to `n_trials`: one machine at a time (`study_lock`)."""
+    with study_lock(spec.storage, spec.name):
+        study = open_study(spec, open_storage(spec))
+        return study, queue_trials(study, n_trials, enqueue)
 
 
 def queue_trials(study: optuna.Study, n_trials: int, enqueue: list[dict[str, Any]]) -> int:
@@ -129,14 +235,15 @@ def claim_trial(study: optuna.Study, storage_url: str | None) -> optuna.Trial | 
     """
     import optuna
 
-    with _pop_lock(storage_url):
+    with _file_lock(storage_url):
         study._thread_local.cached_all_trials = None
         trial_id = study._pop_waiting_trial_id()
     return None if trial_id is None else optuna.Trial(study, trial_id)
 
 
 @contextmanager
-def _pop_lock(storage_url: str | None) -> Iterator[None]:
+def _file_lock(storage_url: str | None) -> Iterator[None]:
+    """Beside a sqlite file (FOR UPDATE means nothing there); other storages need none."""
     path = sqlite_path(storage_url)
     if path is None:
         yield

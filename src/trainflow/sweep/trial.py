@@ -19,6 +19,7 @@ from omegaconf import DictConfig, open_dict
 
 from trainflow.errors import TrainflowError
 from trainflow.sweep.space import SearchParam, as_override, suggest
+from trainflow.tracking import tags as tag
 
 if TYPE_CHECKING:
     import optuna
@@ -27,9 +28,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TAG_STATE = "trainflow.trial.state"
-TAG_NUMBER = "trainflow.trial.number"
-TAG_STUDY = "trainflow.sweep.study"
+TAG_STATE = tag.TRIAL_STATE
+TAG_NUMBER = tag.TRIAL_NUMBER
+TAG_STUDY = tag.SWEEP_STUDY
 # Optuna user attrs that tie a trial to its runs (the trials table, orphan clean-up).
 ATTR_RUN = "mlflow_run_id"
 ATTR_SWEEP_RUN = "mlflow_sweep_run_id"
@@ -77,7 +78,7 @@ def run_trial(trial: optuna.Trial, setup: TrialSetup, hold_signals: Callable[[],
     before the run ends: from there until the study has the outcome, an
     interrupt must wait, or the run and the study would disagree.
     """
-    from trainflow.tracking.redact import mask_secrets
+    from trainflow.config.redact import mask_secrets
     from trainflow.tracking.run import step_run
 
     params: dict[str, Any] = {}
@@ -173,19 +174,17 @@ def _tag_trial(run: StepRun, trial: optuna.Trial, setup: TrialSetup, params: dic
         TAG_NUMBER: str(trial.number),
         TAG_STATE: "RUNNING",
         TAG_STUDY: setup.study_name,
-        "trainflow.trial.params": json.dumps(params),
-        "trainflow.trial.worker": str(setup.worker),
+        tag.TRIAL_PARAMS: json.dumps(params),
+        tag.TRIAL_WORKER: str(setup.worker),
     }
     run.client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def _recorded_error(run: StepRun | None) -> str | None:
-    from trainflow.tracking.run import TAG_ERROR
-
     if run is None:
         return None
     try:
-        return run.client.get_run(run.run_id).data.tags.get(TAG_ERROR)
+        return run.client.get_run(run.run_id).data.tags.get(tag.ERROR)
     except Exception:
         return None
 
@@ -205,7 +204,7 @@ def record_outcome(run: StepRun, outcome: TrialOutcome) -> None:
     try:
         run.client.set_tag(run.run_id, TAG_STATE, outcome.state)
         if outcome.value is not None:
-            run.client.set_tag(run.run_id, "trainflow.trial.value", repr(outcome.value))
+            run.client.set_tag(run.run_id, tag.TRIAL_VALUE, repr(outcome.value))
         status = RUN_STATUS[outcome.state]
         if run.client.get_run(run.run_id).info.status != status:
             run.client.set_terminated(run.run_id, status)

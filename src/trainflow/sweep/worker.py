@@ -14,20 +14,25 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from trainflow.sweep.recovery import beating, fail_stale, heartbeat_enabled
 from trainflow.sweep.space import SearchParam
-from trainflow.sweep.study import StudySpec, build_storage, claim_trial, open_study
+from trainflow.sweep.study import StudySpec, claim_trial, open_storage, open_study
 from trainflow.sweep.trial import TrialOutcome, TrialSetup, run_trial, tie_to_sweep
 
 if TYPE_CHECKING:
     import optuna
 
 log = logging.getLogger(__name__)
+
+# How often a sweep with an empty queue looks at trials still running elsewhere.
+WATCH_S = 1.0
 
 
 @dataclass
@@ -55,18 +60,39 @@ class WorkerSpec:
 
 
 def work(study: optuna.Study, setup: TrialSetup, storage_url: str | None,
-         stop: Callable[[], bool] = lambda: False) -> list[TrialOutcome]:
-    """Claim, run, tell, until the queue is empty (or `stop()`); an interrupted trial fails in Optuna."""
+         stop: Callable[[], bool] = lambda: False, watch: bool = False) -> list[TrialOutcome]:
+    """Claim, run, tell, until the queue is empty (or `stop()`); an interrupted trial fails in Optuna.
+
+    With a heartbeat, stale trials (a lost machine's) are failed and queued
+    again before every claim. `watch` (the sweep's own process) keeps going
+    while any machine still runs a trial, so a trial its machine loses comes
+    back to a machine that is still there.
+    """
     outcomes = []
     while not stop():
+        fail_stale(study)
         # Held from the claim until the trial is tied to this sweep, and from the
         # end of training until the study has the outcome (see run_and_tell).
         with DeferredSignals() as signals:
             trial = claim_trial(study, storage_url)
-            if trial is None:
-                break
-            outcomes.append(run_and_tell(study, trial, setup, signals))
+            if trial is not None:
+                with beating(study, trial._trial_id):
+                    outcomes.append(run_and_tell(study, trial, setup, signals))
+                continue
+        if not (watch and _running_elsewhere(study)):
+            break
+        time.sleep(WATCH_S)
     return outcomes
+
+
+def _running_elsewhere(study: optuna.Study) -> bool:
+    """Trials still running on some machine, which may yet come back to the queue (heartbeat only)."""
+    from optuna.trial import TrialState
+
+    if not heartbeat_enabled(study):
+        return False
+    study._thread_local.cached_all_trials = None
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def run_and_tell(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup,
@@ -167,7 +193,7 @@ def limit_threads(threads: int | None) -> None:
 def run_worker(spec: WorkerSpec) -> list[TrialOutcome]:
     """A worker process: open the study with its own sampler seed, then work."""
     limit_threads(spec.threads)
-    study = open_study(spec.study, build_storage(spec.study.storage), worker=spec.setup.worker)
+    study = open_study(spec.study, open_storage(spec.study), worker=spec.setup.worker)
     parent = spec.parent_pid
     return work(study, spec.setup, spec.study.storage, stop=lambda: parent is not None and os.getppid() != parent)
 

@@ -25,6 +25,7 @@ from trainflow.data.dataset import (
     verify_dataset,
 )
 from trainflow.errors import DataError, UriError
+from trainflow.tracking import tags as tag
 
 _REMOTE = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "wasbs://", "http://", "https://", "dbfs:/")
 _RUN_IN_URI = (re.compile(r"^runs:/([0-9a-f]{32})/"), re.compile(r"/([0-9a-f]{32})/artifacts/"))
@@ -85,7 +86,7 @@ def fetch_dataset(uri: str, cache_root: Path) -> FetchedDataset:
 
 
 def _download(uri: str, staging: Path) -> Path:
-    from trainflow.tracking.artifacts import download
+    from trainflow.fetch import download
 
     local = download(uri, staging, "data.uri")
     if not (local / MANIFEST).is_file():
@@ -119,12 +120,12 @@ def log_dataset_input(client: Any, run_id: str, fetched: FetchedDataset, context
     )
     client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
     tags = {
-        "trainflow.data.uri": fetched.uri,
-        "trainflow.data.digest": manifest.digest,
-        "trainflow.data.bytes_downloaded": str(fetched.bytes_downloaded),
+        tag.DATA_URI: fetched.uri,
+        tag.DATA_DIGEST: manifest.digest,
+        tag.DATA_BYTES_DOWNLOADED: str(fetched.bytes_downloaded),
     }
     if fetched.upstream_run_id:
-        tags["trainflow.upstream.prepare_data"] = fetched.upstream_run_id
+        tags[tag.UPSTREAM_PREPARE_DATA] = fetched.upstream_run_id
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     # figures a data module measured while building the dataset (it cannot log them: no MLflow in data/)
@@ -155,4 +156,4 @@ def lineage_data_uri(client: Any, run_id: str | None) -> str | None:
     """The dataset URI the run that produced a model or checkpoint trained on."""
     if not run_id:
         return None
-    return client.get_run(run_id).data.tags.get("trainflow.data.uri")
+    return client.get_run(run_id).data.tags.get(tag.DATA_URI)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from trainflow.tracking import tags as tag
+
 HEADLINE_PREFIX = "test/"
-TAG_HEADLINE_RUN = "trainflow.headline.run_id"
 
 
 def log_headline(client: Any, run_id: str, source_run_id: str) -> dict[str, float]:
@@ -22,7 +23,7 @@ def log_headline(client: Any, run_id: str, source_run_id: str) -> dict[str, floa
     metrics = {k: v for k, v in client.get_run(source_run_id).data.metrics.items() if k.startswith(HEADLINE_PREFIX)}
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())],
-                     tags=[RunTag(TAG_HEADLINE_RUN, source_run_id)])
+                     tags=[RunTag(tag.HEADLINE_RUN, source_run_id)])
     return metrics
 
 

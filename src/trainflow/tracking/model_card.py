@@ -16,11 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# Version tags the card reads (written by training/train.py and training/evaluate.py).
-TAG_TRAIN_RUN = "trainflow.run_id"
-TAG_EVAL_RUN = "trainflow.eval.run_id"
-EVAL_PREFIX = "trainflow.eval."
-PROMOTION_PREFIX = "trainflow.promotion."
+from trainflow.tracking import tags as tag
 
 
 @dataclass
@@ -51,8 +47,8 @@ def render_model_card(facts: CardFacts) -> str:
     """The card's markdown; sections whose evidence is missing say so instead of vanishing."""
     tags = facts.tags
     lines = [_headline(facts), "", _what_it_is(facts), "",
-             f"**Data**: `{tags.get('trainflow.data.uri', 'unknown')}`, "
-             f"digest `{tags.get('trainflow.data.digest', tags.get('trainflow.eval.data_digest', 'unknown'))}`", ""]
+             f"**Data**: `{tags.get(tag.DATA_URI, 'unknown')}`, "
+             f"digest `{tags.get(tag.DATA_DIGEST, tags.get(tag.EVAL_DATA_DIGEST, 'unknown'))}`", ""]
     lines += _metrics_table(facts)
     lines += ["", _promotion(tags), ""]
     links = [f"train run {facts.train.markdown()}" if facts.train else "train run unknown"]
@@ -65,11 +61,11 @@ def render_model_card(facts: CardFacts) -> str:
 def _headline(facts: CardFacts) -> str:
     """Plain text, figures first: the versions table previews a description's first ~30 characters, raw."""
     metrics = _test_metrics(facts)[1]
-    metric = facts.tags.get(PROMOTION_PREFIX + "metric") or ("test/acc" if "test/acc" in metrics else None)
+    metric = facts.tags.get(tag.PROMOTION_METRIC) or ("test/acc" if "test/acc" in metrics else None)
     figure = f"{metric} {_number(metrics[metric])} · " if metric and metric in metrics else ""
-    if facts.tags.get(PROMOTION_PREFIX + "decision"):
-        state = facts.tags[PROMOTION_PREFIX + "decision"]
-    elif facts.tags.get(TAG_EVAL_RUN):
+    if facts.tags.get(tag.PROMOTION_DECISION):
+        state = facts.tags[tag.PROMOTION_DECISION]
+    elif facts.tags.get(tag.EVAL_RUN_ID):
         state = "evaluated, no promotion decision"
     else:
         state = "not evaluated yet"
@@ -78,19 +74,19 @@ def _headline(facts: CardFacts) -> str:
 
 def _test_metrics(facts: CardFacts) -> tuple[str, Mapping[str, Any]]:
     """Evaluate's test figures when there are any, else train's own test on its best checkpoint."""
-    evaluated = {k.removeprefix(EVAL_PREFIX): v for k, v in facts.tags.items()
-                 if k.startswith(EVAL_PREFIX + "test/")}
+    evaluated = {k.removeprefix(tag.EVAL_PREFIX): v for k, v in facts.tags.items()
+                 if k.startswith(tag.EVAL_PREFIX + "test/")}
     if evaluated:
-        scope = facts.tags.get(EVAL_PREFIX + "test_scope", "all")
+        scope = facts.tags.get(tag.EVAL_TEST_SCOPE, "all")
         return f"measured by evaluate on the test split ({'all of it' if scope == 'all' else scope})", evaluated
     return "measured by the train run on its best checkpoint; not evaluated yet", facts.train_test_metrics
 
 
 def _what_it_is(facts: CardFacts) -> str:
     tags = facts.tags
-    monitor, value = tags.get("trainflow.monitor"), tags.get("trainflow.monitor.value")
+    monitor, value = tags.get(tag.MONITOR), tags.get(tag.MONITOR_VALUE)
     best = f" Best `{monitor}` in training: {_number(value)}." if monitor and value else ""
-    commit = tags.get("trainflow.git.commit")
+    commit = tags.get(tag.GIT_COMMIT)
     code = f" from commit `{commit[:12]}`" if commit else ""
     return f"{facts.name} v{facts.version}: a `{facts.model_class}` trained{code}.{best} Served as an MLflow pyfunc."
 
@@ -104,13 +100,13 @@ def _metrics_table(facts: CardFacts) -> list[str]:
 
 
 def _promotion(tags: Mapping[str, str]) -> str:
-    decision = tags.get(PROMOTION_PREFIX + "decision")
+    decision = tags.get(tag.PROMOTION_DECISION)
     if not decision:
         return "**Promotion**: not decided yet (evaluate with `promote=true`)."
-    metric = tags.get(PROMOTION_PREFIX + "metric", "?")
-    candidate = _number(tags.get(PROMOTION_PREFIX + "candidate"))
-    champion = tags.get(PROMOTION_PREFIX + "champion", "none")
-    champion_version = tags.get(PROMOTION_PREFIX + "champion_version", "none")
+    metric = tags.get(tag.PROMOTION_METRIC, "?")
+    candidate = _number(tags.get(tag.PROMOTION_CANDIDATE))
+    champion = tags.get(tag.PROMOTION_CHAMPION, "none")
+    champion_version = tags.get(tag.PROMOTION_CHAMPION_VERSION, "none")
     against = "no champion before it" if champion == "none" else f"champion v{champion_version}: {_number(champion)}"
     return f"**Promotion**: {decision} on `{metric}`: this version {candidate} vs {against}."
 
@@ -126,9 +122,9 @@ def write_model_card(client: Any, name: str, version: str) -> str:
     """Render the card from what the registry and the runs hold now, and set it as the description."""
     mv = client.get_model_version(name, version)
     tags = dict(mv.tags)
-    train_id = tags.get(TAG_TRAIN_RUN) or mv.run_id
+    train_id = tags.get(tag.RUN_ID) or mv.run_id
     train_run = client.get_run(train_id) if train_id else None
-    eval_id = tags.get(TAG_EVAL_RUN)
+    eval_id = tags.get(tag.EVAL_RUN_ID)
     facts = CardFacts(
         name=name, version=str(version), tags=tags,
         model_class=_model_class(train_run.data.params if train_run else {}),

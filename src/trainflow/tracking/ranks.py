@@ -19,9 +19,9 @@ import time
 from typing import Any
 
 from trainflow.errors import TrackingError
+from trainflow.tracking import tags as tag
 
 LEADER_RUN_ENV = "TRAINFLOW_RUN_ID"
-JOB_TAG = "trainflow.job"
 _RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 _WRITES = ("log_", "set_", "create_", "delete_", "update_", "register", "rename_", "transition_", "copy_")
 
@@ -60,7 +60,7 @@ def find_leader_run(client: Any, key: str, experiment: str, started_after_s: flo
     requeued SLURM job gives the next job the same key.
     """
     deadline = time.monotonic() + timeout_s
-    filter_string = (f"tags.`{JOB_TAG}` = '{key}' and attributes.status = 'RUNNING' "
+    filter_string = (f"tags.`{tag.JOB}` = '{key}' and attributes.status = 'RUNNING' "
                      f"and attributes.start_time >= {int(started_after_s * 1000)}")
     while True:
         experiment_id = experiment if experiment.isdigit() else getattr(

@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from trainflow.errors import UriError
+from trainflow.tracking import tags as tag
 from trainflow.tracking.model_card import write_model_card
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
+    from trainflow.data.task import ServingSpec
     from trainflow.tracking.run import StepRun
 
 log = logging.getLogger(__name__)
@@ -39,26 +41,15 @@ class LoggedModel:
     version: ModelVersion | None
 
 
-@dataclass
-class ServingSpec:
-    """What a data module says serving needs: the PythonModel class (dotted
-    path), the `meta.json` it reads, and an input example in the form users send."""
-
-    pyfunc: str
-    meta: dict[str, Any]
-    example: Any
-
-
 def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: ServingSpec,
                       tags: dict[str, str], register_as: str | None) -> LoggedModel:
     """Log the pyfunc into the step's run and, if asked, register a version."""
     import mlflow
     import torch
-    from hydra._internal.utils import _locate
     from mlflow.models import infer_signature
 
-    import trainflow
     from trainflow.tracking.lockfile import locked_requirements
+    from trainflow.tracking.pyfunc import TaskModel
 
     with tempfile.TemporaryDirectory(prefix="trainflow-model-") as tmp:
         folder = Path(tmp)
@@ -67,7 +58,7 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
         (folder / "meta.json").write_text(json.dumps(spec.meta))
         artifacts = {"weights": str(folder / "weights.pt"), "model_config": str(folder / "model.yaml"),
                      "meta": str(folder / "meta.json")}
-        python_model = _locate(spec.pyfunc)()
+        python_model = TaskModel(spec.served)
         # The signature comes from a real prediction of the model being logged.
         python_model.load_context(_Context(artifacts))
         output = python_model.predict(None, spec.example)
@@ -78,16 +69,35 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
             signature=infer_signature(spec.example, output),
             input_example=spec.example,
             pip_requirements=locked_requirements(run.root / "uv.lock"),
-            code_paths=[str(Path(trainflow.__file__).parent)],
+            code_paths=code_paths(spec.served),
             tags=tags,
         )
-    run.client.set_tag(run.run_id, "trainflow.model_uri", info.model_uri)
+    run.client.set_tag(run.run_id, tag.MODEL_URI, info.model_uri)
     version = None
     if register_as:
         version = mlflow.register_model(info.model_uri, register_as, tags=tags)
         write_model_card(run.client, register_as, str(version.version))
-        run.client.set_tag(run.run_id, "trainflow.registered", f"models:/{register_as}/{version.version}")
+        run.client.set_tag(run.run_id, tag.REGISTERED, f"models:/{register_as}/{version.version}")
     return LoggedModel(info.model_uri, getattr(info, "model_id", None), version)
+
+
+def code_paths(served: type) -> list[str]:
+    """What a served model imports when loaded: trainflow, and the task's own package if it lives elsewhere.
+
+    MLflow copies each path into the model's `code/` and puts that folder on
+    sys.path, so `mlflow models serve` finds a task defined outside trainflow.
+    """
+    import sys
+
+    import trainflow
+
+    paths = [Path(trainflow.__file__).parent]
+    top = sys.modules[served.__module__.split(".")[0]]
+    file = Path(str(top.__file__))
+    task = file.parent if file.name == "__init__.py" else file
+    if task not in paths:
+        paths.append(task)
+    return [str(p) for p in paths]
 
 
 @dataclass
@@ -190,9 +200,9 @@ def promote_if_better(client: Any, name: str, version: str, metric: str, value: 
     elif str(champion.version) == str(version):
         result = Promotion("kept", value, value, str(version))
     else:
-        recorded = champion.tags.get(f"trainflow.eval.{metric}")
-        same_data = (champion.tags.get("trainflow.eval.data_digest") == digest
-                     and champion.tags.get("trainflow.eval.test_scope", "all") == scope)
+        recorded = champion.tags.get(tag.eval_metric(metric))
+        same_data = (champion.tags.get(tag.EVAL_DATA_DIGEST) == digest
+                     and champion.tags.get(tag.EVAL_TEST_SCOPE, "all") == scope)
         champ_value = float(recorded) if recorded is not None and same_data else champion_value_on(champion)
         better = value > champ_value if higher_is_better else value < champ_value
         result = Promotion("promoted" if better else "kept", value, champ_value, str(champion.version))

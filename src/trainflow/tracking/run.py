@@ -4,7 +4,11 @@ Every step (prepare_data, train, evaluate, sweep, main) goes through
 `step_run`: attach to the run `mlflow run` made or start one, tag it, log the
 resolved config, hand the step its run, and end the run FINISHED, FAILED (with
 the error on the run) or KILLED (SIGINT/SIGTERM), exiting non-zero for the
-last two. Nothing else in trainflow starts or ends runs.
+last two. A step's own run starts and ends only here. Other runs are ended
+elsewhere, each for one reason: the sweep marks trial runs its workers could
+not finish, `cli` fails the run `mlflow run` made when the config does not
+compose, `tracking.sync` fails a run whose outage upload came too late, and
+the pipeline launches its child steps through `mlflow.projects`.
 """
 
 from __future__ import annotations
@@ -26,23 +30,19 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainflow.config.redact import is_secret_key, mask_secrets, redact, redact_overrides, secret_values
 from trainflow.errors import TrackingError, TrainflowError
 from trainflow.project import project_root
+from trainflow.tracking import tags as tag
 from trainflow.tracking.codeversion import CodeVersion, code_version
 from trainflow.tracking.params import flatten, new_params
-from trainflow.tracking.ranks import JOB_TAG, LEADER_RUN_ENV, ReadOnlyClient, find_leader_run, is_follower, job_key
-from trainflow.tracking.redact import is_secret_key, mask_secrets, redact, redact_overrides, secret_values
+from trainflow.tracking.ranks import LEADER_RUN_ENV, ReadOnlyClient, find_leader_run, is_follower, job_key
 from trainflow.tracking.uri import bound_http_client, check_reachable, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
-
-TAG_STEP = "trainflow.step"
-TAG_OUTPUT = "trainflow.output_uri"
-TAG_ERROR = "trainflow.error"
-
 
 @dataclass
 class StepRun:
@@ -65,7 +65,7 @@ class StepRun:
     def set_output(self, uri: str, name: str = "output") -> None:
         """Hand the step's product on: a tag other steps and the pipeline read."""
         self.outputs[name] = uri
-        key = TAG_OUTPUT if name == "output" else f"{TAG_OUTPUT}.{name}"
+        key = tag.output(name)
         self.client.set_tag(self.run_id, key, uri)
 
     def artifact_uri(self, path: str = "") -> str:
@@ -132,12 +132,15 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
              parent_run_id: str | None = None) -> Iterator[StepRun]:
     """Attach or start, tag, log config; end with the right status.
 
+    In four parts, in the order they happen: where the run logs
+    (`_tracking_target`), which run it is (`_placed_run`, signals held while
+    it is made), what the run records about itself (`_log_run_identity`), and
+    how it ends (`_outcome`, `_clean_exit`, `_close`).
+
     `parent_run_id`: start a new run nested under that one (a sweep's trial,
     possibly in another process), never attaching to `MLFLOW_RUN_ID`.
     """
     import mlflow
-
-    from trainflow.config.extras import apply_extras
 
     root = project_root()
     output_dir = output_dir or _hydra_output_dir() or Path(tempfile.mkdtemp(prefix=f"trainflow-{step}-"))
@@ -145,19 +148,63 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         with _follower_run(step, cfg, root, output_dir) as ctx:
             yield ctx
         return
+    uri, code, tree = _tracking_target(mlflow, cfg, root, output_dir)
+    previous = _hold_signals()
+    ctx = _placed_run(mlflow, step, cfg, root, uri, code, output_dir, parent_run_id, previous)
+    status = "FAILED"
+    try:
+        _arm_signals(previous)
+        age = process_age_s()
+        if age is not None:
+            ctx.timings["time/startup_s"] = age
+        _log_run_identity(ctx, cfg, tree)
+        yield ctx
+        ctx.log_timings()
+        status = "FINISHED"
+        _print_summary(ctx, age)
+    except BaseException as exc:
+        status = _outcome(ctx, exc)
+        clean_exit = _clean_exit(ctx, exc)
+        if clean_exit is None:
+            raise
+        _end(mlflow, status)
+        raise clean_exit from None
+    finally:
+        _close(mlflow, ctx, previous, status)
+
+
+def _tracking_target(mlflow: Any, cfg: DictConfig, root: Path, output_dir: Path) -> tuple[str, CodeVersion, str | None]:
+    """(tracking URI, code version, printed config tree), checked before any run exists: a bad one exits 1."""
+    from trainflow.config.extras import apply_extras
+
     try:
         tree = apply_extras(cfg, output_dir)
         uri = resolve_tracking_uri(cfg.tracking.get("uri"), root)
         bound_http_client(cfg.tracking.connect_timeout_s, cfg.tracking.http_max_retries)
         check_reachable(uri, cfg.tracking.connect_timeout_s)
         mlflow.set_tracking_uri(uri)
-        code = code_version(root)
+        return uri, code_version(root), tree
     except TrainflowError as exc:
         _fail_cleanly(exc)
-    # While the run is being made (and until the block below can end it), a
-    # signal is only noted: raised midway, it could leave a RUNNING run behind.
+
+
+def _hold_signals() -> dict[signal.Signals, Any]:
+    """Only note SIGINT/SIGTERM while the run is being made: raised midway, they could leave a RUNNING run."""
     _Interrupted.signum = None
-    previous = {s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    return {s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _arm_signals(previous: dict[signal.Signals, Any]) -> None:
+    """From here a signal unwinds the step; one that arrived while the run was made does so at once."""
+    for signum in previous:
+        signal.signal(signum, _on_signal)
+    if _Interrupted.signum is not None:
+        raise KeyboardInterrupt(signal.Signals(_Interrupted.signum).name)
+
+
+def _placed_run(mlflow: Any, step: str, cfg: DictConfig, root: Path, uri: str, code: CodeVersion,
+                output_dir: Path, parent_run_id: str | None, previous: dict[signal.Signals, Any]) -> StepRun:
+    """The run this step logs into (attached, resumed, nested or new); no run made: exit, naming why."""
     try:
         run, attached = _attach_or_start(mlflow, cfg, step, root, uri, parent_run_id)  # names a bad URI
         client = mlflow.MlflowClient(uri)
@@ -168,62 +215,46 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         if isinstance(exc, TrainflowError):
             _fail_cleanly(exc)
         raise
-    # DDP ranks that Lightning starts later inherit this and follow the run.
+    # DDP ranks that Lightning starts later inherit the environment: this is how they follow the run.
     os.environ[LEADER_RUN_ENV] = run.info.run_id
-    ctx = StepRun(
-        step=step,
-        run_id=run.info.run_id,
-        experiment_id=run.info.experiment_id,
-        tracking_uri=uri,
-        client=client,
-        root=root,
-        output_dir=output_dir,
-        code=code,
-        attached=attached,
-    )
-    status = "FAILED"
-    try:
-        for signum in previous:
-            signal.signal(signum, _on_signal)
-        if _Interrupted.signum is not None:  # arrived while the run was being made
-            raise KeyboardInterrupt(signal.Signals(_Interrupted.signum).name)
-        age = process_age_s()
-        if age is not None:
-            ctx.timings["time/startup_s"] = age
-        _log_run_identity(ctx, cfg, tree)
-        yield ctx
-        ctx.log_timings()
-        status = "FINISHED"
-        _print_summary(ctx, age)
-    except (KeyboardInterrupt, SystemExit) as exc:
-        if _Interrupted.signum is None and isinstance(exc, SystemExit):
-            status = "FAILED" if exc.code else "FINISHED"  # sys.exit(n) inside a step: its own status
-            if exc.code:
-                _record_error(ctx, f"exited with status {exc.code}")
-            raise
-        status = "KILLED"
-        signum = _Interrupted.signum or signal.SIGINT
-        _record_error(ctx, f"interrupted by {signal.Signals(signum).name}")
-        _end(mlflow, status)
-        _exit_interrupted(step, signum, ctx.run_id)
-    except TrainflowError as exc:
-        _record_error(ctx, str(exc))
-        _end(mlflow, "FAILED")
-        _fail_cleanly(exc)
-    except BaseException as exc:
-        wrapped = wrapped_user_error(exc)
-        if wrapped is not None:  # a constructor's TrainflowError, wrapped by hydra's instantiate
-            _record_error(ctx, str(wrapped))
-            _end(mlflow, "FAILED")
-            _fail_cleanly(wrapped)
+    return StepRun(step=step, run_id=run.info.run_id, experiment_id=run.info.experiment_id, tracking_uri=uri,
+                   client=client, root=root, output_dir=output_dir, code=code, attached=attached)
+
+
+def _outcome(ctx: StepRun, exc: BaseException) -> str:
+    """The status an exception out of the step means, with its reason recorded on the run."""
+    if isinstance(exc, SystemExit) and _Interrupted.signum is None:
+        if exc.code:  # sys.exit(n) inside a step: its own status
+            _record_error(ctx, f"exited with status {exc.code}")
+        return "FAILED" if exc.code else "FINISHED"
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        _record_error(ctx, f"interrupted by {signal.Signals(_Interrupted.signum or signal.SIGINT).name}")
+        return "KILLED"
+    user_error = exc if isinstance(exc, TrainflowError) else wrapped_user_error(exc)
+    if user_error is not None:
+        _record_error(ctx, str(user_error))
+    else:
         _record_error(ctx, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        raise
-    finally:
-        os.environ.pop(LEADER_RUN_ENV, None)
-        _restore(previous)
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == ctx.run_id:  # never a parent's run (nested trials)
-            _end(mlflow, status)
+    return "FAILED"
+
+
+def _clean_exit(ctx: StepRun, exc: BaseException) -> SystemExit | None:
+    """An interruption (128+signal) or an error a user can fix (1), its line printed; None: `exc` propagates."""
+    if isinstance(exc, SystemExit) and _Interrupted.signum is None:
+        return None
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        return _interrupted(ctx.step, _Interrupted.signum or signal.SIGINT, ctx.run_id)
+    # a TrainflowError, or one a data or model constructor raised inside hydra's instantiate
+    user_error = exc if isinstance(exc, TrainflowError) else wrapped_user_error(exc)
+    return _user_error_exit(user_error) if user_error is not None else None
+
+
+def _close(mlflow: Any, ctx: StepRun, previous: dict[signal.Signals, Any], status: str) -> None:
+    os.environ.pop(LEADER_RUN_ENV, None)
+    _restore(previous)
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == ctx.run_id:  # never a parent's run (nested trials)
+        _end(mlflow, status)
 
 
 @contextmanager
@@ -265,16 +296,24 @@ def _print_summary(ctx: StepRun, started_age: float | None) -> None:
               flush=True)
 
 
-def _exit_interrupted(step: str, signum: int, run_id: str | None) -> NoReturn:
+def _interrupted(step: str, signum: int, run_id: str | None) -> SystemExit:
     name = signal.Signals(signum).name
     ended = f"; run {run_id} KILLED" if run_id else "; no run was made"
     print(f"error: {step} interrupted by {name}{ended}", file=sys.stderr, flush=True)
-    raise SystemExit(128 + int(signum)) from None
+    return SystemExit(128 + int(signum))
+
+
+def _exit_interrupted(step: str, signum: int, run_id: str | None) -> NoReturn:
+    raise _interrupted(step, signum, run_id) from None
+
+
+def _user_error_exit(exc: TrainflowError) -> SystemExit:
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+    return SystemExit(1)
 
 
 def _fail_cleanly(exc: TrainflowError) -> NoReturn:
-    print(f"error: {exc}", file=sys.stderr, flush=True)
-    raise SystemExit(1) from None
+    raise _user_error_exit(exc) from None
 
 
 def _end(mlflow: Any, status: str) -> None:
@@ -333,18 +372,18 @@ def _reopen(mlflow: Any, resume: str, created: str | None) -> Any:
         previous = client.get_run(resume)
     except MlflowException as exc:
         raise TrackingError(f"resume: no run {resume}") from exc
-    if previous.data.tags.get(TAG_STEP) != "train":
+    if previous.data.tags.get(tag.STEP) != "train":
         raise TrackingError(f"resume: run {resume} is not a train run")
     if previous.info.status == "FINISHED":
         raise TrackingError(f"resume: run {resume} finished; nothing to resume")
     if created and created != resume:
-        client.set_tag(created, "trainflow.resumed_into", resume)
+        client.set_tag(created, tag.RESUMED_INTO, resume)
         client.set_terminated(created, "FINISHED")
     os.environ.pop("MLFLOW_RUN_ID", None)
     run = mlflow.start_run(run_id=resume)
-    count = int(previous.data.tags.get("trainflow.resumes", "0")) + 1
-    client.set_tag(resume, "trainflow.resumes", str(count))
-    client.delete_tag(resume, TAG_ERROR) if TAG_ERROR in previous.data.tags else None
+    count = int(previous.data.tags.get(tag.RESUMES, "0")) + 1
+    client.set_tag(resume, tag.RESUMES, str(count))
+    client.delete_tag(resume, tag.ERROR) if tag.ERROR in previous.data.tags else None
     return run
 
 
@@ -415,18 +454,18 @@ def _log_run_identity(ctx: StepRun, cfg: DictConfig, tree: str | None) -> None:
     assert isinstance(resolved, dict)
     overrides = hydra_overrides()
     tags = {
-        TAG_STEP: ctx.step,
-        "trainflow.git.commit": ctx.code.commit or "",
-        "trainflow.git.dirty": str(ctx.code.dirty).lower(),
-        "trainflow.code_version": ctx.code.id,
-        "trainflow.config_hash": config_hash(resolved),
-        "trainflow.overrides": json.dumps(redact_overrides(overrides)),
-        "trainflow.tags": ",".join(str(t) for t in cfg.get("tags") or []),
+        tag.STEP: ctx.step,
+        tag.GIT_COMMIT: ctx.code.commit or "",
+        tag.GIT_DIRTY: str(ctx.code.dirty).lower(),
+        tag.CODE_VERSION: ctx.code.id,
+        tag.CONFIG_HASH: config_hash(resolved),
+        tag.OVERRIDES: json.dumps(redact_overrides(overrides)),
+        tag.USER_TAGS: ",".join(str(t) for t in cfg.get("tags") or []),
     }
     tags.update({f"tag.{t}": "true" for t in cfg.get("tags") or []})
     job = job_key()
     if job is not None:  # torchrun/srun: the other ranks find this run by it
-        tags[JOB_TAG] = job
+        tags[tag.JOB] = job
     _set_tags(ctx, tags)
     if cfg.tracking.get("log_params", True):
         logged = ctx.client.get_run(ctx.run_id).data.params
@@ -468,7 +507,7 @@ def _record_error(ctx: StepRun, message: str, trace: str | None = None) -> None:
     """
     overrides = hydra_overrides()
     try:
-        ctx.client.set_tag(ctx.run_id, TAG_ERROR, mask_secrets(message, overrides, ctx.secrets)[:5000])
+        ctx.client.set_tag(ctx.run_id, tag.ERROR, mask_secrets(message, overrides, ctx.secrets)[:5000])
         if trace:
             ctx.client.log_text(ctx.run_id, mask_secrets(trace, overrides, ctx.secrets), "error.txt")
     except Exception as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from trainflow.tracking.redact import is_secret_key, redact_overrides
+from trainflow.config.redact import is_secret_key, redact_overrides
 
 # Overrides that change how a run looks or where it logs, not what it computes.
 PRESENTATION_PREFIXES = ("extras.", "tracking.", "paths.", "hydra.", "registry.", "tags",

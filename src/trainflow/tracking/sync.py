@@ -11,6 +11,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from trainflow.tracking import tags as tag
+
 
 def sync(folder: Path, tracking_uri: str | None = None) -> tuple[int, int]:
     """Send the saved metrics and checkpoints to their run; returns (metrics, artifacts)."""
@@ -26,7 +28,7 @@ def sync(folder: Path, tracking_uri: str | None = None) -> tuple[int, int]:
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
     for local, artifact_path in manifest["artifacts"].items():
         client.log_artifacts(run_id, str(folder / local), artifact_path)
-    client.set_tag(run_id, "trainflow.synced_from", str(folder))
+    client.set_tag(run_id, tag.SYNCED_FROM, str(folder))
     if client.get_run(run_id).info.status == "RUNNING":
         client.set_terminated(run_id, "FAILED")  # the step could not finish its own bookkeeping
     return len(metrics), len(manifest["artifacts"])

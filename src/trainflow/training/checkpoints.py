@@ -6,7 +6,7 @@ import zipfile
 from pathlib import Path
 
 from trainflow.errors import UriError
-from trainflow.tracking.artifacts import single_file
+from trainflow.fetch import single_file
 
 
 def resolve_checkpoint(uri: str, dst: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from trainflow.config.validate import check_targets
+from trainflow.data.task import task_data_module
 from trainflow.errors import ConfigError, DataError
+from trainflow.tracking import tags as tag
 from trainflow.tracking.datasets import FetchedDataset, dataset_for_step, lineage_data_uri
 from trainflow.tracking.lightning import RunLogger
 from trainflow.tracking.model_card import write_model_card
@@ -54,7 +57,8 @@ def evaluate(cfg: DictConfig, run: StepRun) -> EvalResult:
         L.seed_everything(cfg.seed, workers=True)
 
     subject = _load_subject(cfg, run)
-    datamodule = instantiate(with_trained_preprocessing(cfg.data, subject.recorded_data), _convert_="all")
+    data = trained_preprocessing(cfg.data, subject.recorded_data)
+    datamodule = task_data_module(instantiate(data, _convert_="all"), cfg.data._target_)
     data_cfg = _with_lineage(cfg.data, run, subject)
     dataset = dataset_for_step(data_cfg, datamodule, run, Path(cfg.paths.cache_dir) / "datasets", "evaluation")
 
@@ -86,25 +90,28 @@ def _load_subject(cfg: DictConfig, run: StepRun) -> _Subject:
         artifacts = model.local_dir / "artifacts"
         module = instantiate(OmegaConf.load(artifacts / "model.yaml"), _convert_="all")
         module.load_state_dict(torch.load(artifacts / "weights.pt", map_location="cpu", weights_only=True))
-        run.client.set_tag(run.run_id, "trainflow.evaluated", cfg.model_uri)
+        run.client.set_tag(run.run_id, tag.EVALUATED, cfg.model_uri)
         if model.run_id:
-            run.client.set_tag(run.run_id, "trainflow.upstream.train", model.run_id)
+            run.client.set_tag(run.run_id, tag.UPSTREAM_TRAIN, model.run_id)
         return _Subject(module, cfg.model_uri, model.run_id, model, recorded_data=_served_data(artifacts))
     checkpoint = resolve_checkpoint(cfg.ckpt_path, run.output_dir / "checkpoint")
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     module = instantiate(cfg.model, _convert_="all", **unset_from_checkpoint(cfg.model, saved))
     module.load_state_dict(saved["state_dict"])
-    run.client.set_tag(run.run_id, "trainflow.evaluated", cfg.ckpt_path)
+    run.client.set_tag(run.run_id, tag.EVALUATED, cfg.ckpt_path)
     run_id = cfg.ckpt_path.split("/")[1] if str(cfg.ckpt_path).startswith("runs:/") else None
     return _Subject(module, cfg.ckpt_path, run_id, recorded_data=dict(saved.get("datamodule_hyper_parameters") or {}))
 
 
-# Data keys that decide what the network sees for an input (the image models'
-# eval transform and the size its default resizes to).
-PREPROCESSING_KEYS = ("eval_transform", "image_size")
+def trained_preprocessing(data_cfg: DictConfig, recorded: dict[str, Any]) -> DictConfig:
+    """`data_cfg` with what its data module declares as preprocessing taken from the trained model."""
+    from hydra.utils import get_class
+
+    keys = getattr(get_class(data_cfg._target_), "preprocessing_keys", ())
+    return with_trained_preprocessing(data_cfg, recorded, keys)
 
 
-def with_trained_preprocessing(data_cfg: DictConfig, recorded: dict[str, Any]) -> DictConfig:
+def with_trained_preprocessing(data_cfg: DictConfig, recorded: dict[str, Any], keys: Sequence[str]) -> DictConfig:
     """`data_cfg` with the preprocessing the weights were trained with in place of its own.
 
     Evaluate's own `data` config is composed afresh (image_size 224 by
@@ -112,12 +119,13 @@ def with_trained_preprocessing(data_cfg: DictConfig, recorded: dict[str, Any]) -
     test batches from it would score inputs the model never saw in training,
     and a number the served model (which applies the eval transform stored
     with it) does not reproduce. `recorded` is what the model carries: its
-    meta.json, or the data module's hyperparameters in a checkpoint. Keys the
-    data module does not take (digits, tagging) are left alone. Each key is
+    meta.json, or the data module's hyperparameters in a checkpoint. `keys`
+    are the data module's `preprocessing_keys` (task contract); a module that
+    declares none (digits, tagging) is left alone. Each key is
     replaced whole: merged into the configured pipeline, a step the training
     run did not have would survive.
     """
-    taken = {key: recorded[key] for key in PREPROCESSING_KEYS if key in recorded and key in data_cfg}
+    taken = {key: recorded[key] for key in keys if key in recorded and key in data_cfg}
     if not taken:
         return data_cfg
     log.info("Evaluating with the preprocessing the model was trained with: %s", ", ".join(sorted(taken)))
@@ -223,10 +231,10 @@ def _record_on_model(run: StepRun, model: ResolvedModel, metrics: dict[str, floa
             run.client.log_metric(run.run_id, key, value, model_id=model.model_id,
                                   dataset_name="test", dataset_digest=dataset.manifest.digest[:36])
     if model.name and model.version:
-        tags: dict[str, str] = {f"trainflow.eval.{k}": str(v) for k, v in test_metrics.items()}
-        tags["trainflow.eval.data_digest"] = dataset.manifest.digest
-        tags["trainflow.eval.test_scope"] = scope
-        tags["trainflow.eval.run_id"] = run.run_id
+        tags: dict[str, str] = {tag.eval_metric(k): str(v) for k, v in test_metrics.items()}
+        tags[tag.EVAL_DATA_DIGEST] = dataset.manifest.digest
+        tags[tag.EVAL_TEST_SCOPE] = scope
+        tags[tag.EVAL_RUN_ID] = run.run_id
         for key, text in tags.items():
             run.client.set_model_version_tag(model.name, model.version, key, text)
 
@@ -237,7 +245,7 @@ def _promote(cfg: DictConfig, run: StepRun, subject: _Subject, metrics: dict[str
     if model is None or model.name is None or model.version is None:
         # Only registry versions carry aliases; the metrics above still stand.
         log.warning("promote: %s is not a registered model version; nothing to promote", subject.source)
-        run.client.set_tag(run.run_id, "trainflow.promotion.decision", "skipped: not a registered version")
+        run.client.set_tag(run.run_id, tag.PROMOTION_DECISION, "skipped: not a registered version")
         return None
     metric = cfg.optimized_metric
     if metric not in metrics:
@@ -254,11 +262,11 @@ def _promote(cfg: DictConfig, run: StepRun, subject: _Subject, metrics: dict[str
                                   dataset.manifest.digest, higher_is_better(metric), champion_value_on,
                                   scope=eval_scope(cfg))
     record = {
-        "trainflow.promotion.decision": promotion.decision,
-        "trainflow.promotion.metric": metric,
-        "trainflow.promotion.candidate": str(promotion.candidate),
-        "trainflow.promotion.champion": "none" if promotion.champion is None else str(promotion.champion),
-        "trainflow.promotion.champion_version": promotion.champion_version or "none",
+        tag.PROMOTION_DECISION: promotion.decision,
+        tag.PROMOTION_METRIC: metric,
+        tag.PROMOTION_CANDIDATE: str(promotion.candidate),
+        tag.PROMOTION_CHAMPION: "none" if promotion.champion is None else str(promotion.champion),
+        tag.PROMOTION_CHAMPION_VERSION: promotion.champion_version or "none",
     }
     for key, value in record.items():
         run.client.set_tag(run.run_id, key, value)
@@ -275,7 +283,7 @@ def _score(model: ResolvedModel, dataset: FetchedDataset, metric: str, cfg: Dict
     artifacts = model.local_dir / "artifacts"
     module = instantiate(OmegaConf.load(artifacts / "model.yaml"), _convert_="all")
     module.load_state_dict(torch.load(artifacts / "weights.pt", map_location="cpu", weights_only=True))
-    datamodule = instantiate(with_trained_preprocessing(cfg.data, _served_data(artifacts)), _convert_="all",
+    datamodule = instantiate(trained_preprocessing(cfg.data, _served_data(artifacts)), _convert_="all",
                              uri=str(dataset.path))
     # the candidate's trainer settings: the same device, precision and test batches it was measured on
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,

@@ -12,6 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from trainflow.config.validate import check_targets
+from trainflow.data.task import TaskDataModule, task_data_module
+from trainflow.tracking import tags as tag
 from trainflow.tracking.datasets import FetchedDataset, dataset_for_step
 from trainflow.tracking.lightning import RunLogger
 from trainflow.tracking.run import StepRun
@@ -44,7 +46,7 @@ def train(cfg: DictConfig, run: StepRun, extra_callbacks: Sequence[Any] = ()) ->
         L.seed_everything(cfg.seed, workers=True)
 
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = task_data_module(instantiate(cfg.data, _convert_="all"), cfg.data._target_)
     with run.timed("data"):
         dataset = dataset_for_step(cfg.data, datamodule, run, Path(cfg.paths.cache_dir) / "datasets", "training")
     set_data_model_kwargs(cfg, datamodule)
@@ -91,20 +93,16 @@ def train(cfg: DictConfig, run: StepRun, extra_callbacks: Sequence[Any] = ()) ->
     return result
 
 
-def set_data_model_kwargs(cfg: DictConfig, datamodule: Any) -> None:
+def set_data_model_kwargs(cfg: DictConfig, datamodule: TaskDataModule) -> None:
     """Put what only the dataset knows (vocabulary sizes, label names) into `cfg.model`.
 
-    A data module may define `model_kwargs()` -> {model key: value}; it is
-    asked once the dataset is fetched, before the model is built. Writing the
-    values into `cfg.model` (not just passing them to instantiate) matters:
-    that node is logged with the weights, so the pyfunc and evaluate rebuild
-    the same network. Data modules without the method change nothing.
+    The data module's `model_kwargs()` (the task contract) is asked once the
+    dataset is fetched, before the model is built. Writing the values into
+    `cfg.model` (not just passing them to instantiate) matters: that node is
+    logged with the weights, so the pyfunc and evaluate rebuild the same network.
     """
-    model_kwargs = getattr(datamodule, "model_kwargs", None)
-    if model_kwargs is None:
-        return
     with open_dict(cfg):
-        for key, value in model_kwargs().items():
+        for key, value in datamodule.model_kwargs().items():
             OmegaConf.update(cfg.model, key, value, force_add=True)
 
 
@@ -140,31 +138,30 @@ def best_checkpoint(trainer: Any) -> Path | None:
     return Path(path) if path and Path(path).is_file() else None
 
 
-def _log_model(cfg: DictConfig, run: StepRun, model: Any, datamodule: Any, result: TrainResult,
+def _log_model(cfg: DictConfig, run: StepRun, model: Any, datamodule: TaskDataModule, result: TrainResult,
                trainer: Any) -> str | None:
     """The best weights as a pyfunc; a registry version when a name is configured."""
     import torch
 
-    from trainflow.tracking.registry import ServingSpec, log_trained_model
+    from trainflow.tracking.registry import log_trained_model
 
     if result.best_checkpoint is not None:
         weights = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     else:
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    pyfunc, meta, example = datamodule.serving_spec()
     callback = getattr(trainer, "checkpoint_callback", None)
     monitor = getattr(callback, "monitor", None) or cfg.optimized_metric
     score = getattr(callback, "best_model_score", None)
     tags = {
-        "trainflow.run_id": run.run_id,
-        "trainflow.data.digest": result.dataset.manifest.digest,
-        "trainflow.data.uri": result.dataset.uri,
-        "trainflow.monitor": str(monitor),
-        "trainflow.monitor.value": str(float(score) if score is not None else result.metrics.get(monitor)),
-        "trainflow.git.commit": run.code.commit or "",
-        "trainflow.code_version": run.code.id,
+        tag.RUN_ID: run.run_id,
+        tag.DATA_DIGEST: result.dataset.manifest.digest,
+        tag.DATA_URI: result.dataset.uri,
+        tag.MONITOR: str(monitor),
+        tag.MONITOR_VALUE: str(float(score) if score is not None else result.metrics.get(monitor)),
+        tag.GIT_COMMIT: run.code.commit or "",
+        tag.CODE_VERSION: run.code.id,
     }
-    logged = log_trained_model(run, cfg.model, weights, ServingSpec(pyfunc, meta, example), tags,
+    logged = log_trained_model(run, cfg.model, weights, datamodule.serving_spec(), tags,
                                register_as=cfg.registry.get("model_name") if cfg.registry.get("register") else None)
     run.set_output(logged.model_uri, "model")
     if logged.version is not None:

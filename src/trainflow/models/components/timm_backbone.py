@@ -177,7 +177,7 @@ def _frozen_norm(module: nn.Module) -> bool:
 
 def resolve_weights(uri: str) -> Path:
     """A local weights file for a path or an MLflow artifact URI (a folder holding one file is fine)."""
-    from trainflow.tracking.artifacts import single_file
+    from trainflow.fetch import single_file
 
     dst = Path(tempfile.mkdtemp(prefix="trainflow-weights-"))
     return single_file(uri, dst, "model.net.pretrained", WEIGHT_SUFFIXES)

@@ -1,4 +1,10 @@
-"""Secrets never reach params, tags or config artifacts."""
+"""Secrets never reach params, tags or config artifacts.
+
+Lives with the config (not in `tracking`) because what is secret is a
+property of config keys and override strings: the config's own extras (the
+printed tree), the command line's one-line errors and the tracking layer all
+mask with it.
+"""
 
 from __future__ import annotations
 

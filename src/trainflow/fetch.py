@@ -1,8 +1,10 @@
 """Files named by a local path or an MLflow artifact URI, fetched to a local path.
 
-Checkpoints, pretrained weights, treebanks and datasets all accept either;
-MLflow is imported only when a URI has to be downloaded, so data and model
-modules stay free of it at import time.
+Checkpoints, pretrained weights, treebanks and datasets all accept either.
+This sits below every other package (not in `tracking`) because data and
+model modules need it and must not depend on the tracking layer; it only
+reads artifacts, never a run. MLflow is imported only when a URI has to be
+downloaded, so data and model modules stay free of it at import time.
 """
 
 from __future__ import annotations
