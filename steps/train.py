@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from trainflow.cli import accept_mlflow_params, run_and_exit
 from trainflow.config.schema import register_configs
 from trainflow.tracking.run import step_run
+from trainflow.tracking.system_metrics import system_metrics
 
 register_configs()
 
@@ -18,7 +19,7 @@ register_configs()
 def main(cfg: DictConfig) -> float | None:
     from trainflow.training.train import train  # after compose: config errors show at once
 
-    with step_run("train", cfg) as run:
+    with step_run("train", cfg) as run, system_metrics(run, cfg.tracking):
         return train(cfg, run).monitored
 
 

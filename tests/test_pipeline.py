@@ -79,6 +79,10 @@ def test_first_run_chains_three_child_steps_by_uri(pipeline) -> None:
     assert evaluated.data.tags[tag.PROMOTION_DECISION] == "promoted"
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
     assert main.data.tags[tag.STEP] == "main"
+    # the runs table compares pipelines by the evaluated model's test figures, on the parent itself
+    assert main.data.metrics["test/acc"] == evaluated.data.metrics["test/acc"]
+    assert main.data.metrics["test/f1_macro"] == evaluated.data.metrics["test/f1_macro"]
+    assert main.data.tags[tag.HEADLINE_RUN] == evaluated.info.run_id
 
 
 def test_second_run_reuses_every_step_and_links_them(pipeline) -> None:
@@ -102,6 +106,24 @@ def test_registered_version_is_tagged_and_serves_labels(pipeline) -> None:
     assert float(version.tags[tag.MONITOR_VALUE]) > 0
     assert tag.GIT_COMMIT in version.tags
     assert tag.eval_metric("test/acc") in version.tags
+
+
+def test_a_registered_version_carries_a_model_card(pipeline) -> None:
+    """The registry page's description: what the version is, its data, test figures, decision, runs."""
+    client, exp, first, _ = pipeline
+    version = client.get_model_version(MODEL, "1")
+    card, tags = version.description, version.tags
+    acc = float(tags["trainflow.eval.test/acc"])
+    # line one is plain text, figures first: the versions table previews its start raw
+    assert card.startswith(f"test/acc {acc:.4f} · promoted\n\n"
+                           f"{MODEL} v1: a `ClassificationModule(SimpleDenseNet)` trained"), card
+    assert f"`{tags['trainflow.data.uri']}`, digest `{tags['trainflow.data.digest']}`" in card
+    assert f"| `test/acc` | {float(tags['trainflow.eval.test/acc']):.4f} |" in card
+    assert "measured by evaluate on the test split (limit_test_batches=2" in card
+    candidate = float(tags["trainflow.promotion.candidate"])
+    assert f"**Promotion**: promoted on `test/acc`: this version {candidate:.4f} vs no champion before it." in card
+    assert f"[{first['train'][0].info.run_name}](#/experiments/{exp}/runs/{first['train'][0].info.run_id})" in card
+    assert f"(#/experiments/{exp}/runs/{tags['trainflow.eval.run_id']})" in card
 
 
 def test_evaluate_from_the_champion_alias(pipeline, mlflow_server) -> None:
@@ -142,6 +164,15 @@ def test_changed_training_override_reruns_train_and_evaluate_only(pipeline, mlfl
         float(newest_eval.data.tags[tag.PROMOTION_CHAMPION])
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
     assert client.get_model_version(MODEL, "2").tags[tag.PROMOTION_DECISION] == "kept"
+    candidate = float(newest_eval.data.tags["trainflow.promotion.candidate"])
+    champion = float(newest_eval.data.tags["trainflow.promotion.champion"])
+    assert f"**Promotion**: kept on `test/acc`: this version {candidate:.4f} vs champion v1: {champion:.4f}." in \
+        client.get_model_version(MODEL, "2").description
+    # the runs table tells this pipeline from the others by what it changed
+    newest_main = max(now["main"], key=lambda r: r.info.start_time)
+    assert newest_main.info.run_name.startswith("main-example-digits ")
+    assert newest_main.info.run_name.endswith(" lr=1e-6"), newest_main.info.run_name
+    assert newest_main.data.metrics["test/acc"] == newest_eval.data.metrics["test/acc"]
 
 
 def test_changed_source_file_reruns_what_depends_on_it(pipeline, mlflow_server, tmp_path) -> None:

@@ -33,6 +33,21 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_every_mlproject_entry_point_has_a_step_script() -> None:
     spec = yaml.safe_load((ROOT / "MLproject").read_text())
     for name, entry in spec["entry_points"].items():
-        script = entry["command"].split()[1]
+        words = entry["command"].split()
+        script = words[words.index("python") + 1]
         assert (ROOT / script).is_file(), f"{name}: {script}"
         assert (ROOT / "configs" / f"{name}.yaml").is_file() or name == "main", name
+
+
+def test_every_entry_point_runs_the_code_of_the_project_folder() -> None:
+    """An env that MLflow builds (uv, virtualenv) holds the dependencies, never trainflow itself."""
+    spec = yaml.safe_load((ROOT / "MLproject").read_text())
+    for name, entry in spec["entry_points"].items():
+        command = entry["command"].format()  # as MLflow formats it (no declared parameters)
+        assert command.startswith("PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} python steps/"), name
+
+
+def test_a_uv_env_builds_from_pyproject_and_lock_alone() -> None:
+    """`--env-manager uv` syncs a folder holding only these two files: the build must need nothing else."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "readme" not in project and "license-files" not in project

@@ -36,6 +36,15 @@ def test_train_registers_a_tagged_version(trained) -> None:
     version = client.get_model_version(MODEL, "1")
     assert version.run_id == run.run_id
     assert version.tags[tag.DATA_DIGEST] == result.dataset.manifest.digest
+    # its model card, before any evaluate: train's own test figures, and no decision yet
+    card = version.description
+    assert f"digest `{result.dataset.manifest.digest}`" in card
+    assert "measured by the train run on its best checkpoint; not evaluated yet" in card
+    test_acc = client.get_run(run.run_id).data.metrics["test/acc"]
+    assert f"| `test/acc` | {test_acc:.4f} |" in card
+    assert "**Promotion**: not decided yet" in card
+    assert card.startswith(f"test/acc {test_acc:.4f} · not evaluated yet\n\n{MODEL} v1: a "), card
+    assert f"/runs/{run.run_id})" in card
     assert client.get_run(run.run_id).data.tags[tag.OUTPUT] == f"models:/{MODEL}/1"
 
 

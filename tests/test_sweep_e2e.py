@@ -52,6 +52,9 @@ def test_train_multirun_runs_the_study_and_an_aggressive_pruner_prunes(sqlite_ur
     assert epochs == {0: 2, 1: 1}, "the pruned trial stops after its first epoch"
     assert "test/acc" not in trials[1].data.metrics, "nor is it tested"
     assert parent.data.tags[tag.SWEEP_BEST_TRIAL] == "0"
+    # the parent's headline is its best trial's test figure: the runs table compares sweeps with pipelines
+    assert parent.data.metrics["test/acc"] == trials[0].data.metrics["test/acc"]
+    assert parent.data.tags[tag.HEADLINE_RUN] == trials[0].info.run_id
     assert parent.data.metrics["sweep/n_pruned"] == 1
     assert (tmp_path / "multirun" / "trials" / "0001").is_dir(), "trials write under hydra.sweep.dir"
 

@@ -1,21 +1,31 @@
-"""The `extras` switches of lightning-hydra-template: warnings, tags, config tree."""
+"""The `extras` switches of lightning-hydra-template: warnings, tags, config tree.
+
+`ignore_warnings` hides only the third-party warnings known to be harmless
+(config/known_warnings.py), not every warning as the template does: a real
+one must still reach the user.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from trainflow.config.known_warnings import filter_known_warnings
 from trainflow.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 # Print order of the tree: what a reader looks for first.
 TREE_ORDER = ("data", "model", "callbacks", "trainer", "tracking", "paths", "extras")
+# Set by a process that printed its tree for the processes it starts (the
+# pipeline's steps): they save theirs as config_tree.log but print none, so a
+# pipeline shows one tree, not four.
+TREE_SHOWN_ENV = "TRAINFLOW_CONFIG_TREE_SHOWN"
 
 
 def apply_extras(cfg: DictConfig, output_dir: Path, interactive: bool | None = None) -> str | None:
@@ -25,7 +35,7 @@ def apply_extras(cfg: DictConfig, output_dir: Path, interactive: bool | None = N
         log.warning("Extras config not found: <cfg.extras=null>")
         return None
     if extras.get("ignore_warnings"):
-        warnings.filterwarnings("ignore")
+        filter_known_warnings()
     if extras.get("enforce_tags"):
         enforce_tags(cfg, output_dir, interactive)
     if extras.get("print_config"):
@@ -68,7 +78,7 @@ def _in_multirun() -> bool:
 
 
 def print_config_tree(cfg: DictConfig, output_dir: Path, order: Sequence[str] = TREE_ORDER) -> str:
-    """Render the resolved config as a rich tree, print it, save config_tree.log."""
+    """Render the resolved config as a rich tree, print it (unless a parent did), save config_tree.log."""
     import rich
     import rich.syntax
     import rich.tree
@@ -85,7 +95,8 @@ def print_config_tree(cfg: DictConfig, output_dir: Path, order: Sequence[str] = 
         value = container[key]
         text = OmegaConf.to_yaml(value) if isinstance(value, dict | list) else str(value)
         branch.add(rich.syntax.Syntax(text, "yaml"))
-    rich.print(tree)
+    if not os.environ.get(TREE_SHOWN_ENV):
+        rich.print(tree)
     capture = Console(record=True, width=120, file=open(_devnull(), "w"))  # noqa: SIM115
     capture.print(tree)
     rendered = capture.export_text()
@@ -95,6 +106,4 @@ def print_config_tree(cfg: DictConfig, output_dir: Path, order: Sequence[str] = 
 
 
 def _devnull() -> str:
-    import os
-
     return os.devnull

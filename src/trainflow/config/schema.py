@@ -29,7 +29,7 @@ class PathsSchema:
 
 @dataclass
 class ExtrasSchema:
-    ignore_warnings: bool = False
+    ignore_warnings: bool = True
     enforce_tags: bool = True
     print_config: bool = True
 
@@ -46,6 +46,8 @@ class TrackingSchema:
     log_checkpoints: bool = True
     log_params: bool = True
     leader_timeout_s: float = 120.0
+    system_metrics: bool = True
+    system_metrics_interval_s: float = 5.0
 
 
 @dataclass

@@ -17,9 +17,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from trainflow.config.extras import TREE_SHOWN_ENV
 from trainflow.errors import TrainflowError
 from trainflow.pipeline.cache import cache_key, find_finished_run, source_inputs, step_code_digest
 from trainflow.tracking import tags as tag
+from trainflow.tracking.headline import log_headline
 from trainflow.tracking.run import StepRun, hydra_overrides
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,8 @@ def _launch(run: StepRun, step: str, overrides: list[str]) -> str:
         key, _, value = item.partition("=")
         params[key] = value  # later overrides win, as on Hydra's command line
     print(f"{step}: running with {overrides}", flush=True)
+    # a pipeline shows one config tree, its own; each step still saves its tree as config_tree.log
+    os.environ[TREE_SHOWN_ENV] = "1"
     # env manager "local" means this interpreter's environment: its `python`
     # must come first on PATH even when main was started by full path.
     bin_dir = os.path.dirname(sys.executable)
@@ -212,4 +216,5 @@ def _record(run: StepRun, result: PipelineResult) -> None:
     summary = {s: {k: v for k, v in asdict(o).items() if k != "tags"} for s, o in result.steps.items()}
     run.client.log_text(run.run_id, json.dumps(summary, indent=2), "pipeline.json")
     run.client.set_tag(run.run_id, tag.PIPELINE_REUSED, ",".join(result.reused) or "none")
+    log_headline(run.client, run.run_id, result.steps["evaluate"].run_id)
     run.set_output(result.steps["evaluate"].output)

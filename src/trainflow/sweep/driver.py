@@ -45,6 +45,7 @@ from trainflow.sweep.study import (
 from trainflow.sweep.trial import ATTR_ERROR, ATTR_RUN, ATTR_SWEEP_RUN, ATTR_WORKER, TAG_STATE, TrialSetup, trial_config
 from trainflow.sweep.worker import WorkerSpec, limit_threads, work
 from trainflow.tracking import tags as tag
+from trainflow.tracking.headline import log_best_trial_headline
 from trainflow.tracking.run import StepRun, hydra_overrides
 
 if TYPE_CHECKING:
@@ -353,6 +354,7 @@ def summarise(study: optuna.Study, run: StepRun, plan: SweepPlan) -> SweepResult
         tags=[RunTag(tag.SWEEP_BEST_TRIAL, str(best.number)),
               RunTag(tag.SWEEP_BEST_RUN_ID, str(best_run or ""))],
     )
+    log_best_trial_headline(run.client, run.run_id, best_run)
     # a secret override would otherwise reach this artifact verbatim: pass secrets by the environment
     reproduce = redact_overrides([o for o in plan.overrides if not o.startswith(("hparams_search=", "sweep."))])
     best_params = {k: v for k, v in best.params.items()}

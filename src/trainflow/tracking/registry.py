@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainflow.errors import UriError
 from trainflow.tracking import tags as tag
+from trainflow.tracking.model_card import write_model_card
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -75,8 +76,8 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
     version = None
     if register_as:
         version = mlflow.register_model(info.model_uri, register_as, tags=tags)
+        write_model_card(run.client, register_as, str(version.version))
         run.client.set_tag(run.run_id, tag.REGISTERED, f"models:/{register_as}/{version.version}")
-        print(f"registered models:/{register_as}/{version.version}", flush=True)
     return LoggedModel(info.model_uri, getattr(info, "model_id", None), version)
 
 

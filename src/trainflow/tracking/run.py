@@ -67,8 +67,6 @@ class StepRun:
         self.outputs[name] = uri
         key = tag.output(name)
         self.client.set_tag(self.run_id, key, uri)
-        if self.leader:
-            print(f"{self.step} {name}: {uri}", flush=True)
 
     def artifact_uri(self, path: str = "") -> str:
         return f"runs:/{self.run_id}/{path}".rstrip("/")
@@ -163,6 +161,7 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         yield ctx
         ctx.log_timings()
         status = "FINISHED"
+        _print_summary(ctx, age)
     except BaseException as exc:
         status = _outcome(ctx, exc)
         clean_exit = _clean_exit(ctx, exc)
@@ -284,6 +283,17 @@ def _find_leader(client: MlflowClient, cfg: DictConfig) -> str:
         _fail_cleanly(exc)
     os.environ[LEADER_RUN_ENV] = run_id
     return run_id
+
+
+def _print_summary(ctx: StepRun, started_age: float | None) -> None:
+    """One line per finished step: its output URI and its run (tracking/console.py)."""
+    from trainflow.tracking.console import run_link, step_summary
+
+    now = process_age_s()
+    took = now - started_age if now is not None and started_age is not None else None
+    if ctx.leader:
+        print(step_summary(ctx.step, ctx.outputs, run_link(ctx.tracking_uri, ctx.experiment_id, ctx.run_id), took),
+              flush=True)
 
 
 def _interrupted(step: str, signum: int, run_id: str | None) -> SystemExit:
@@ -412,14 +422,10 @@ def _artifacts_beside(uri: str, root: Path) -> str | None:
 
 
 def default_run_name(step: str, cfg: DictConfig) -> str:
-    """`train-example-digits`: step, experiment, data, so the UI list reads."""
-    parts = [step]
-    choices = _hydra_choices()
-    for group in ("experiment", "data"):
-        choice = choices.get(group)
-        if choice and choice not in parts:
-            parts.append(str(choice).replace("/", "-"))
-    return "-".join(parts)
+    """`train-example-digits lr=0.01`: step, experiment, data and what was overridden (tracking/run_name.py)."""
+    from trainflow.tracking.run_name import run_name
+
+    return run_name(step, _hydra_choices(), hydra_overrides())
 
 
 def _hydra_choices() -> dict[str, Any]:

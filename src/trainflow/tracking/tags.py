@@ -56,6 +56,7 @@ PROMOTION_CHAMPION_VERSION = "trainflow.promotion.champion_version"
 # --- the pipeline (pipeline.main, pipeline.cache) ---------------------------
 CACHE_KEY = "trainflow.cache_key"  # on a step run the pipeline may reuse
 PIPELINE_REUSED = "trainflow.pipeline.reused"  # steps reused from the cache, comma-separated
+HEADLINE_RUN = "trainflow.headline.run_id"  # on a pipeline or sweep parent: whose test metrics it repeats
 
 # --- sweeps (sweep.*): on the parent run and on trials -----------------------
 SWEEP_STUDY = "trainflow.sweep.study"

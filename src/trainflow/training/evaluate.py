@@ -17,6 +17,7 @@ from trainflow.errors import ConfigError, DataError
 from trainflow.tracking import tags as tag
 from trainflow.tracking.datasets import FetchedDataset, dataset_for_step, lineage_data_uri
 from trainflow.tracking.lightning import RunLogger
+from trainflow.tracking.model_card import write_model_card
 from trainflow.tracking.registry import Promotion, ResolvedModel, promote_if_better, resolve_model
 from trainflow.tracking.run import StepRun
 from trainflow.training.checkpoints import resolve_checkpoint
@@ -75,6 +76,8 @@ def evaluate(cfg: DictConfig, run: StepRun) -> EvalResult:
         _record_on_model(run, subject.model, metrics, dataset, eval_scope(cfg))
     if cfg.get("promote"):
         result.promotion = _promote(cfg, run, subject, metrics, dataset)
+    if subject.model is not None and subject.model.name and subject.model.version:
+        write_model_card(run.client, subject.model.name, subject.model.version)  # now with test figures, decision
     run.set_output(subject.source)
     return result
 
