@@ -240,7 +240,9 @@ def run_plain_lightning(cfg: Any, datamodule: Any, uri: str | None, tmp: Path, m
     from mlflow import MlflowClient
 
     from trainflow.tracking.lightning import RunLogger
+    from trainflow.training.train import set_data_model_kwargs
 
+    set_data_model_kwargs(cfg, datamodule)  # what only the dataset knows (the images' class count)
     model = instantiate(cfg.model, _convert_="all")
     clip = cfg.trainer.get("gradient_clip_val")
     if manual:
