@@ -91,6 +91,17 @@ _BARE: BareLoop | None = None
 _TIMERS: list[Any] = []
 
 
+# --calls: Python and C function calls per step (sys.setprofile events), a
+# figure the machine's load does not change; the timings are then meaningless.
+_COUNT_CALLS = False
+_CALLS = [0]
+
+
+def _count_call(frame: Any, event: str, arg: Any) -> None:
+    if event in ("call", "c_call"):
+        _CALLS[0] += 1
+
+
 def _cpu() -> int:
     return time.process_time_ns()
 
@@ -181,7 +192,12 @@ def _step_timer_class() -> type:
             # CPU time (a slow syscall here, ~10 us) only at the epoch's edges
             if batch_idx == 0:
                 epoch["cpu_first"] = _cpu()
+                if _COUNT_CALLS:
+                    _CALLS[0] = 0
+                    sys.setprofile(_count_call)
             elif batch_idx == trainer.num_training_batches - 1:
+                sys.setprofile(None)
+                epoch["calls"] = _CALLS[0] / batch_idx
                 epoch["cpu_last"] = _cpu()
                 if _BARE is not None:
                     self.bare[-1] = _BARE.epoch()
@@ -312,7 +328,7 @@ def pairs_of(timer: Any, warmup: int) -> list[dict[str, float]]:
         tail = (epochs[k + 1]["start"] - epochs[k]["ends"][-1]) / 1e6 if k + 1 < len(epochs) else None
         bare_ms = (timer.bare[k]["ends"][-1] - timer.bare[k]["start"]) / 1e6
         out.append({"ours": ours[0], "bare": bare[0], "ours_cpu": ours[1], "bare_cpu": bare[1],
-                    "tail_ms": None if tail is None else tail - bare_ms})
+                    "tail_ms": None if tail is None else tail - bare_ms, "calls": epochs[k].get("calls")})
     return out
 
 
@@ -418,7 +434,11 @@ def main() -> None:
     parser.add_argument("--image-epochs", type=int, default=3, help="images: epochs per fit; the first is warm-up")
     parser.add_argument("--image-rounds", type=int, default=3, help="images: rounds (variants: ours, lightning)")
     parser.add_argument("--workloads", default="digits,images", help="comma list of digits, images")
+    parser.add_argument("--calls", action="store_true",
+                        help="count function calls per step instead (load-independent; timings then meaningless)")
     args = parser.parse_args()
+    global _COUNT_CALLS
+    _COUNT_CALLS = args.calls
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     if not variants or set(variants) - set(VARIANTS):
@@ -456,6 +476,10 @@ def main() -> None:
             measured = measure(workload, WORKLOADS[workload][1].split(","), args.image_epochs, args.image_rounds,
                                uri, tmp)
         ratios[workload] = report(workload, measured)
+        if args.calls:
+            print(f"[{workload}] function calls per step (sys.setprofile call + c_call events), median: "
+                  + ", ".join(f"{v} {statistics.median(p['calls'] for p in rows if p['calls']):.0f}"
+                              for v, rows in measured.pairs.items()))
     print("ratio: median over pairs of (variant / adjacent bare epoch) time per step; cpu ratio: the same in "
           "process CPU time; vs lightning: ratio / lightning's ratio (both measured against the same bare "
           "loop); epoch tail: last step of an epoch to the next epoch's start, minus the bare epoch run there "
