@@ -70,18 +70,36 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
-VARIANTS = ("ours", "ours_nopbar", "lightning", "lightning_runlogger")
+VARIANTS = ("ours", "ours_nopbar", "lightning", "lightning_manual", "lightning_runlogger")
+
+# The workloads: the overrides that pick each one's real config, and its variants by default.
+WORKLOADS: dict[str, tuple[list[str], str]] = {
+    "digits": (["experiment=example"], "ours,ours_nopbar,lightning,lightning_manual"),
+    "images": (["experiment=digits_images"], "ours,lightning"),
+}
 
 # The bare loop every Lightning fit interleaves with, and the timers of the
 # fits (appended by StepTimer; Hydra finds `step_timer` through this module's
 # name, `__main__` when run as a script).
 _BARE: BareLoop | None = None
 _TIMERS: list[Any] = []
+
+
+# --calls: Python and C function calls per step (sys.setprofile events), a
+# figure the machine's load does not change; the timings are then meaningless.
+_COUNT_CALLS = False
+_CALLS = [0]
+
+
+def _count_call(frame: Any, event: str, arg: Any) -> None:
+    if event in ("call", "c_call"):
+        _CALLS[0] += 1
 
 
 def _cpu() -> int:
@@ -174,7 +192,12 @@ def _step_timer_class() -> type:
             # CPU time (a slow syscall here, ~10 us) only at the epoch's edges
             if batch_idx == 0:
                 epoch["cpu_first"] = _cpu()
+                if _COUNT_CALLS:
+                    _CALLS[0] = 0
+                    sys.setprofile(_count_call)
             elif batch_idx == trainer.num_training_batches - 1:
+                sys.setprofile(None)
+                epoch["calls"] = _CALLS[0] / batch_idx
                 epoch["cpu_last"] = _cpu()
                 if _BARE is not None:
                     self.bare[-1] = _BARE.epoch()
@@ -195,9 +218,10 @@ def compose_train(overrides: list[str], output_dir: Path) -> Any:
     return compose_step_config("train", overrides, output_dir, config_dir=ROOT / "configs")
 
 
-def train_overrides(epochs: int, uri: str, tmp: Path, progress_bar: bool = True) -> list[str]:
+def train_overrides(epochs: int, uri: str, tmp: Path, progress_bar: bool = True,
+                    workload: list[str] = WORKLOADS["digits"][0]) -> list[str]:
     over = [
-        "experiment=example",
+        *workload,
         f"trainer.max_epochs={epochs}",
         f"trainer.min_epochs={epochs}",
         "test=false",
@@ -224,7 +248,7 @@ def run_ours(cfg: Any) -> Any:
     return _TIMERS[before]
 
 
-def run_plain_lightning(cfg: Any, datamodule: Any, uri: str | None, tmp: Path) -> Any:
+def run_plain_lightning(cfg: Any, datamodule: Any, uri: str | None, tmp: Path, manual: bool = False) -> Any:
     """Breakdown: Lightning + our module (+ RunLogger); nothing else. The
     datamodule is the one trainflow built in the warm-up fit."""
     import lightning as L
@@ -232,8 +256,13 @@ def run_plain_lightning(cfg: Any, datamodule: Any, uri: str | None, tmp: Path) -
     from mlflow import MlflowClient
 
     from trainflow.tracking.lightning import RunLogger
+    from trainflow.training.train import set_data_model_kwargs
 
+    set_data_model_kwargs(cfg, datamodule)  # what only the dataset knows (the images' class count)
     model = instantiate(cfg.model, _convert_="all")
+    clip = cfg.trainer.get("gradient_clip_val")
+    if manual:
+        model, clip = manual_optimization(model, clip), None
     timer = step_timer()
     logger: Any = False
     if uri is not None:
@@ -242,7 +271,7 @@ def run_plain_lightning(cfg: Any, datamodule: Any, uri: str | None, tmp: Path) -
         logger = RunLogger(client, run.info.run_id, cfg.tracking.flush_every_s, cfg.tracking.log_checkpoints)
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_epochs=cfg.trainer.max_epochs, min_epochs=cfg.trainer.max_epochs,
-        gradient_clip_val=cfg.trainer.gradient_clip_val, logger=logger, callbacks=[timer],
+        gradient_clip_val=clip, logger=logger, callbacks=[timer],
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
         default_root_dir=str(tmp),
     )
@@ -253,6 +282,30 @@ def run_plain_lightning(cfg: Any, datamodule: Any, uri: str | None, tmp: Path) -
             logger.close()
             client.set_terminated(run.info.run_id)
     return timer
+
+
+def manual_optimization(model: Any, clip: float | None) -> Any:
+    """The floor: Lightning's loop with `automatic_optimization=False`, the same steps written by hand.
+
+    No closure, no optimizer-step hooks through the loop, no automatic
+    clipping: what Lightning costs at the least for the same module, metrics
+    included (the module's own training_step still runs).
+    """
+    automatic_step = model.training_step
+
+    def training_step(batch: Any, batch_idx: int) -> Any:
+        optimizer = model.optimizers()
+        loss = automatic_step(batch, batch_idx)
+        optimizer.zero_grad(set_to_none=True)
+        model.manual_backward(loss)
+        if clip:
+            model.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        optimizer.step()
+        return loss
+
+    model.automatic_optimization = False
+    model.training_step = training_step
+    return model
 
 
 # -- statistics -------------------------------------------------------------
@@ -275,27 +328,131 @@ def pairs_of(timer: Any, warmup: int) -> list[dict[str, float]]:
         tail = (epochs[k + 1]["start"] - epochs[k]["ends"][-1]) / 1e6 if k + 1 < len(epochs) else None
         bare_ms = (timer.bare[k]["ends"][-1] - timer.bare[k]["start"]) / 1e6
         out.append({"ours": ours[0], "bare": bare[0], "ours_cpu": ours[1], "bare_cpu": bare[1],
-                    "tail_ms": None if tail is None else tail - bare_ms})
+                    "tail_ms": None if tail is None else tail - bare_ms, "calls": epochs[k].get("calls")})
     return out
+
+
+@dataclass
+class Measured:
+    """One workload's pairs per variant, and what the table's header reports."""
+
+    pairs: dict[str, list[dict[str, float]]]
+    threads: dict[str, Any]
+    steps: int
+    elapsed_s: float
+    rounds: int
+    epochs: int
+
+
+def measure(workload: str, variants: list[str], epochs: int, rounds: int, uri: str, tmp: Path) -> Measured:
+    """Warm up (one untimed train step), then `rounds` fits of every variant, order rotated per round."""
+    global _BARE
+    overrides = WORKLOADS[workload][0]
+    if workload == "images":
+        overrides = [*overrides, f"data.root={digit_images(tmp)}"]
+    # Warm-up: imports, first checkpoint, first upload; its datamodule feeds
+    # the bare loop and the breakdown variants.
+    cfg = compose_train(train_overrides(2, uri, tmp, workload=overrides), tmp / f"{workload}-warmup")
+    datamodule = run_ours(cfg).datamodule
+    _BARE = BareLoop(cfg, datamodule)
+    _BARE.epoch()
+
+    pairs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    threads: dict[str, Any] = {}
+    t_start = time.monotonic()
+    for r in range(rounds):
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for variant in order:
+            out = tmp / f"{workload}-round{r}-{variant}"
+            cfg = compose_train(train_overrides(epochs, uri, tmp, variant != "ours_nopbar", overrides), out)
+            if variant.startswith("ours"):
+                timer = run_ours(cfg)
+            else:
+                logged = uri if variant == "lightning_runlogger" else None
+                timer = run_plain_lightning(cfg, datamodule, logged, out, manual=variant == "lightning_manual")
+            threads[variant] = timer.threads
+            pairs[variant] += pairs_of(timer, warmup=1)
+        summary = "  ".join(f"{v} {statistics.median(p['ours'] / p['bare'] for p in pairs[v]):.3f}"
+                            for v in variants)
+        print(f"{workload} round {r + 1}/{rounds}: median ratio so far: {summary}", file=sys.stderr, flush=True)
+    return Measured(pairs, threads, len(_TIMERS[-1].epochs[-1]["ends"]), time.monotonic() - t_start, rounds, epochs)
+
+
+def digit_images(tmp: Path) -> Path:
+    """experiment=digits_images' image folder (1797 PNGs, 32x32), made once per bench run."""
+    from trainflow.data.make_digit_images import main as make_digit_images
+
+    folder = tmp / "digits_images"
+    if not folder.exists():
+        make_digit_images([str(folder)])
+    return folder
+
+
+def report(workload: str, m: Measured) -> dict[str, float]:
+    """Print the workload's table; return each variant's median ratio to bare."""
+    import torch
+
+    def med(rows: list[dict[str, float]], key: str) -> float:
+        values = [row[key] for row in rows if row.get(key) is not None]
+        return statistics.median(values) if values else float("nan")
+
+    variants = list(m.pairs)
+    all_pairs = [p for v in variants for p in m.pairs[v]]
+    print()
+    print(f"[{workload}] steady-state time per optimizer step: {m.rounds} rounds x {m.epochs} epochs per variant "
+          f"(first epoch of each fit dropped), {m.steps} steps/epoch, bare and Lightning epochs alternating; "
+          f"{m.elapsed_s:.0f}s")
+    print(f"torch threads: bare {torch.get_num_threads()}, "
+          + ", ".join(f"{v} {m.threads[v]}" for v in variants)
+          + f"; stdout is a terminal: {sys.stdout.isatty()} (RichProgressBar only draws on one)")
+    header = (f"{'variant':<20} {'pairs':>5} {'us/step':>8} {'steps/s':>8} {'ratio':>6} {'ratio q1..q3':>12} "
+              f"{'cpu ratio':>9} {'vs lightning':>12} {'epoch tail':>10}")
+    print(header)
+    print("-" * len(header))
+    bare = med(all_pairs, "bare")
+    print(f"{'bare':<20} {len(all_pairs):>5} {bare:>8.0f} {1e6 / bare:>8.0f} {1.0:>6.3f} {'':>12} {1.0:>9.3f} "
+          f"{'':>12} {'-':>10}")
+    ratios = {v: statistics.median(p["ours"] / p["bare"] for p in m.pairs[v]) for v in variants}
+    for v in variants:
+        rows = m.pairs[v]
+        r = sorted(p["ours"] / p["bare"] for p in rows)
+        q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+        cpu = statistics.median(p["ours_cpu"] / p["bare_cpu"] for p in rows)
+        ours = med(rows, "ours")
+        vs = f"{ratios[v] / ratios['lightning']:.3f}" if "lightning" in ratios else "-"
+        print(f"{v:<20} {len(rows):>5} {ours:>8.0f} {1e6 / ours:>8.0f} {ratios[v]:>6.3f} "
+              f"{q[0]:>5.2f}..{q[2]:<5.2f} {cpu:>9.3f} {vs:>12} {med(rows, 'tail_ms'):>8.1f}ms")
+    return ratios
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=8, help="epochs per fit; the first is warm-up")
-    parser.add_argument("--rounds", type=int, default=6, help="rounds; each fits every variant once")
-    parser.add_argument("--variants", default="ours,ours_nopbar,lightning",
-                        help=f"comma list of {', '.join(VARIANTS)}; the first named 'ours*' gives the last line")
+    parser.add_argument("--epochs", type=int, default=8, help="digits: epochs per fit; the first is warm-up")
+    parser.add_argument("--rounds", type=int, default=6, help="digits: rounds; each fits every variant once")
+    parser.add_argument("--variants", default=WORKLOADS["digits"][1],
+                        help=f"digits: comma list of {', '.join(VARIANTS)}; the first 'ours*' gives the last line")
+    parser.add_argument("--image-epochs", type=int, default=3, help="images: epochs per fit; the first is warm-up")
+    parser.add_argument("--image-rounds", type=int, default=3, help="images: rounds (variants: ours, lightning)")
+    parser.add_argument("--workloads", default="digits,images", help="comma list of digits, images")
+    parser.add_argument("--calls", action="store_true",
+                        help="count function calls per step instead (load-independent; timings then meaningless)")
     args = parser.parse_args()
+    global _COUNT_CALLS
+    _COUNT_CALLS = args.calls
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     if not variants or set(variants) - set(VARIANTS):
         parser.error(f"--variants: choose from {', '.join(VARIANTS)}")
-    if args.epochs < 2:
-        parser.error("--epochs must be at least 2 (the first is warm-up)")
+    if not workloads or set(workloads) - set(WORKLOADS):
+        parser.error(f"--workloads: choose from {', '.join(WORKLOADS)}")
+    if min(args.epochs, args.image_epochs) < 2:
+        parser.error("--epochs and --image-epochs must be at least 2 (the first is warm-up)")
 
     for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_URI"):
         os.environ.pop(key, None)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # resnet10t trains from scratch; nothing is downloaded
     warnings.filterwarnings("ignore")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "trainflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -310,69 +467,47 @@ def main() -> None:
     # and artifacts land in tmp, not in the project's mlruns/.
     mlflow.MlflowClient(uri).create_experiment("trainflow", artifact_location=(tmp / "mlruns").as_uri())
 
-    # Warm-up: one untimed train step (imports, first checkpoint, first
-    # upload); its datamodule feeds the bare loop and the breakdown variants.
-    global _BARE
-    cfg = compose_train(train_overrides(2, uri, tmp), tmp / "warmup")
-    datamodule = run_ours(cfg).datamodule
-    _BARE = BareLoop(cfg, datamodule)
-    _BARE.epoch()
-
-    pairs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
-    threads: dict[str, Any] = {}
-    t_start = time.monotonic()
-    for r in range(args.rounds):
-        order = variants[r % len(variants):] + variants[: r % len(variants)]
-        for variant in order:
-            out = tmp / f"round{r}-{variant}"
-            cfg = compose_train(train_overrides(args.epochs, uri, tmp, variant != "ours_nopbar"), out)
-            if variant.startswith("ours"):
-                timer = run_ours(cfg)
-            else:
-                logged = uri if variant == "lightning_runlogger" else None
-                timer = run_plain_lightning(cfg, datamodule, logged, out)
-            threads[variant] = timer.threads
-            pairs[variant] += pairs_of(timer, warmup=1)
-        summary = "  ".join(f"{v} {statistics.median(p['ours'] / p['bare'] for p in pairs[v]):.3f}"
-                            for v in variants)
-        print(f"round {r + 1}/{args.rounds}: median ratio so far: {summary}", file=sys.stderr, flush=True)
-    elapsed = time.monotonic() - t_start
-
-    def med(rows: list[dict[str, float]], key: str) -> float:
-        values = [row[key] for row in rows if row.get(key) is not None]
-        return statistics.median(values) if values else float("nan")
-
-    all_pairs = [p for v in variants for p in pairs[v]]
-    steps = len(_TIMERS[-1].epochs[-1]["ends"])
-    print()
-    print(f"steady-state time per optimizer step: {args.rounds} rounds x {args.epochs} epochs per variant "
-          f"(first epoch of each fit dropped), {steps} steps/epoch, bare and Lightning epochs alternating; "
-          f"{elapsed:.0f}s")
-    print(f"torch threads: bare {torch.get_num_threads()}, "
-          + ", ".join(f"{v} {threads[v]}" for v in variants)
-          + f"; stdout is a terminal: {sys.stdout.isatty()} (RichProgressBar only draws on one)")
-    header = (f"{'variant':<20} {'pairs':>5} {'us/step':>8} {'steps/s':>8} {'ratio':>6} {'ratio q1..q3':>12} "
-              f"{'cpu ratio':>9} {'epoch tail':>10}")
-    print(header)
-    print("-" * len(header))
-    bare = med(all_pairs, "bare")
-    print(f"{'bare':<20} {len(all_pairs):>5} {bare:>8.0f} {1e6 / bare:>8.0f} {1.0:>6.3f} {'':>12} {1.0:>9.3f} "
-          f"{'-':>10}")
-    ratios: dict[str, float] = {}
-    for v in variants:
-        rows = pairs[v]
-        r = sorted(p["ours"] / p["bare"] for p in rows)
-        q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
-        ratios[v] = statistics.median(r)
-        cpu = statistics.median(p["ours_cpu"] / p["bare_cpu"] for p in rows)
-        ours = med(rows, "ours")
-        print(f"{v:<20} {len(rows):>5} {ours:>8.0f} {1e6 / ours:>8.0f} {ratios[v]:>6.3f} "
-              f"{q[0]:>5.2f}..{q[2]:<5.2f} {cpu:>9.3f} {med(rows, 'tail_ms'):>8.1f}ms")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
+    ratios: dict[str, dict[str, float]] = {}
+    for workload in workloads:
+        if workload == "digits":
+            measured = measure("digits", variants, args.epochs, args.rounds, uri, tmp)
+        else:
+            measured = measure(workload, WORKLOADS[workload][1].split(","), args.image_epochs, args.image_rounds,
+                               uri, tmp)
+        ratios[workload] = report(workload, measured)
+        if args.calls:
+            print(f"[{workload}] function calls per step (sys.setprofile call + c_call events), median: "
+                  + ", ".join(f"{v} {statistics.median(p['calls'] for p in rows if p['calls']):.0f}"
+                              for v, rows in measured.pairs.items()))
     print("ratio: median over pairs of (variant / adjacent bare epoch) time per step; cpu ratio: the same in "
-          "process CPU time; epoch tail: last step of an epoch to the next epoch's start, minus the bare epoch "
-          "run there (= epoch-end hooks, validation, checkpoint save + staging)")
-    headline = next((v for v in variants if v.startswith("ours")), variants[0])
-    print(f"framework_tax {ratios[headline]:.3f}")
+          "process CPU time; vs lightning: ratio / lightning's ratio (both measured against the same bare "
+          "loop); epoch tail: last step of an epoch to the next epoch's start, minus the bare epoch run there "
+          "(= epoch-end hooks, validation, checkpoint save + staging)")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for line in summary(ratios):
+        print(line)
+
+
+def summary(ratios: dict[str, dict[str, float]]) -> list[str]:
+    """The targets, each next to the floor it is divided by; `framework_tax <ratio>` last."""
+    lines = []
+    digits = ratios.get("digits", {})
+    if "lightning" in digits:
+        floors = f"lightning / bare {digits['lightning']:.3f}"
+        if "lightning_manual" in digits:
+            floors += f", manual-optimization floor lightning_manual / bare {digits['lightning_manual']:.3f}"
+        for v in (v for v in digits if v.startswith("ours")):
+            lines.append(f"digits: {v} / lightning {digits[v] / digits['lightning']:.3f} (target <= 1.02; {floors})")
+    images = ratios.get("images", {})
+    if "ours" in images:
+        floor = f"lightning / bare {images['lightning']:.3f}" if "lightning" in images else ""
+        lines.append(f"images: ours / bare {images['ours']:.3f} (target <= 1.03; {floor})")
+        lines.append(f"framework_tax_images {images['ours']:.3f}")
+    headline = next((v for v in digits if v.startswith("ours")), None)
+    if headline is not None:
+        lines.append(f"framework_tax {digits[headline]:.3f}")
+    return lines
 
 
 if __name__ == "__main__":

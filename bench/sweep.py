@@ -1,6 +1,6 @@
 """Sweep wall time: the same 8-trial study with 2 worker processes against 1.
 
-    uv run python bench/sweep.py [--trials 8] [--epochs 40] [--rounds 2] [--default-threads]
+    uv run python bench/sweep.py [--trials 8] [--epochs 40] [--rounds 2] [--default-threads] [--baseline DIR]
 
 Each round runs `python steps/sweep.py hparams_search=digits_optuna
 experiment=example` once per variant (order rotating per round, so all see
@@ -8,11 +8,16 @@ the same machine), each against its own temporary sqlite tracking store:
 
 - `1`: `sweep.n_workers=1` at one torch thread (OMP_NUM_THREADS=1);
 - `2`: `sweep.n_workers=2`: the sweep's process + one worker process, one
-  torch thread each (the sweep sets that itself);
+  torch thread each (the sweep sets that itself); steps/sweep.py starts the
+  worker right after composing its config, so the worker's imports overlap
+  the sweep opening its run and study (trainflow.sweep.driver.prewarm_workers);
 - `1dt` (with `--default-threads`): `sweep.n_workers=1` at torch's default
   thread count (2 here). For this tiny MLP two threads are slower than one,
   and on a loaded machine far slower, so comparing `2` against it would
   credit the thread setting to the workers: `1` is the like-for-like baseline.
+- `2base` (with `--baseline DIR`): `2` run from another checkout of trainflow
+  (`git archive <commit> | tar -x -C DIR`; its `steps/` and `src/`, this venv), in
+  the same rounds: a change's before and after on the same machine and hour.
 
 Trials train `--epochs` full epochs of digits (min_epochs = max_epochs and
 `sweep.pruner=null`, so every variant does the same work; early stopping
@@ -54,14 +59,21 @@ VARIANTS: dict[str, tuple[int, dict[str, str]]] = {
     "1": (1, {"OMP_NUM_THREADS": "1"}),
     "2": (2, {}),
     "1dt": (1, {}),
+    "2base": (2, {}),
 }
 
 
-def run_sweep(workdir: Path, variant: str, trials: int, epochs: int) -> tuple[float, float, str]:
-    """Wall and CPU seconds of one sweep command (worker processes included), and its tracking URI."""
+def run_sweep(workdir: Path, variant: str, trials: int, epochs: int,
+              root: Path = ROOT) -> tuple[float, float, str]:
+    """Wall and CPU seconds of one sweep command (worker processes included), and its tracking URI.
+
+    `root`: the checkout whose steps/ and src/ run (`2base`: the baseline's).
+    """
     workers, extra = VARIANTS[variant]
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_DISABLE_TELEMETRY="true", **extra)
+    if root != ROOT:
+        env["PYTHONPATH"] = str(root / "src")
     env.pop("MLFLOW_RUN_ID", None)
     if "OMP_NUM_THREADS" not in extra:
         env.pop("OMP_NUM_THREADS", None)
@@ -72,7 +84,7 @@ def run_sweep(workdir: Path, variant: str, trials: int, epochs: int) -> tuple[fl
            f"hydra.run.dir={workdir / 'out'}", f"paths.cache_dir={workdir / 'cache'}"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -127,8 +139,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--default-threads", action="store_true", help="add the 1dt variant")
+    parser.add_argument("--baseline", type=Path, help="another checkout: add the 2base variant run from it")
     args = parser.parse_args()
     names = ["1", "2", "1dt"] if args.default_threads else ["1", "2"]
+    if args.baseline:
+        names.append("2base")
     walls: dict[str, list[float]] = {v: [] for v in names}
     trial_phases: dict[str, list[float]] = {v: [] for v in names}
     print(f"{'round':<7}{'variant':>8}{'load':>6}{'wall s':>9}{'cores used':>12}{'trials phase s':>16}"
@@ -138,7 +153,8 @@ def main() -> None:
         for variant in names[shift:] + names[:shift]:
             load = os.getloadavg()[0]
             with tempfile.TemporaryDirectory(prefix="trainflow-bench-sweep-") as tmp:
-                wall, cpu, uri = run_sweep(Path(tmp), variant, args.trials, args.epochs)
+                root = args.baseline.resolve() if variant == "2base" else ROOT
+                wall, cpu, uri = run_sweep(Path(tmp), variant, args.trials, args.epochs, root)
                 figures = phases(uri)
             assert figures["trials"] == args.trials, figures
             walls[variant].append(wall)
@@ -150,6 +166,9 @@ def main() -> None:
           + ", ".join(f"{v} {s:.1f}s" for v, s in median.items()))
     phase = {v: statistics.median(w) for v, w in trial_phases.items()}
     print(f"trials phase only (no imports, start-up or exit), 2 / 1: {phase['2'] / phase['1']:.3f}")
+    if "2base" in median:
+        print(f"baseline ({args.baseline}) 2 workers / 1 worker: {median['2base'] / median['1']:.3f}; "
+              f"this checkout's 2 workers / the baseline's: {median['2'] / median['2base']:.3f}")
     if "1dt" in median:
         print(f"2 workers / 1 worker at torch's default threads (breakdown): {median['2'] / median['1dt']:.3f}")
     floor = machine_floor()

@@ -5,6 +5,8 @@
     uv run python steps/train.py -m hparams_search=digits_optuna experiment=example   # the same study
 """
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -17,8 +19,12 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="sweep")
 def main(cfg: DictConfig) -> float | None:
-    from trainflow.sweep.driver import run_sweep  # after compose: config errors show at once
+    from hydra.core.hydra_config import HydraConfig
 
+    from trainflow.sweep.driver import prewarm_workers, run_sweep  # after compose: config errors show at once
+
+    # the worker processes import torch while this one opens its run and study
+    prewarm_workers(cfg, Path(HydraConfig.get().runtime.output_dir))
     with step_run("sweep", cfg) as run:
         return run_sweep(cfg, run).best_value
 

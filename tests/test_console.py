@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY, run_step
+from helpers import TINY, run_step
 from trainflow.config.known_warnings import KNOWN_HARMLESS, WARNINGS, _DropKnown, filter_known_warnings
 from trainflow.tracking.run import step_run
 from trainflow.tracking.system_metrics import system_metrics

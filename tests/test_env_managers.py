@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, TINY, VENV_BIN, new_sqlite_store, step_env
+from helpers import ROOT, TINY, VENV_BIN, new_sqlite_store, step_env
 
 pytestmark = pytest.mark.slow
 

@@ -18,10 +18,11 @@ from mlflow import MlflowClient
 
 from helpers import ROOT, TINY, all_runs
 from trainflow.errors import ConfigError
-from trainflow.sweep.driver import run_sweep, sweep_plan
+from trainflow.sweep import driver
+from trainflow.sweep.driver import prewarm_workers, run_sweep, start_workers, sweep_plan
 from trainflow.sweep.recovery import ENDED, LEASE_PREFIX, Lease, end_lost_sweeps
 from trainflow.sweep.space import as_override, search_space
-from trainflow.sweep.study import StudySpec, build_storage, claim_trial, open_study, queue_trials
+from trainflow.sweep.study import StudySpec, build_storage, claim_trial, create_and_queue, open_study, queue_trials
 from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
 
@@ -99,6 +100,28 @@ def test_two_worker_processes_share_one_sqlite_study(compose, tmp_path, sqlite_u
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6 and result.states == {"COMPLETE": 6}
     assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {r.info.run_id for r in children}
     assert client.get_run(created).data.params[f"best.{LR}"] == str(study.best_params[LR])
+
+
+def test_a_prewarmed_worker_is_handed_the_sweeps_run_and_works_the_queue(compose, tmp_path, sqlite_uri,
+                                                                          tracking_env) -> None:
+    """Started before the sweep's run exists; start_workers hands it the run's store and experiment, no cold start."""
+    tracking_env(sqlite_uri)
+    cfg = compose("sweep", [*TINY, "hparams_search=digits_optuna", "sweep.n_trials=2", "sweep.n_workers=2"],
+                  output_dir=tmp_path / "out")
+    prewarm_workers(cfg, tmp_path / "out")
+    warm = [w.proc for w in driver._WARM.values()]
+    assert len(warm) == 1 and warm[0].poll() is None
+    with step_run("sweep", cfg) as run:
+        plan = sweep_plan(cfg, run.output_dir, run.run_id)
+        create_and_queue(plan.study, plan.n_trials, plan.enqueue)
+        assert start_workers(plan, run) == warm, "the pre-warmed process, not a new one"
+        assert warm[0].wait(timeout=300) == 0  # this process works no trial: the worker takes the whole queue
+
+    children = [r for r in all_runs(sqlite_uri) if r.data.tags.get("mlflow.parentRunId") == run.run_id]
+    assert sorted(int(r.data.tags["trainflow.trial.number"]) for r in children) == [0, 1]
+    assert {r.data.tags["trainflow.trial.worker"] for r in children} == {"1"}
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert {r.info.experiment_id for r in children} == {run.experiment_id}
 
 
 def test_workers_racing_for_the_queue_claim_each_trial_once(tmp_path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY, mlflow_run
+from helpers import TINY, mlflow_run
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,10 @@ model if asked, once per study whichever machine gets there first.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
+import json
 import logging
 import os
 import signal
@@ -43,9 +45,10 @@ from trainflow.sweep.study import (
     study_lock,
 )
 from trainflow.sweep.trial import ATTR_ERROR, ATTR_RUN, ATTR_SWEEP_RUN, ATTR_WORKER, TAG_STATE, TrialSetup, trial_config
-from trainflow.sweep.worker import WorkerSpec, limit_threads, work
+from trainflow.sweep.worker import WAIT_FLAG, WorkerSpec, limit_threads, work
 from trainflow.tracking import tags as tag
 from trainflow.tracking.headline import log_best_trial_headline
+from trainflow.tracking.model_card import write_model_card
 from trainflow.tracking.run import StepRun, hydra_overrides
 
 if TYPE_CHECKING:
@@ -229,31 +232,101 @@ def _tag_sweep(run: StepRun, plan: SweepPlan, queued: int) -> None:
 def start_workers(plan: SweepPlan, run: StepRun) -> list[subprocess.Popen]:
     """Workers 1..n-1 as processes; this process is worker 0 (it starts training while they import).
 
-    If starting one fails (or Ctrl-C lands meanwhile), those already started
-    are killed: nothing would stop them otherwise.
+    Workers pre-warmed by `prewarm_workers` are handed their environment; the
+    rest start now. If starting one fails (or Ctrl-C lands meanwhile), those
+    already started are killed: nothing would stop them otherwise.
     """
     if plan.n_workers <= 1:
         return []
     folder = run.output_dir / "workers"
     folder.mkdir(parents=True, exist_ok=True)
     env = worker_env(run)
-    procs: list[subprocess.Popen] = []
+    warm, procs = _take_warm_workers(), []
     try:
         for index in range(1, plan.n_workers):
-            procs.append(_start_worker(plan, run, index, folder / f"worker-{index}.json", env))
+            procs.append(_start_worker(plan, run, index, folder / f"worker-{index}.json", env, warm))
     except BaseException:
-        kill_workers(procs)
+        kill_workers([*procs, *(w.proc for w in warm.values())])
         raise
+    kill_workers([w.proc for w in warm.values()])  # pre-warmed for a spec this sweep does not have
     return procs
 
 
-def _start_worker(plan: SweepPlan, run: StepRun, index: int, spec_path: Path, env: dict[str, str]) -> subprocess.Popen:
+def _start_worker(plan: SweepPlan, run: StepRun, index: int, spec_path: Path, env: dict[str, str],
+                  warm: dict[Path, WarmWorker]) -> subprocess.Popen:
     spec = WorkerSpec(study=plan.study, setup=plan.setup(run.run_id, index), threads=1, parent_pid=os.getpid())
     spec_path.write_text(spec.to_json())
+    ready = warm.pop(spec_path, None)
+    if ready is not None and ready.start(env):
+        return ready.proc
     # Own session: a terminal's Ctrl-C reaches only the sweep, which forwards
     # it once (stop_workers), so no worker sees two signals.
     return subprocess.Popen([sys.executable, "-m", f"{__package__}.worker", str(spec_path)], env=env,
                             stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+@dataclass
+class WarmWorker:
+    """A worker process importing ahead of its sweep, and the environment it was started with."""
+
+    proc: subprocess.Popen
+    env: dict[str, str]
+
+    def start(self, env: dict[str, str]) -> bool:
+        """Send the worker what `env` changes of its own environment; False (and killed) if it is gone."""
+        if self.proc.poll() is not None or self.proc.stdin is None:
+            kill_workers([self.proc])
+            return False
+        changes = {"set": {k: v for k, v in env.items() if self.env.get(k) != v},
+                   "unset": [k for k in self.env if k not in env]}
+        try:
+            self.proc.stdin.write(json.dumps(changes) + "\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            kill_workers([self.proc])
+            return False
+        return True
+
+
+# Pre-warmed workers by the spec path each will read; see prewarm_workers.
+_WARM: dict[Path, WarmWorker] = {}
+
+
+def prewarm_workers(cfg: DictConfig, output_dir: Path) -> None:
+    """Start workers 1..n-1 now, before this process imports MLflow and Optuna and opens its run.
+
+    A worker's start-up is its imports (torch, Lightning, MLflow: ~8 s here);
+    started only once the sweep's run and study exist, each began its first
+    trial that much after the sweep's own. Started here they import while the
+    sweep starts, and `start_workers` sends each its environment (the run's
+    tracking URI and experiment) on stdin. Workers this process never needs
+    (its config or run fails first) are killed at exit, or read end of input
+    and end.
+    """
+    n_workers = OmegaConf.select(cfg, "sweep.n_workers")
+    if not isinstance(n_workers, int) or n_workers <= 1 or _WARM:
+        return
+    from trainflow.tracking.ranks import LEADER_RUN_ENV
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    for key in ("MLFLOW_RUN_ID", LEADER_RUN_ENV):
+        env.pop(key, None)
+    atexit.register(_discard_warm_workers)
+    for index in range(1, n_workers):
+        spec_path = output_dir / "workers" / f"worker-{index}.json"
+        proc = subprocess.Popen([sys.executable, "-m", "trainflow.sweep.worker", WAIT_FLAG, str(spec_path)],
+                                env=env, stdin=subprocess.PIPE, text=True, start_new_session=True)
+        _WARM[spec_path] = WarmWorker(proc, env)
+
+
+def _take_warm_workers() -> dict[Path, WarmWorker]:
+    warm = dict(_WARM)
+    _WARM.clear()
+    return warm
+
+
+def _discard_warm_workers() -> None:
+    kill_workers([w.proc for w in _take_warm_workers().values()])
 
 
 def kill_workers(procs: list[subprocess.Popen]) -> None:
@@ -404,8 +477,10 @@ def register_best(run: StepRun, result: SweepResult, plan: SweepPlan) -> str:
     version_tags.update({tag.SWEEP_RUN_ID: run.run_id, tag.SWEEP_STUDY: result.study_name,
                          tag.TRIAL_NUMBER: str(result.best_trial)})
     with study_lock(plan.study.storage, plan.study.name):
-        version = _registered_already(run, plan.model_name, result) or \
-            mlflow.register_model(model_uri, plan.model_name, tags=version_tags)
+        version = _registered_already(run, plan.model_name, result)
+        if version is None:
+            version = mlflow.register_model(model_uri, plan.model_name, tags=version_tags)
+            write_model_card(run.client, version.name, str(version.version))
     uri = f"models:/{version.name}/{version.version}"
     run.client.set_tag(run.run_id, tag.REGISTERED, uri)
     print(f"registered {uri} (trial {result.best_trial})", flush=True)

@@ -4,10 +4,18 @@ The sweep's own process is worker 0; with `sweep.n_workers > 1` it starts the
 others as `python -m trainflow.sweep.worker <spec.json>`. Each worker process
 imports torch once (~8 s here) and then runs many trials, so a trial costs
 only its config composition and its training.
+
+`python -m trainflow.sweep.worker --wait <spec.json>` is a pre-warmed worker:
+the sweep starts it before opening its own run and study, so its imports
+overlap the sweep's start-up; it waits for one line on stdin (JSON: the
+changes to its environment that the sweep's run decides, such as tracking URI,
+experiment and project root) before reading the spec, and ends quietly on end of input (the sweep stopped
+before it needed the worker).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -33,6 +41,12 @@ log = logging.getLogger(__name__)
 
 # How often a sweep with an empty queue looks at trials still running elsewhere.
 WATCH_S = 1.0
+
+# argv[0] of a pre-warmed worker: import first, then wait for the sweep's word on stdin.
+WAIT_FLAG = "--wait"
+# What every trial of a classification sweep imports: what a pre-warmed worker imports while it waits.
+TRIAL_IMPORTS = ("torch", "lightning", "mlflow", "optuna", "optuna_integration.pytorch_lightning",
+                 "trainflow.training.train", "trainflow.models.classifier")
 
 
 @dataclass
@@ -209,13 +223,36 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
-    spec = WorkerSpec.from_json(Path(argv[0]).read_text())
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        run_worker(spec)
+        if argv[0] == WAIT_FLAG:
+            argv = argv[1:]
+            if not await_start():
+                return 0
+        run_worker(WorkerSpec.from_json(Path(argv[0]).read_text()))
     except KeyboardInterrupt:
         return 128 + (_received[0] if _received else signal.SIGINT)
     return 0
+
+
+def await_start() -> bool:
+    """Import what every trial needs, then wait for the sweep; False when it will never come.
+
+    The imports are the worker's start-up cost (seconds of torch, Lightning,
+    MLflow, Optuna): paid while the sweep opens its run and study instead of
+    after. The environment it sends is read only after these imports, none of
+    which reads it.
+    """
+    for module in TRIAL_IMPORTS:
+        importlib.import_module(module)
+    line = sys.stdin.readline()
+    if not line.strip():
+        return False
+    changes = json.loads(line)
+    os.environ.update(changes["set"])
+    for key in changes["unset"]:
+        os.environ.pop(key, None)
+    return True
 
 
 def exit_now(code: int) -> None:

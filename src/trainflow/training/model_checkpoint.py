@@ -8,7 +8,10 @@ stale file. trainflow promises that a kill loses at most one epoch, so `last`
 is saved at every checkpointing point where Lightning skipped it.
 
 The class keeps Lightning's name: its callback state key (and so resume's
-lookup of checkpoint state) reads the same.
+lookup of checkpoint state) reads the same. That key is kept once computed:
+Lightning formats it (a dict's repr, ~3 µs) for every hook it calls on the
+callback, six times a training step, while what it is made of never changes
+after construction (it is recomputed if it does).
 """
 
 from __future__ import annotations
@@ -19,6 +22,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpo
 
 
 class ModelCheckpoint(LightningModelCheckpoint):
+    _key: tuple[tuple[Any, ...], str] | None = None
+
+    @property
+    def state_key(self) -> str:
+        parts = (self.monitor, self.mode, self._every_n_train_steps, self._every_n_epochs, self._train_time_interval)
+        if self._key is None or self._key[0] != parts:
+            self._key = (parts, super().state_key)
+        return self._key[1]
+
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):

@@ -20,6 +20,7 @@ from trainflow.tracking.run import StepRun
 from trainflow.training.checkpoints import resolve_checkpoint
 from trainflow.training.instantiate import instantiate_callbacks
 from trainflow.training.metrics import scalar_metrics
+from trainflow.training.profiler import profiler_kwargs
 from trainflow.training.restore import fit_start, restore_mode
 from trainflow.training.resume import RngState, prepare_resume
 
@@ -55,7 +56,7 @@ def train(cfg: DictConfig, run: StepRun, extra_callbacks: Sequence[Any] = ()) ->
     callbacks = [*instantiate_callbacks(cfg.get("callbacks")), RngState(), *extra_callbacks]
     logger = RunLogger(run.client, run.run_id, cfg.tracking.flush_every_s, cfg.tracking.log_checkpoints,
                        cfg.tracking.outage_grace_s, run.output_dir / "unsynced")
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **profiler_kwargs(cfg.trainer))
     _skip_nvml_probe(trainer)
 
     try:
