@@ -25,6 +25,7 @@ from trainflow.data.dataset import (
     verify_dataset,
 )
 from trainflow.errors import DataError, UriError
+from trainflow.tracking.redact import mask_url_passwords
 
 _REMOTE = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "wasbs://", "http://", "https://", "dbfs:/")
 _RUN_IN_URI = (re.compile(r"^runs:/([0-9a-f]{32})/"), re.compile(r"/([0-9a-f]{32})/artifacts/"))
@@ -105,21 +106,26 @@ def prepare_inline(datamodule: Any, cache_root: Path) -> FetchedDataset:
 
 
 def log_dataset_input(client: Any, run_id: str, fetched: FetchedDataset, context: str) -> None:
-    """Lineage the UI shows: name, digest and source of what the step read."""
+    """Lineage the UI shows: name, digest and source of what the step read.
+
+    The URI is recorded with any URL password masked: a user may read a
+    dataset through `mlflow-artifacts://user:password@host/...`.
+    """
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     manifest = fetched.manifest
+    uri = mask_url_passwords(fetched.uri)
     dataset = Dataset(
         name=manifest.task,
         digest=manifest.digest[:36],
         source_type="trainflow",
-        source=json.dumps({"uri": fetched.uri, "origin": manifest.source}),
+        source=json.dumps({"uri": uri, "origin": manifest.source}),
         schema=None,
         profile=json.dumps(manifest.splits),
     )
     client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
     tags = {
-        "trainflow.data.uri": fetched.uri,
+        "trainflow.data.uri": uri,
         "trainflow.data.digest": manifest.digest,
         "trainflow.data.bytes_downloaded": str(fetched.bytes_downloaded),
     }

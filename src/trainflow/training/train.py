@@ -15,7 +15,7 @@ from trainflow.config.validate import check_targets
 from trainflow.tracking.datasets import FetchedDataset, dataset_for_step
 from trainflow.tracking.lightning import RunLogger
 from trainflow.tracking.run import StepRun
-from trainflow.training.checkpoints import resolve_checkpoint
+from trainflow.training.checkpoints import RedactedHyperparameters, resolve_checkpoint
 from trainflow.training.instantiate import instantiate_callbacks
 from trainflow.training.metrics import scalar_metrics
 from trainflow.training.restore import fit_start, restore_mode
@@ -50,7 +50,8 @@ def train(cfg: DictConfig, run: StepRun, extra_callbacks: Sequence[Any] = ()) ->
     set_data_model_kwargs(cfg, datamodule)
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = instantiate(cfg.model, _convert_="all")
-    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), RngState(), *extra_callbacks]
+    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), RngState(), RedactedHyperparameters(),
+                 *extra_callbacks]
     logger = RunLogger(run.client, run.run_id, cfg.tracking.flush_every_s, cfg.tracking.log_checkpoints,
                        cfg.tracking.outage_grace_s, run.output_dir / "unsynced")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
