@@ -114,7 +114,7 @@ def _start_checkpoint(cfg: DictConfig, run: StepRun, trainer: Any) -> Path | Non
     if cfg.get("resume"):
         callback = getattr(trainer, "checkpoint_callback", None)
         dirpath = Path(callback.dirpath) if callback is not None and callback.dirpath else run.output_dir
-        return prepare_resume(run.run_id, dirpath, run.output_dir / "resume")
+        return prepare_resume(run.client, run.run_id, dirpath, run.output_dir / "resume")
     if cfg.get("ckpt_path"):
         return resolve_checkpoint(cfg.ckpt_path, run.output_dir / "start")
     return None
