@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainflow.errors import TrackingError, TrainflowError
 from trainflow.project import project_root
 from trainflow.tracking.codeversion import CodeVersion, code_version
+from trainflow.tracking.lockfile import TAG_LOCK_DIGEST, lock_digest
 from trainflow.tracking.params import flatten, new_params
 from trainflow.tracking.ranks import JOB_TAG, LEADER_RUN_ENV, ReadOnlyClient, find_leader_run, is_follower, job_key
 from trainflow.tracking.redact import is_secret_key, mask_secrets, redact, redact_overrides, secret_values
@@ -413,6 +414,7 @@ def _log_run_identity(ctx: StepRun, cfg: DictConfig, tree: str | None) -> None:
         "trainflow.git.commit": ctx.code.commit or "",
         "trainflow.git.dirty": str(ctx.code.dirty).lower(),
         "trainflow.code_version": ctx.code.id,
+        TAG_LOCK_DIGEST: lock_digest(ctx.root),
         "trainflow.config_hash": config_hash(resolved),
         "trainflow.overrides": json.dumps(redact_overrides(overrides)),
         "trainflow.tags": ",".join(str(t) for t in cfg.get("tags") or []),
