@@ -202,11 +202,12 @@ def as_table(rows: list[tuple[str, str, str, str]]) -> str:
 
 
 def reproduce(argv: list[str], root: Path) -> int:
-    """The exit status: 0 reproduced, 2 refused (drift or bad arguments), else the step's own."""
+    """The exit status: 0 reproduced, 1 bad input, 2 refused for drift, else the step's own."""
     from mlflow import MlflowClient
 
     from trainflow.tracking.uri import resolve_tracking_uri
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # an error stays one line
     uri = resolve_tracking_uri(None, root)
     client = MlflowClient(uri)
     launched = os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run` made this run for us

@@ -1,0 +1,155 @@
+"""`reproduce`: a logged train run, run again as it ran; drift refused unless allowed; bad input in one line.
+
+Everything runs in a copy of the project (a git repository of its own,
+committed once), so the drift test can change a file of
+`src/trainflow/models` without touching the real checkout, and the copy's
+code version holds still between the runs that must match.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import ROOT, VENV_BIN, new_sqlite_store, step_env
+
+pytestmark = pytest.mark.slow
+
+TRAIN = ["steps/train.py", "experiment=example", "trainer.max_epochs=3", "trainer.deterministic=true",
+         "extras.print_config=false", "callbacks.rich_progress_bar=null", "callbacks.model_summary=null",
+         "trainer.enable_progress_bar=false", "registry.log_model=false", "tracking.experiment_name=original"]
+
+
+def git(folder: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder, check=True,
+                   capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkout's files as they are now (tracked and untracked, not ignored), in a repository of their own."""
+    copy = tmp_path_factory.mktemp("project") / "trainflow"
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    git(copy, "init", "-q")
+    git(copy, "add", "-A")
+    git(copy, "commit", "-q", "-m", "snapshot")
+    return copy
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return new_sqlite_store(tmp_path_factory.mktemp("reproduce-store"))
+
+
+def in_copy(project: Path, args: list[str], uri: str) -> subprocess.CompletedProcess:
+    """A command run in the copy, importing the copy's `trainflow`."""
+    env = step_env(uri, PYTHONPATH=str(project / "src"))
+    return subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def original(project: Path, store: str) -> str:
+    done = in_copy(project, [sys.executable, *TRAIN], store)
+    assert done.returncode == 0, done.stderr[-2000:]
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("original").experiment_id])
+    return str(run.info.run_id)
+
+
+def results(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if not k.startswith("time/")}
+
+
+def running_runs(uri: str) -> list[str]:
+    client = MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return [r.info.run_id for r in client.search_runs(ids) if r.info.status == "RUNNING"]
+
+
+def test_mlflow_run_reproduce_matches_a_deterministic_train_run(project: Path, store: str, original: str) -> None:
+    done = in_copy(project, [f"{VENV_BIN}/mlflow", "run", str(project), "-e", "reproduce", "-P",
+                             f"run_id={original}", "--env-manager", "local", "--experiment-name", "again"], store)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("again").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["trainflow.reproduces"] == original
+    assert run.data.tags["trainflow.step"] == "train"
+    assert "trainflow.reproduce.drift" not in run.data.tags
+    before = results(client.get_run(original).data.metrics)
+    assert sorted(results(run.data.metrics)) == sorted(before)
+    for key, value in before.items():
+        assert run.data.metrics[key] == pytest.approx(value, abs=1e-6), key
+    table = Path(client.download_artifacts(run.info.run_id, "reproduction/comparison.csv", str(project.parent)))
+    lines = table.read_text().splitlines()
+    assert lines[0] == "metric,original,reproduced,delta"
+    assert {line.split(",")[0] for line in lines[1:]} == set(before)
+    assert "metric" in done.stdout and "test/acc" in done.stdout
+    assert running_runs(store) == []
+
+
+def test_changed_model_code_is_drift_refused_unless_allowed(project: Path, store: str, original: str) -> None:
+    client = MlflowClient(store)
+    runs_before = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("original").experiment_id])}
+    model = project / "src/trainflow/models/classifier.py"
+    text = model.read_text()
+    model.write_text(text + "\n# a change after the original run\n")
+    try:
+        refused = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={original}"], store)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        drift = [line for line in refused.stderr.splitlines() if line.startswith("drift: ")]
+        assert any(line.startswith("drift: code version: ") for line in drift), refused.stderr[-2000:]
+        assert refused.stderr.strip().splitlines()[-1].startswith(f"error: reproduce: run {original} cannot")
+        after = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("original").experiment_id])}
+        assert after == runs_before, "a refused reproduction makes no run"
+
+        allowed = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={original}", "allow_drift=true"],
+                          store)
+        assert allowed.returncode == 0, allowed.stderr[-2000:]
+    finally:
+        model.write_text(text)
+    [new] = [r for r in client.search_runs([client.get_experiment_by_name("original").experiment_id])
+             if r.data.tags.get("trainflow.reproduces") == original]
+    assert new.info.status == "FINISHED"
+    assert "code version: " in new.data.tags["trainflow.reproduce.drift"]
+    assert {a.path for a in client.list_artifacts(new.info.run_id, "reproduction")} == {
+        "reproduction/drift.txt", "reproduction/comparison.csv"}
+    assert running_runs(store) == []
+
+
+def test_bad_input_is_one_line_and_leaves_no_run_running(project: Path, store: str) -> None:
+    client = MlflowClient(store)
+    experiment = client.create_experiment("not-steps")
+    bare = client.create_run(experiment).info.run_id  # no trainflow.step: not a step run
+    client.set_terminated(bare, "FINISHED")
+    unreadable = client.create_run(experiment, tags={"trainflow.step": "train"}).info.run_id  # no overrides.yaml
+    client.set_terminated(unreadable, "FAILED")
+    cases = {
+        "0123456789abcdef0123456789abcdef": "error: reproduce: no run 0123456789abcdef0123456789abcdef",
+        bare: f"error: reproduce: run {bare} is not a trainflow step run",
+        unreadable: f"error: reproduce: run {unreadable}'s overrides.yaml cannot be read",
+    }
+    for run_id, expected in cases.items():
+        done = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={run_id}"], store)
+        assert done.returncode == 1, done.stderr[-2000:]
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), done.stderr[-2000:]
+    # under `mlflow run`, the run MLflow made for the refused reproduction does not stay RUNNING
+    launched = in_copy(project, [f"{VENV_BIN}/mlflow", "run", str(project), "-e", "reproduce", "-P", f"run_id={bare}",
+                                 "--env-manager", "local", "--experiment-name", "refused"], store)
+    assert launched.returncode != 0
+    assert f"error: reproduce: run {bare} is not a trainflow step run" in launched.stderr
+    [made] = client.search_runs([client.get_experiment_by_name("refused").experiment_id])
+    assert made.info.status == "FAILED"
+    assert running_runs(store) == []
