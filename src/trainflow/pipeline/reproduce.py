@@ -44,8 +44,8 @@ STEPS = {
 _RUN_SPECIFIC = ("resume=",)
 # config nodes that differ by where and when a run happens, not by what it computes
 _PLACE_KEYS = ("paths", "hydra")
-# what `reproduce` is given, and its defaults
-ARGS = {"run_id": "", "allow_drift": "false"}
+# what `reproduce` is given; defaults in configs/reproduce.yaml
+ARGS_FILE = "configs/reproduce.yaml"
 
 
 @dataclass
@@ -59,14 +59,15 @@ class Original:
     config: dict[str, Any]
 
 
-def parse_args(argv: list[str]) -> dict[str, str]:
+def parse_args(argv: list[str], root: Path) -> dict[str, str]:
     """`run_id=<id> [allow_drift=true]`, or `mlflow run`'s `--run_id <id>` form."""
     from trainflow.cli import mlflow_params_to_overrides
 
-    args = dict(ARGS)
+    defaults = yaml.safe_load((root / ARGS_FILE).read_text())
+    args = {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in defaults.items()}
     for item in mlflow_params_to_overrides(argv):
         key, sep, value = item.partition("=")
-        if not sep or key not in ARGS:
+        if not sep or key not in args:
             raise UriError(f"reproduce: unknown argument '{item}' (give run_id=<id> and optionally allow_drift=true)")
         args[key] = value
     if not args["run_id"]:
@@ -212,7 +213,7 @@ def reproduce(argv: list[str], root: Path) -> int:
     client = MlflowClient(uri)
     launched = os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run` made this run for us
     try:
-        args = parse_args(argv)
+        args = parse_args(argv, root)
         original = read_original(client, args["run_id"])
         drift = find_drift(original, root)
     except TrainflowError as exc:
