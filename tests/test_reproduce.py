@@ -153,3 +153,24 @@ def test_bad_input_is_one_line_and_leaves_no_run_running(project: Path, store: s
     [made] = client.search_runs([client.get_experiment_by_name("refused").experiment_id])
     assert made.info.status == "FAILED"
     assert running_runs(store) == []
+
+
+def test_an_evaluate_run_is_reproduced_on_the_same_weights(project: Path, store: str, original: str) -> None:
+    client = MlflowClient(store)
+    evaluate = ["steps/evaluate.py", f"ckpt_path=runs:/{original}/checkpoints/best", "experiment=example",
+                "extras.print_config=false", "tracking.experiment_name=evaluated"]
+    evaluated = in_copy(project, [sys.executable, *evaluate], store)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    [first] = client.search_runs([client.get_experiment_by_name("evaluated").experiment_id])
+    assert first.data.tags["trainflow.model.digest"]
+
+    again = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={first.info.run_id}"], store)
+    assert again.returncode == 0, again.stderr[-2000:]
+    [second] = [r for r in client.search_runs([first.info.experiment_id])
+                if r.data.tags.get("trainflow.reproduces") == first.info.run_id]
+    assert second.info.status == "FINISHED" and second.data.tags["trainflow.step"] == "evaluate"
+    assert second.data.tags["trainflow.model.digest"] == first.data.tags["trainflow.model.digest"]
+    before = results(first.data.metrics)
+    assert before and sorted(results(second.data.metrics)) == sorted(before)
+    for key, value in before.items():
+        assert second.data.metrics[key] == pytest.approx(value, abs=1e-6), key

@@ -114,7 +114,7 @@ def _logged_yaml(client: Any, run_id: str, name: str, kind: type) -> Any:
     return value
 
 
-def find_drift(original: Original, root: Path) -> list[str]:
+def find_drift(original: Original, root: Path, client: Any) -> list[str]:
     """What differs between then and now, one line per item."""
     from trainflow.tracking.codeversion import code_version
     from trainflow.tracking.lockfile import TAG_LOCK_DIGEST, lock_digest
@@ -131,6 +131,7 @@ def find_drift(original: Original, root: Path) -> list[str]:
     now = composed_config(original, root)
     drift += config_drift(original.config, now)
     drift += data_drift(original, now)
+    drift += model_drift(original, now, client)
     return drift
 
 
@@ -176,6 +177,32 @@ def data_drift(original: Original, now: dict[str, Any]) -> list[str]:
     return [] if digest == then else [f"data: {uri}: digest {then} -> {digest}"]
 
 
+def model_drift(original: Original, now: dict[str, Any], client: Any) -> list[str]:
+    """The weights an evaluate run's `model_uri` or `ckpt_path` names now, against those it evaluated.
+
+    `models:/NAME@champion` follows its alias: the same URI may name other weights today.
+    """
+    import tempfile
+
+    from trainflow.tracking.artifacts import TAG_MODEL_DIGEST, file_digest, single_file
+    from trainflow.tracking.registry import resolve_model
+
+    then = original.tags.get(TAG_MODEL_DIGEST)
+    uri = now.get("model_uri") or now.get("ckpt_path")
+    if original.step != "evaluate" or not then or not uri:
+        return []
+    try:
+        with tempfile.TemporaryDirectory(prefix="trainflow-reproduce-") as tmp:
+            if now.get("model_uri"):
+                weights = resolve_model(str(uri), client, Path(tmp)).local_dir / "artifacts" / "weights.pt"
+            else:
+                weights = single_file(str(uri), Path(tmp), "ckpt_path", (".ckpt",))
+            digest = file_digest(weights)
+    except TrainflowError as exc:
+        return [f"model: {exc}"]
+    return [] if digest == then else [f"model: {uri}: digest {then} -> {digest}"]
+
+
 def comparison(original: dict[str, float], reproduced: dict[str, float]) -> list[tuple[str, str, str, str]]:
     """(metric, original, reproduced, delta) for every result metric; wall times left out."""
     rows = []
@@ -204,18 +231,20 @@ def as_table(rows: list[tuple[str, str, str, str]]) -> str:
 
 def reproduce(argv: list[str], root: Path) -> int:
     """The exit status: 0 reproduced, 1 bad input, 2 refused for drift, else the step's own."""
+    import mlflow
     from mlflow import MlflowClient
 
     from trainflow.tracking.uri import resolve_tracking_uri
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # an error stays one line
     uri = resolve_tracking_uri(None, root)
+    mlflow.set_tracking_uri(uri)  # runs:/ and models:/ URIs of the original's inputs resolve here
     client = MlflowClient(uri)
     launched = os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run` made this run for us
     try:
         args = parse_args(argv, root)
         original = read_original(client, args["run_id"])
-        drift = find_drift(original, root)
+        drift = find_drift(original, root, client)
     except TrainflowError as exc:
         return _refuse(client, launched, str(exc), 1)
     for line in drift:

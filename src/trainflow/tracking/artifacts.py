@@ -48,3 +48,17 @@ def single_file(uri: str, dst: Path, key: str, suffixes: tuple[str, ...]) -> Pat
             raise UriError(f"{key}: {uri} holds {len(found)} files ending in {', '.join(suffixes)}; name one")
         local = found[0]
     return local
+
+
+# what evaluate evaluated, as `reproduce` compares it: sha256 of the weights file it loaded
+TAG_MODEL_DIGEST = "trainflow.model.digest"
+
+
+def file_digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

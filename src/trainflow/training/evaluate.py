@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainflow.config.validate import check_targets
 from trainflow.errors import ConfigError, DataError
+from trainflow.tracking.artifacts import TAG_MODEL_DIGEST, file_digest
 from trainflow.tracking.datasets import FetchedDataset, dataset_for_step, lineage_data_uri
 from trainflow.tracking.lightning import RunLogger
 from trainflow.tracking.registry import Promotion, ResolvedModel, promote_if_better, resolve_model
@@ -84,6 +85,7 @@ def _load_subject(cfg: DictConfig, run: StepRun) -> _Subject:
         module = instantiate(OmegaConf.load(artifacts / "model.yaml"), _convert_="all")
         module.load_state_dict(torch.load(artifacts / "weights.pt", map_location="cpu", weights_only=True))
         run.client.set_tag(run.run_id, "trainflow.evaluated", cfg.model_uri)
+        run.client.set_tag(run.run_id, TAG_MODEL_DIGEST, file_digest(artifacts / "weights.pt"))
         if model.run_id:
             run.client.set_tag(run.run_id, "trainflow.upstream.train", model.run_id)
         return _Subject(module, cfg.model_uri, model.run_id, model, recorded_data=_served_data(artifacts))
@@ -92,6 +94,7 @@ def _load_subject(cfg: DictConfig, run: StepRun) -> _Subject:
     module = instantiate(cfg.model, _convert_="all", **unset_from_checkpoint(cfg.model, saved))
     module.load_state_dict(saved["state_dict"])
     run.client.set_tag(run.run_id, "trainflow.evaluated", cfg.ckpt_path)
+    run.client.set_tag(run.run_id, TAG_MODEL_DIGEST, file_digest(checkpoint))
     run_id = cfg.ckpt_path.split("/")[1] if str(cfg.ckpt_path).startswith("runs:/") else None
     return _Subject(module, cfg.ckpt_path, run_id, recorded_data=dict(saved.get("datamodule_hyper_parameters") or {}))
 
