@@ -149,3 +149,26 @@ def test_interrupted_then_resumed_matches_uninterrupted(straight, tmp_path) -> N
     steps = [s for s, _ in history(client, interrupted, "val/acc")]
     assert sorted(set(steps)) == sorted({s for s, _ in history(client, reference_id, "val/acc")})
     assert_same_history(full_history(client, interrupted), full_history(client, reference_id))
+
+
+def test_a_run_early_stopping_ended_killed_in_its_test_resumes_into_the_test(tmp_path) -> None:
+    """Early stopping's verdict is loop state too: the resumed run tests, it does not train on."""
+    uri = new_sqlite_store(tmp_path)
+    client = MlflowClient(uri)
+    # val/acc can never improve by 0.5: early stopping ends the fit after epoch 1 of 8
+    stopping = [a for a in ARGS if a not in ("callbacks.early_stopping=null", f"trainer.min_epochs={EPOCHS}")]
+    stopping += ["trainer.min_epochs=1", "callbacks.early_stopping.patience=1",
+                 "callbacks.early_stopping.min_delta=0.5"]
+    straight = run_step([*stopping, "tracking.experiment_name=straight"], uri)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    reference = only_run(uri, "straight")
+    assert len(history(client, reference, "val/acc")) == 2
+
+    fault = "+callbacks.fault={_target_:trainflow.training.faults.SignalAt,moment:test_batch,batch:1}"
+    killed = run_step([*stopping, "tracking.experiment_name=killed", fault], uri)
+    assert killed.returncode == 128 + signal.SIGTERM, killed.stderr[-2000:]
+    interrupted = only_run(uri, "killed")
+    assert "test/acc" not in client.get_run(interrupted).data.metrics
+    resumed = run_step([*stopping, "tracking.experiment_name=killed", f"resume={interrupted}"], uri)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_history(full_history(client, interrupted), full_history(client, reference))

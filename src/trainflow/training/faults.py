@@ -25,6 +25,7 @@ MOMENTS = {
     "validation_batch": "a validation, after batch `batch`",
     "checkpoint_save": "a checkpoint being written",
     "train_epoch_end": "the end of a training epoch, after its validation and checkpoint",
+    "test_batch": "the test after fit, after batch `batch`",
 }
 
 
@@ -39,7 +40,7 @@ class SignalAt(Callback):
     def _at(self, moment: str, trainer: Any, batch: int | None = None) -> None:
         if self.sent or moment != self.moment:
             return
-        if moment != "sanity_check" and trainer.current_epoch != self.epoch:
+        if moment not in ("sanity_check", "test_batch") and trainer.current_epoch != self.epoch:
             return
         if batch is not None and batch != self.batch:
             return
@@ -58,3 +59,7 @@ class SignalAt(Callback):
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._at("train_epoch_end", trainer)
+
+    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                          dataloader_idx: int = 0) -> None:
+        self._at("test_batch", trainer, batch_idx)

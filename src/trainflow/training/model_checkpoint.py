@@ -27,9 +27,21 @@ from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
+# whether early stopping had ended the fit: the one piece of loop state Lightning does not save
+_STOP_KEY = "trainflow_should_stop"
+
 
 class ModelCheckpoint(LightningModelCheckpoint):
     _at_epoch_boundary = False
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        checkpoint[_STOP_KEY] = bool(trainer.should_stop)
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        # a run that early stopping ended, killed while testing, resumes into its test, not another epoch
+        trainer.should_stop = bool(checkpoint.get(_STOP_KEY, False))
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         super().on_train_epoch_start(trainer, pl_module)
