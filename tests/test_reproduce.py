@@ -174,3 +174,17 @@ def test_an_evaluate_run_is_reproduced_on_the_same_weights(project: Path, store:
     assert before and sorted(results(second.data.metrics)) == sorted(before)
     for key, value in before.items():
         assert second.data.metrics[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_a_prepare_data_run_is_reproduced_to_the_same_dataset(project: Path, store: str) -> None:
+    client = MlflowClient(store)
+    prepared = in_copy(project, [sys.executable, "steps/prepare_data.py", "tracking.experiment_name=prepared"], store)
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    [first] = client.search_runs([client.get_experiment_by_name("prepared").experiment_id])
+    again = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={first.info.run_id}"], store)
+    assert again.returncode == 0, again.stderr[-2000:]
+    [second] = [r for r in client.search_runs([first.info.experiment_id])
+                if r.data.tags.get("trainflow.reproduces") == first.info.run_id]
+    assert second.info.status == "FINISHED" and second.data.tags["trainflow.step"] == "prepare_data"
+    assert second.data.tags["trainflow.data.digest"] == first.data.tags["trainflow.data.digest"]
+    assert results(second.data.metrics) == results(first.data.metrics)
