@@ -1,4 +1,4 @@
-"""MLproject entry point `reproduce`: run a logged train, evaluate or prepare_data run again, as it ran.
+"""MLproject entry point `reproduce`: run a logged train, evaluate, prepare_data or main run again, as it ran.
 
     mlflow run . -e reproduce -P run_id=<id> [-P allow_drift=true] --env-manager local
     uv run python steps/reproduce.py run_id=<id> [allow_drift=true]

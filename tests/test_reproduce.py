@@ -188,3 +188,31 @@ def test_a_prepare_data_run_is_reproduced_to_the_same_dataset(project: Path, sto
     assert second.info.status == "FINISHED" and second.data.tags["trainflow.step"] == "prepare_data"
     assert second.data.tags["trainflow.data.digest"] == first.data.tags["trainflow.data.digest"]
     assert results(second.data.metrics) == results(first.data.metrics)
+
+
+def test_a_main_pipeline_is_reproduced_step_by_step(project: Path, store: str) -> None:
+    client = MlflowClient(store)
+    pipeline = ["steps/main.py", "experiment=example", "trainer.max_epochs=2", "trainer.deterministic=true",
+                "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+                "callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "trainer.enable_progress_bar=false",
+                "extras.print_config=false", "registry.log_model=false", "tracking.experiment_name=pipeline"]
+    done = in_copy(project, [sys.executable, *pipeline], store)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [first] = [r for r in client.search_runs([client.get_experiment_by_name("pipeline").experiment_id])
+               if r.data.tags.get("trainflow.step") == "main"]
+
+    again = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={first.info.run_id}"], store)
+    assert again.returncode == 0, again.stderr[-3000:]
+    [second] = [r for r in client.search_runs([first.info.experiment_id])
+                if r.data.tags.get("trainflow.reproduces") == first.info.run_id]
+    assert second.info.status == "FINISHED" and second.data.tags["trainflow.step"] == "main"
+    for step in ("prepare_data", "train", "evaluate"):
+        then = first.data.tags[f"trainflow.pipeline.{step}.run_id"]
+        now = client.get_run(second.data.tags[f"trainflow.pipeline.{step}.run_id"])
+        assert now.info.run_id != then, f"{step} was reused, not run again"
+        assert now.info.status == "FINISHED" and now.data.tags["trainflow.reproduces"] == then
+        before = results(client.get_run(then).data.metrics)
+        for key, value in before.items():
+            assert now.data.metrics[key] == pytest.approx(value, abs=1e-6), (step, key)
+    table = Path(client.download_artifacts(second.info.run_id, "reproduction/comparison.csv", str(project.parent)))
+    assert "train: test/acc," in table.read_text()

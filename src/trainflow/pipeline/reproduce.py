@@ -1,4 +1,4 @@
-"""Run a logged step again, exactly as it ran, and say how the result compares.
+"""Run a logged step (or a whole `main` pipeline) again, exactly as it ran, and say how the result compares.
 
 What the step ran with is read from the run, never from today's defaults:
 its step (`trainflow.step`), the overrides it was given (`overrides.yaml`)
@@ -39,7 +39,11 @@ STEPS = {
     "train": ("steps/train.py", "train"),
     "evaluate": ("steps/evaluate.py", "evaluate"),
     "prepare_data": ("steps/prepare_data.py", "prepare_data"),
+    "main": ("steps/main.py", "main"),
 }
+# a pipeline's steps, in order; each links its run from the pipeline run by this tag
+PIPELINE_STEPS = ("prepare_data", "train", "evaluate")
+PIPELINE_TAG = "trainflow.pipeline.{}.run_id"
 # overrides that name the original run's own continuation, not its config
 _RUN_SPECIFIC = ("resume=",)
 # config nodes that differ by where and when a run happens, not by what it computes
@@ -261,17 +265,43 @@ def reproduce(argv: list[str], root: Path) -> int:
     if status != 0:
         _end_if_running(client, run_id, f"the reproduced {original.step} step exited with status {status}")
         return status
-    rows = comparison(original.metrics, client.get_run(run_id).data.metrics)
+    rows = [(prefix + key, a, b, delta)
+            for prefix, then, now in compared_runs(client, original, run_id)
+            for key, a, b, delta in comparison(client.get_run(then).data.metrics, client.get_run(now).data.metrics)]
     client.log_text(run_id, as_csv(rows), COMPARISON)
     print(f"reproduction of {original.run_id} in run {run_id}:\n{as_table(rows)}", flush=True)
     return 0
 
 
 def run_step(original: Original, root: Path, uri: str, run_id: str) -> int:
-    """The step's own script with the logged overrides, logging into `run_id`."""
+    """The step's own script with the logged overrides, logging into `run_id`.
+
+    A pipeline runs every step again in order (`cache=false`): reusing the
+    original's cached step runs would reproduce nothing.
+    """
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_RUN_ID=run_id, MLFLOW_EXPERIMENT_ID=original.experiment_id)
     script = STEPS[original.step][0]
-    return subprocess.run([sys.executable, script, *original.overrides], cwd=root, env=env).returncode
+    overrides = original.overrides
+    if original.step == "main":
+        overrides = [o for o in overrides if not o.startswith("cache=")] + ["cache=false"]
+    return subprocess.run([sys.executable, script, *overrides], cwd=root, env=env).returncode
+
+
+def compared_runs(client: Any, original: Original, run_id: str) -> list[tuple[str, str, str]]:
+    """(prefix, original run, new run) whose metrics are compared: a pipeline's step runs, pairwise.
+
+    Each new step run is tagged as the reproduction of the original step run it stands for.
+    """
+    if original.step != "main":
+        return [("", original.run_id, run_id)]
+    new_tags = client.get_run(run_id).data.tags
+    pairs = []
+    for step in PIPELINE_STEPS:
+        then, now = original.tags.get(PIPELINE_TAG.format(step)), new_tags.get(PIPELINE_TAG.format(step))
+        if then and now:
+            client.set_tag(now, TAG_REPRODUCES, then)
+            pairs.append((f"{step}: ", then, now))
+    return pairs
 
 
 def _refuse(client: Any, launched: str | None, message: str, status: int) -> int:
