@@ -64,12 +64,10 @@ class Original:
 
 
 def parse_args(argv: list[str], root: Path) -> dict[str, str]:
-    """`run_id=<id> [allow_drift=true]`, or `mlflow run`'s `--run_id <id>` form."""
-    from trainflow.cli import mlflow_params_to_overrides
-
+    """`run_id=<id> [allow_drift=true]` (the step script turns `mlflow run`'s `--run_id <id>` into that)."""
     defaults = yaml.safe_load((root / ARGS_FILE).read_text())
     args = {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in defaults.items()}
-    for item in mlflow_params_to_overrides(argv):
+    for item in argv:
         key, sep, value = item.partition("=")
         if not sep or key not in args:
             raise UriError(f"reproduce: unknown argument '{item}' (give run_id=<id> and optionally allow_drift=true)")
@@ -143,7 +141,6 @@ def composed_config(original: Original, root: Path) -> dict[str, Any]:
     """The config the logged overrides compose to with today's config files, redacted like the logged one."""
     from omegaconf import OmegaConf
 
-    from trainflow.cli import compose_error
     from trainflow.config.compose import compose_step_config
     from trainflow.tracking.redact import redact
 
@@ -153,7 +150,8 @@ def composed_config(original: Original, root: Path) -> dict[str, Any]:
         cfg = compose_step_config(STEPS[original.step][1], original.overrides, where, config_dir=root / "configs")
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:
-        raise UriError(f"reproduce: run {original.run_id}'s overrides no longer compose: {compose_error(exc)}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UriError(f"reproduce: run {original.run_id}'s overrides no longer compose: {first}") from exc
     return dict(redact(resolved))
 
 
