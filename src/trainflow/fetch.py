@@ -50,3 +50,13 @@ def single_file(uri: str, dst: Path, key: str, suffixes: tuple[str, ...]) -> Pat
             raise UriError(f"{key}: {uri} holds {len(found)} files ending in {', '.join(suffixes)}; name one")
         local = found[0]
     return local
+
+
+def file_digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

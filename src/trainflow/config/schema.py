@@ -17,6 +17,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
+# `${trainflow.project_root:}` in configs/paths: the checkout, wherever Hydra's run dir is
+ROOT_RESOLVER = __name__.split(".")[0] + ".project_root"
+
+
 @dataclass
 class PathsSchema:
     root_dir: str = MISSING
@@ -214,5 +218,5 @@ def register_configs() -> None:
     store.store(name="prepare_data_schema", node=PrepareDataSchema)
     store.store(name="predict_schema", node=PredictSchema)
     store.store(name="main_schema", node=MainSchema)
-    if not OmegaConf.has_resolver("trainflow.project_root"):
-        OmegaConf.register_new_resolver("trainflow.project_root", lambda: str(project_root()))
+    if not OmegaConf.has_resolver(ROOT_RESOLVER):
+        OmegaConf.register_new_resolver(ROOT_RESOLVER, lambda: str(project_root()))

@@ -314,7 +314,7 @@ def prewarm_workers(cfg: DictConfig, output_dir: Path) -> None:
     atexit.register(_discard_warm_workers)
     for index in range(1, n_workers):
         spec_path = output_dir / "workers" / f"worker-{index}.json"
-        proc = subprocess.Popen([sys.executable, "-m", "trainflow.sweep.worker", WAIT_FLAG, str(spec_path)],
+        proc = subprocess.Popen([sys.executable, "-m", f"{__package__}.worker", WAIT_FLAG, str(spec_path)],
                                 env=env, stdin=subprocess.PIPE, text=True, start_new_session=True)
         _WARM[spec_path] = WarmWorker(proc, env)
 

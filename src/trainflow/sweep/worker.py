@@ -42,11 +42,12 @@ log = logging.getLogger(__name__)
 # How often a sweep with an empty queue looks at trials still running elsewhere.
 WATCH_S = 1.0
 
+_PACKAGE = __name__.split(".")[0]
 # argv[0] of a pre-warmed worker: import first, then wait for the sweep's word on stdin.
 WAIT_FLAG = "--wait"
 # What every trial of a classification sweep imports: what a pre-warmed worker imports while it waits.
 TRIAL_IMPORTS = ("torch", "lightning", "mlflow", "optuna", "optuna_integration.pytorch_lightning",
-                 "trainflow.training.train", "trainflow.models.classifier")
+                 f"{_PACKAGE}.training.train", f"{_PACKAGE}.models.classifier")
 
 
 @dataclass

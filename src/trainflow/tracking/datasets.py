@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainflow.config.redact import mask_url_passwords
 from trainflow.data.dataset import (
     MANIFEST,
     Manifest,
@@ -106,21 +107,26 @@ def prepare_inline(datamodule: Any, cache_root: Path) -> FetchedDataset:
 
 
 def log_dataset_input(client: Any, run_id: str, fetched: FetchedDataset, context: str) -> None:
-    """Lineage the UI shows: name, digest and source of what the step read."""
+    """Lineage the UI shows: name, digest and source of what the step read.
+
+    The URI is recorded with any URL password masked: a user may read a
+    dataset through `mlflow-artifacts://user:password@host/...`.
+    """
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     manifest = fetched.manifest
+    uri = mask_url_passwords(fetched.uri)
     dataset = Dataset(
         name=manifest.task,
         digest=manifest.digest[:36],
         source_type="trainflow",
-        source=json.dumps({"uri": fetched.uri, "origin": manifest.source}),
+        source=json.dumps({"uri": uri, "origin": manifest.source}),
         schema=None,
         profile=json.dumps(manifest.splits),
     )
     client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
     tags = {
-        tag.DATA_URI: fetched.uri,
+        tag.DATA_URI: uri,
         tag.DATA_DIGEST: manifest.digest,
         tag.DATA_BYTES_DOWNLOADED: str(fetched.bytes_downloaded),
     }

@@ -63,3 +63,14 @@ def locked_requirements(lock_path: Path, project: str = PROJECT) -> list[str]:
         for extra in extras:
             queue.extend(d for d in package.get("optional-dependencies", {}).get(extra, []) if _applies(d, extra))
     return [f"{name}=={version}" for name, version in sorted(pinned.items(), key=lambda kv: _norm(kv[0]))]
+
+
+# the run's environment, as `reproduce` compares it: sha256 of uv.lock
+
+
+def lock_digest(root: Path) -> str:
+    """sha256 of the project's uv.lock ("" without one): equal digests, equal locked environments."""
+    import hashlib
+
+    lock = root / "uv.lock"
+    return hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else ""

@@ -43,18 +43,25 @@ class LoggedModel:
 
 def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: ServingSpec,
                       tags: dict[str, str], register_as: str | None) -> LoggedModel:
-    """Log the pyfunc into the step's run and, if asked, register a version."""
+    """Log the pyfunc into the step's run and, if asked, register a version.
+
+    The model's config and tags are redacted like the run's config: a model
+    artifact travels further than the run (registries, serving hosts).
+    """
     import mlflow
     import torch
     from mlflow.models import infer_signature
 
+    from trainflow.config.redact import redact
     from trainflow.tracking.lockfile import locked_requirements
     from trainflow.tracking.pyfunc import TaskModel
+
+    tags = redact(tags)
 
     with tempfile.TemporaryDirectory(prefix="trainflow-model-") as tmp:
         folder = Path(tmp)
         torch.save(weights, folder / "weights.pt")
-        (folder / "model.yaml").write_text(OmegaConf.to_yaml(model_cfg, resolve=True))
+        (folder / "model.yaml").write_text(OmegaConf.to_yaml(redact(OmegaConf.to_container(model_cfg, resolve=True))))
         (folder / "meta.json").write_text(json.dumps(spec.meta))
         artifacts = {"weights": str(folder / "weights.pt"), "model_config": str(folder / "model.yaml"),
                      "meta": str(folder / "meta.json")}

@@ -35,6 +35,7 @@ from trainflow.errors import TrackingError, TrainflowError
 from trainflow.project import project_root
 from trainflow.tracking import tags as tag
 from trainflow.tracking.codeversion import CodeVersion, code_version
+from trainflow.tracking.lockfile import lock_digest
 from trainflow.tracking.params import flatten, new_params
 from trainflow.tracking.ranks import LEADER_RUN_ENV, ReadOnlyClient, find_leader_run, is_follower, job_key
 from trainflow.tracking.uri import bound_http_client, check_reachable, resolve_tracking_uri
@@ -458,6 +459,7 @@ def _log_run_identity(ctx: StepRun, cfg: DictConfig, tree: str | None) -> None:
         tag.GIT_COMMIT: ctx.code.commit or "",
         tag.GIT_DIRTY: str(ctx.code.dirty).lower(),
         tag.CODE_VERSION: ctx.code.id,
+        tag.LOCK_DIGEST: lock_digest(ctx.root),
         tag.CONFIG_HASH: config_hash(resolved),
         tag.OVERRIDES: json.dumps(redact_overrides(overrides)),
         tag.USER_TAGS: ",".join(str(t) for t in cfg.get("tags") or []),

@@ -18,6 +18,7 @@ ERROR = "trainflow.error"  # why a run ended FAILED or KILLED (secrets masked)
 GIT_COMMIT = "trainflow.git.commit"
 GIT_DIRTY = "trainflow.git.dirty"
 CODE_VERSION = "trainflow.code_version"  # commit + digest of uncommitted changes
+LOCK_DIGEST = "trainflow.uv_lock.digest"  # sha256 of uv.lock: what reproduce checks for dependency drift
 CONFIG_HASH = "trainflow.config_hash"
 OVERRIDES = "trainflow.overrides"  # Hydra overrides as JSON (secrets masked)
 USER_TAGS = "trainflow.tags"  # the config's `tags`, comma-separated
@@ -40,6 +41,7 @@ MODEL_URI = "trainflow.model_uri"  # the logged pyfunc of a train run
 REGISTERED = "trainflow.registered"  # models:/NAME/N a run registered
 RUN_ID = "trainflow.run_id"  # on a version: the train run that made it
 MONITOR = "trainflow.monitor"
+MODEL_DIGEST = "trainflow.model.digest"  # on an evaluate run: the weights it evaluated (an alias may move)
 MONITOR_VALUE = "trainflow.monitor.value"
 
 # --- evaluation and promotion (evaluate, registry): on runs and versions ----
@@ -52,6 +54,10 @@ PROMOTION_METRIC = "trainflow.promotion.metric"
 PROMOTION_CANDIDATE = "trainflow.promotion.candidate"
 PROMOTION_CHAMPION = "trainflow.promotion.champion"
 PROMOTION_CHAMPION_VERSION = "trainflow.promotion.champion_version"
+
+# --- reproduce (pipeline.reproduce): on the new run -------------------------
+REPRODUCES = "trainflow.reproduces"  # the run id this run reproduces
+REPRODUCE_DRIFT = "trainflow.reproduce.drift"  # what differed from the original (allow_drift=true)
 
 # --- the pipeline (pipeline.main, pipeline.cache) ---------------------------
 CACHE_KEY = "trainflow.cache_key"  # on a step run the pipeline may reuse

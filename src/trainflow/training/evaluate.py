@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainflow.config.validate import check_targets
 from trainflow.data.task import task_data_module
 from trainflow.errors import ConfigError, DataError
+from trainflow.fetch import file_digest
 from trainflow.tracking import tags as tag
 from trainflow.tracking.datasets import FetchedDataset, dataset_for_step, lineage_data_uri
 from trainflow.tracking.lightning import RunLogger
@@ -91,6 +92,7 @@ def _load_subject(cfg: DictConfig, run: StepRun) -> _Subject:
         module = instantiate(OmegaConf.load(artifacts / "model.yaml"), _convert_="all")
         module.load_state_dict(torch.load(artifacts / "weights.pt", map_location="cpu", weights_only=True))
         run.client.set_tag(run.run_id, tag.EVALUATED, cfg.model_uri)
+        run.client.set_tag(run.run_id, tag.MODEL_DIGEST, file_digest(artifacts / "weights.pt"))
         if model.run_id:
             run.client.set_tag(run.run_id, tag.UPSTREAM_TRAIN, model.run_id)
         return _Subject(module, cfg.model_uri, model.run_id, model, recorded_data=_served_data(artifacts))
@@ -99,6 +101,7 @@ def _load_subject(cfg: DictConfig, run: StepRun) -> _Subject:
     module = instantiate(cfg.model, _convert_="all", **unset_from_checkpoint(cfg.model, saved))
     module.load_state_dict(saved["state_dict"])
     run.client.set_tag(run.run_id, tag.EVALUATED, cfg.ckpt_path)
+    run.client.set_tag(run.run_id, tag.MODEL_DIGEST, file_digest(checkpoint))
     run_id = cfg.ckpt_path.split("/")[1] if str(cfg.ckpt_path).startswith("runs:/") else None
     return _Subject(module, cfg.ckpt_path, run_id, recorded_data=dict(saved.get("datamodule_hyper_parameters") or {}))
 

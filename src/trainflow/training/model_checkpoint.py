@@ -1,11 +1,21 @@
-"""Lightning's ModelCheckpoint, with `save_last` saving the last epoch again.
+"""Lightning's ModelCheckpoint, with `last.ckpt` saved at every epoch boundary and only there.
 
-Since Lightning 2.6, `save_last=True` writes `last.ckpt` only in a step where
-a top-k checkpoint was saved too. With `save_top_k: 1` on a validation metric
-that is the best epoch, not the last one: a run killed at epoch 150 whose best
-was epoch 9 resumes from epoch 9, and an outage's checkpoint upload sends a
-stale file. trainflow promises that a kill loses at most one epoch, so `last`
-is saved at every checkpointing point where Lightning skipped it.
+Two things about Lightning 2.6's own `save_last` break trainflow's promises:
+
+- it writes `last.ckpt` only in a step where a top-k checkpoint was saved
+  too: with `save_top_k: 1` that is the best epoch, not the last one, so a run
+  killed at epoch 150 whose best was epoch 9 would resume from epoch 9;
+- it writes it at the end of validation, inside the epoch: the epoch's
+  scheduler step and end-of-epoch hooks have not run yet, and a fit restarted
+  from such a checkpoint skips the scheduler step for that epoch ("plateau
+  schedulers need metrics the checkpoint lacks"). A resumed run then drops
+  its learning rate one epoch late and drifts from an uninterrupted one.
+
+So `last` is saved when the next epoch starts (before its shuffle draws any
+random number: the RNG states saved with it are exactly what that epoch
+will use) and when training ends; Lightning's saves inside the epoch write
+only the top-k (`best`) file. A resume then restarts "on epoch start",
+which Lightning replays exactly.
 
 The class keeps Lightning's name: its callback state key (and so resume's
 lookup of checkpoint state) reads the same. That key is kept once computed:
@@ -20,8 +30,12 @@ from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
+# whether early stopping had ended the fit: the one piece of loop state Lightning does not save
+_STOP_KEY = "trainflow_should_stop"
+
 
 class ModelCheckpoint(LightningModelCheckpoint):
+    _at_epoch_boundary = False
     _key: tuple[tuple[Any, ...], str] | None = None
 
     @property
@@ -31,17 +45,53 @@ class ModelCheckpoint(LightningModelCheckpoint):
             self._key = (parts, super().state_key)
         return self._key[1]
 
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._save_last_if_skipped(trainer)
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        checkpoint[_STOP_KEY] = bool(trainer.should_stop)
 
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._save_last_if_skipped(trainer)
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        # a run that early stopping ended, killed while testing, resumes into its test, not another epoch
+        trainer.should_stop = bool(checkpoint.get(_STOP_KEY, False))
 
-    def _save_last_if_skipped(self, trainer: Any) -> None:
-        # a save in this step (top-k, or last by Lightning itself) makes this skip
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        if trainer.fit_loop.restarted_on_epoch_start:
+            # Resumed from a `last` saved here: the epoch is a fresh one. Left
+            # "restarting", Lightning would skip this epoch's scheduler step.
+            trainer.fit_loop.restarting = False
+        if trainer.current_epoch > 0:
+            _enter_epoch(trainer)
+            self._save_last_at_boundary(trainer)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._save_last_at_boundary(trainer)
+
+    def _save_last_checkpoint(self, trainer: Any, monitor_candidates: dict[str, Any]) -> None:
+        if self._at_epoch_boundary:
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+
+    def _save_last_at_boundary(self, trainer: Any) -> None:
+        # Lightning's own skip test also skips a step already saved (by top-k): not a reason here
+        if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        self._at_epoch_boundary = True
+        try:
+            super()._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        finally:
+            self._at_epoch_boundary = False
+
+
+def _enter_epoch(trainer: Any) -> None:
+    """Reset the per-epoch batch counters now rather than a moment later.
+
+    The epoch loop resets them when it starts the epoch, just after this
+    hook; saved before that, the checkpoint would say the new epoch's batches
+    are all done, and Lightning would restart it as an empty epoch. These are
+    the same resets the loop makes, so an uninterrupted fit is unchanged.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    loop.batch_progress.reset_on_run()
+    loop.scheduler_progress.reset_on_run()
+    loop.automatic_optimization.optim_progress.reset_on_run()
+    loop.val_loop.batch_progress.total.reset()

@@ -8,6 +8,7 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import logging
 import random
 import shutil
 from pathlib import Path
@@ -18,6 +19,8 @@ import torch
 from lightning.pytorch import Callback
 
 from trainflow.errors import UriError
+
+log = logging.getLogger(__name__)
 
 _CKPT_KEY = "trainflow_rng"
 
@@ -54,8 +57,12 @@ class RngState(Callback):
         random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
 
 
-def prepare_resume(run_id: str, checkpoint_dir: Path, staging: Path) -> Path:
+def prepare_resume(client: Any, run_id: str, checkpoint_dir: Path, staging: Path) -> Path | None:
     """Download the run's `last` (and `best`) checkpoints, re-homed in this run's folder.
+
+    None when the run has no `last` yet (`last` is saved when an epoch ends;
+    the run was stopped in its first epoch or its sanity check): the resumed
+    fit then starts over, in the same run, from the same seed.
 
     ModelCheckpoint only restores its best score and paths when the
     checkpoint's dirpath equals its own; a resumed process has a new Hydra
@@ -64,13 +71,19 @@ def prepare_resume(run_id: str, checkpoint_dir: Path, staging: Path) -> Path:
     """
     from mlflow.artifacts import download_artifacts
 
-    staging.mkdir(parents=True, exist_ok=True)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
     try:
-        last_dir = Path(download_artifacts(artifact_uri=f"runs:/{run_id}/checkpoints/last", dst_path=str(staging)))
+        has_last = bool(client.list_artifacts(run_id, "checkpoints/last"))
+        if has_last:
+            staging.mkdir(parents=True, exist_ok=True)
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            last_dir = Path(download_artifacts(artifact_uri=f"runs:/{run_id}/checkpoints/last",
+                                               dst_path=str(staging)))
     except Exception as exc:
-        raise UriError(f"resume: run {run_id} has no checkpoints/last to resume from: "
+        raise UriError(f"resume: cannot download checkpoints/last of run {run_id}: "
                        f"{str(exc).strip().splitlines()[0]}") from exc
+    if not has_last:
+        _check_start_over(client, run_id)
+        return None
     checkpoint = torch.load(last_dir / "last.ckpt", map_location="cpu", weights_only=True)
     old_dirs = set()
     for key, state in checkpoint.get("callbacks", {}).items():
@@ -86,6 +99,15 @@ def prepare_resume(run_id: str, checkpoint_dir: Path, staging: Path) -> Path:
     resumed = staging / "resume.ckpt"
     torch.save(checkpoint, resumed)
     return resumed
+
+
+def _check_start_over(client: Any, run_id: str) -> None:
+    """No `last` because no epoch ended, not because none was ever going to be logged."""
+    params = client.get_run(run_id).data.params
+    for key in ("tracking.log_checkpoints", "callbacks.model_checkpoint.save_last"):
+        if params.get(key) != "True":
+            raise UriError(f"resume: run {run_id} has no checkpoints/last to resume from ({key}={params.get(key)})")
+    log.info("resume: run %s ended before its first epoch did; starting over in the same run", run_id)
 
 
 def _rehome(value: Any, old: str, new: str) -> Any:

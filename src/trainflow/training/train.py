@@ -17,7 +17,7 @@ from trainflow.tracking import tags as tag
 from trainflow.tracking.datasets import FetchedDataset, dataset_for_step
 from trainflow.tracking.lightning import RunLogger
 from trainflow.tracking.run import StepRun
-from trainflow.training.checkpoints import resolve_checkpoint
+from trainflow.training.checkpoints import RedactedHyperparameters, resolve_checkpoint
 from trainflow.training.instantiate import instantiate_callbacks
 from trainflow.training.metrics import scalar_metrics
 from trainflow.training.profiler import profiler_kwargs
@@ -53,7 +53,8 @@ def train(cfg: DictConfig, run: StepRun, extra_callbacks: Sequence[Any] = ()) ->
     set_data_model_kwargs(cfg, datamodule)
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = instantiate(cfg.model, _convert_="all")
-    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), RngState(), *extra_callbacks]
+    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), RngState(), RedactedHyperparameters(),
+                 *extra_callbacks]
     logger = RunLogger(run.client, run.run_id, cfg.tracking.flush_every_s, cfg.tracking.log_checkpoints,
                        cfg.tracking.outage_grace_s, run.output_dir / "unsynced")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **profiler_kwargs(cfg.trainer))
@@ -112,7 +113,7 @@ def _start_checkpoint(cfg: DictConfig, run: StepRun, trainer: Any) -> Path | Non
     if cfg.get("resume"):
         callback = getattr(trainer, "checkpoint_callback", None)
         dirpath = Path(callback.dirpath) if callback is not None and callback.dirpath else run.output_dir
-        return prepare_resume(run.run_id, dirpath, run.output_dir / "resume")
+        return prepare_resume(run.client, run.run_id, dirpath, run.output_dir / "resume")
     if cfg.get("ckpt_path"):
         return resolve_checkpoint(cfg.ckpt_path, run.output_dir / "start")
     return None

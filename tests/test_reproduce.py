@@ -1,0 +1,219 @@
+"""`reproduce`: a logged train run, run again as it ran; drift refused unless allowed; bad input in one line.
+
+Everything runs in a copy of the project (a git repository of its own,
+committed once), so the drift test can change a file of
+`src/trainflow/models` without touching the real checkout, and the copy's
+code version holds still between the runs that must match.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from helpers import ROOT, VENV_BIN, new_sqlite_store, step_env
+from trainflow.tracking import tags as tag
+
+pytestmark = pytest.mark.slow
+
+TRAIN = ["steps/train.py", "experiment=example", "trainer.max_epochs=3", "trainer.deterministic=true",
+         "extras.print_config=false", "callbacks.rich_progress_bar=null", "callbacks.model_summary=null",
+         "trainer.enable_progress_bar=false", "registry.log_model=false", "tracking.experiment_name=original"]
+
+
+def git(folder: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder, check=True,
+                   capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkout's files as they are now (tracked and untracked, not ignored), in a repository of their own."""
+    copy = tmp_path_factory.mktemp("project") / "trainflow"
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    git(copy, "init", "-q")
+    git(copy, "add", "-A")
+    git(copy, "commit", "-q", "-m", "snapshot")
+    return copy
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return new_sqlite_store(tmp_path_factory.mktemp("reproduce-store"))
+
+
+def in_copy(project: Path, args: list[str], uri: str) -> subprocess.CompletedProcess:
+    """A command run in the copy, importing the copy's `trainflow`."""
+    env = step_env(uri, PYTHONPATH=str(project / "src"))
+    return subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def original(project: Path, store: str) -> str:
+    done = in_copy(project, [sys.executable, *TRAIN], store)
+    assert done.returncode == 0, done.stderr[-2000:]
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("original").experiment_id])
+    return str(run.info.run_id)
+
+
+def results(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if not k.startswith("time/")}
+
+
+def running_runs(uri: str) -> list[str]:
+    client = MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return [r.info.run_id for r in client.search_runs(ids) if r.info.status == "RUNNING"]
+
+
+def test_mlflow_run_reproduce_matches_a_deterministic_train_run(project: Path, store: str, original: str) -> None:
+    done = in_copy(project, [f"{VENV_BIN}/mlflow", "run", str(project), "-e", "reproduce", "-P",
+                             f"run_id={original}", "--env-manager", "local", "--experiment-name", "again"], store)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("again").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[tag.REPRODUCES] == original
+    assert run.data.tags[tag.STEP] == "train"
+    assert tag.REPRODUCE_DRIFT not in run.data.tags
+    before = results(client.get_run(original).data.metrics)
+    assert sorted(results(run.data.metrics)) == sorted(before)
+    for key, value in before.items():
+        assert run.data.metrics[key] == pytest.approx(value, abs=1e-6), key
+    table = Path(client.download_artifacts(run.info.run_id, "reproduction/comparison.csv", str(project.parent)))
+    lines = table.read_text().splitlines()
+    assert lines[0] == "metric,original,reproduced,delta"
+    assert {line.split(",")[0] for line in lines[1:]} == set(before)
+    assert "metric" in done.stdout and "test/acc" in done.stdout
+    assert running_runs(store) == []
+
+
+def test_changed_model_code_is_drift_refused_unless_allowed(project: Path, store: str, original: str) -> None:
+    client = MlflowClient(store)
+    runs_before = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("original").experiment_id])}
+    model = project / "src/trainflow/models/classifier.py"
+    text = model.read_text()
+    model.write_text(text + "\n# a change after the original run\n")
+    try:
+        refused = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={original}"], store)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        drift = [line for line in refused.stderr.splitlines() if line.startswith("drift: ")]
+        assert any(line.startswith("drift: code version: ") for line in drift), refused.stderr[-2000:]
+        assert refused.stderr.strip().splitlines()[-1].startswith(f"error: reproduce: run {original} cannot")
+        after = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("original").experiment_id])}
+        assert after == runs_before, "a refused reproduction makes no run"
+
+        allowed = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={original}", "allow_drift=true"],
+                          store)
+        assert allowed.returncode == 0, allowed.stderr[-2000:]
+    finally:
+        model.write_text(text)
+    [new] = [r for r in client.search_runs([client.get_experiment_by_name("original").experiment_id])
+             if r.data.tags.get(tag.REPRODUCES) == original]
+    assert new.info.status == "FINISHED"
+    assert "code version: " in new.data.tags[tag.REPRODUCE_DRIFT]
+    assert {a.path for a in client.list_artifacts(new.info.run_id, "reproduction")} == {
+        "reproduction/drift.txt", "reproduction/comparison.csv"}
+    assert running_runs(store) == []
+
+
+def test_bad_input_is_one_line_and_leaves_no_run_running(project: Path, store: str) -> None:
+    client = MlflowClient(store)
+    experiment = client.create_experiment("not-steps")
+    bare = client.create_run(experiment).info.run_id  # no trainflow.step: not a step run
+    client.set_terminated(bare, "FINISHED")
+    unreadable = client.create_run(experiment, tags={tag.STEP: "train"}).info.run_id  # no overrides.yaml
+    client.set_terminated(unreadable, "FAILED")
+    cases = {
+        "0123456789abcdef0123456789abcdef": "error: reproduce: no run 0123456789abcdef0123456789abcdef",
+        bare: f"error: reproduce: run {bare} is not a trainflow step run",
+        unreadable: f"error: reproduce: run {unreadable}'s overrides.yaml cannot be read",
+    }
+    for run_id, expected in cases.items():
+        done = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={run_id}"], store)
+        assert done.returncode == 1, done.stderr[-2000:]
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), done.stderr[-2000:]
+    # under `mlflow run`, the run MLflow made for the refused reproduction does not stay RUNNING
+    launched = in_copy(project, [f"{VENV_BIN}/mlflow", "run", str(project), "-e", "reproduce", "-P", f"run_id={bare}",
+                                 "--env-manager", "local", "--experiment-name", "refused"], store)
+    assert launched.returncode != 0
+    assert f"error: reproduce: run {bare} is not a trainflow step run" in launched.stderr
+    [made] = client.search_runs([client.get_experiment_by_name("refused").experiment_id])
+    assert made.info.status == "FAILED"
+    assert running_runs(store) == []
+
+
+def test_an_evaluate_run_is_reproduced_on_the_same_weights(project: Path, store: str, original: str) -> None:
+    client = MlflowClient(store)
+    evaluate = ["steps/evaluate.py", f"ckpt_path=runs:/{original}/checkpoints/best", "experiment=example",
+                "extras.print_config=false", "tracking.experiment_name=evaluated"]
+    evaluated = in_copy(project, [sys.executable, *evaluate], store)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    [first] = client.search_runs([client.get_experiment_by_name("evaluated").experiment_id])
+    assert first.data.tags[tag.MODEL_DIGEST]
+
+    again = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={first.info.run_id}"], store)
+    assert again.returncode == 0, again.stderr[-2000:]
+    [second] = [r for r in client.search_runs([first.info.experiment_id])
+                if r.data.tags.get(tag.REPRODUCES) == first.info.run_id]
+    assert second.info.status == "FINISHED" and second.data.tags[tag.STEP] == "evaluate"
+    assert second.data.tags[tag.MODEL_DIGEST] == first.data.tags[tag.MODEL_DIGEST]
+    before = results(first.data.metrics)
+    assert before and sorted(results(second.data.metrics)) == sorted(before)
+    for key, value in before.items():
+        assert second.data.metrics[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_a_prepare_data_run_is_reproduced_to_the_same_dataset(project: Path, store: str) -> None:
+    client = MlflowClient(store)
+    prepared = in_copy(project, [sys.executable, "steps/prepare_data.py", "tracking.experiment_name=prepared"], store)
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    [first] = client.search_runs([client.get_experiment_by_name("prepared").experiment_id])
+    again = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={first.info.run_id}"], store)
+    assert again.returncode == 0, again.stderr[-2000:]
+    [second] = [r for r in client.search_runs([first.info.experiment_id])
+                if r.data.tags.get(tag.REPRODUCES) == first.info.run_id]
+    assert second.info.status == "FINISHED" and second.data.tags[tag.STEP] == "prepare_data"
+    assert second.data.tags[tag.DATA_DIGEST] == first.data.tags[tag.DATA_DIGEST]
+    assert results(second.data.metrics) == results(first.data.metrics)
+
+
+def test_a_main_pipeline_is_reproduced_step_by_step(project: Path, store: str) -> None:
+    client = MlflowClient(store)
+    pipeline = ["steps/main.py", "experiment=example", "trainer.max_epochs=2", "trainer.deterministic=true",
+                "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+                "callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "trainer.enable_progress_bar=false",
+                "extras.print_config=false", "registry.log_model=false", "tracking.experiment_name=pipeline"]
+    done = in_copy(project, [sys.executable, *pipeline], store)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [first] = [r for r in client.search_runs([client.get_experiment_by_name("pipeline").experiment_id])
+               if r.data.tags.get(tag.STEP) == "main"]
+
+    again = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={first.info.run_id}"], store)
+    assert again.returncode == 0, again.stderr[-3000:]
+    [second] = [r for r in client.search_runs([first.info.experiment_id])
+                if r.data.tags.get(tag.REPRODUCES) == first.info.run_id]
+    assert second.info.status == "FINISHED" and second.data.tags[tag.STEP] == "main"
+    for step in ("prepare_data", "train", "evaluate"):
+        then = first.data.tags[tag.pipeline_step(step, "run_id")]
+        now = client.get_run(second.data.tags[tag.pipeline_step(step, "run_id")])
+        assert now.info.run_id != then, f"{step} was reused, not run again"
+        assert now.info.status == "FINISHED" and now.data.tags[tag.REPRODUCES] == then
+        before = results(client.get_run(then).data.metrics)
+        for key, value in before.items():
+            assert now.data.metrics[key] == pytest.approx(value, abs=1e-6), (step, key)
+    table = Path(client.download_artifacts(second.info.run_id, "reproduction/comparison.csv", str(project.parent)))
+    assert "train: test/acc," in table.read_text()
