@@ -16,7 +16,6 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-
 # `${trainflow.project_root:}` in configs/paths: the checkout, wherever Hydra's run dir is
 ROOT_RESOLVER = __name__.split(".")[0] + ".project_root"
 
