@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
@@ -70,6 +71,15 @@ def original(project: Path, store: str) -> str:
 
 def results(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if not k.startswith("time/")}
+
+
+def reproduced(project: Path, store: str, client: MlflowClient, first: Any) -> Any:
+    """`steps/reproduce.py run_id=<first>` in the copy, and the one run tagged as its reproduction."""
+    again = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={first.info.run_id}"], store)
+    assert again.returncode == 0, again.stderr[-3000:]
+    [second] = [r for r in client.search_runs([first.info.experiment_id])
+                if r.data.tags.get(tag.REPRODUCES) == first.info.run_id]
+    return second
 
 
 def running_runs(uri: str) -> list[str]:
@@ -165,10 +175,7 @@ def test_an_evaluate_run_is_reproduced_on_the_same_weights(project: Path, store:
     [first] = client.search_runs([client.get_experiment_by_name("evaluated").experiment_id])
     assert first.data.tags[tag.MODEL_DIGEST]
 
-    again = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={first.info.run_id}"], store)
-    assert again.returncode == 0, again.stderr[-2000:]
-    [second] = [r for r in client.search_runs([first.info.experiment_id])
-                if r.data.tags.get(tag.REPRODUCES) == first.info.run_id]
+    second = reproduced(project, store, client, first)
     assert second.info.status == "FINISHED" and second.data.tags[tag.STEP] == "evaluate"
     assert second.data.tags[tag.MODEL_DIGEST] == first.data.tags[tag.MODEL_DIGEST]
     before = results(first.data.metrics)
@@ -182,10 +189,7 @@ def test_a_prepare_data_run_is_reproduced_to_the_same_dataset(project: Path, sto
     prepared = in_copy(project, [sys.executable, "steps/prepare_data.py", "tracking.experiment_name=prepared"], store)
     assert prepared.returncode == 0, prepared.stderr[-2000:]
     [first] = client.search_runs([client.get_experiment_by_name("prepared").experiment_id])
-    again = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={first.info.run_id}"], store)
-    assert again.returncode == 0, again.stderr[-2000:]
-    [second] = [r for r in client.search_runs([first.info.experiment_id])
-                if r.data.tags.get(tag.REPRODUCES) == first.info.run_id]
+    second = reproduced(project, store, client, first)
     assert second.info.status == "FINISHED" and second.data.tags[tag.STEP] == "prepare_data"
     assert second.data.tags[tag.DATA_DIGEST] == first.data.tags[tag.DATA_DIGEST]
     assert results(second.data.metrics) == results(first.data.metrics)
@@ -202,10 +206,7 @@ def test_a_main_pipeline_is_reproduced_step_by_step(project: Path, store: str) -
     [first] = [r for r in client.search_runs([client.get_experiment_by_name("pipeline").experiment_id])
                if r.data.tags.get(tag.STEP) == "main"]
 
-    again = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={first.info.run_id}"], store)
-    assert again.returncode == 0, again.stderr[-3000:]
-    [second] = [r for r in client.search_runs([first.info.experiment_id])
-                if r.data.tags.get(tag.REPRODUCES) == first.info.run_id]
+    second = reproduced(project, store, client, first)
     assert second.info.status == "FINISHED" and second.data.tags[tag.STEP] == "main"
     for step in ("prepare_data", "train", "evaluate"):
         then = first.data.tags[tag.pipeline_step(step, "run_id")]
