@@ -43,7 +43,8 @@ def test_every_entry_point_runs_the_code_of_the_project_folder() -> None:
     """An env that MLflow builds (uv, virtualenv) holds the dependencies, never trainflow itself."""
     spec = yaml.safe_load((ROOT / "MLproject").read_text())
     for name, entry in spec["entry_points"].items():
-        command = entry["command"].format()  # as MLflow formats it (no declared parameters)
+        # as MLflow formats it: declared parameters filled in, `{{`/`}}` unescaped
+        command = entry["command"].format(**{k: f"<{k}>" for k in entry.get("parameters") or {}})
         assert command.startswith("PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} python steps/"), name
 
 

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 # How often a sweep with an empty queue looks at trials still running elsewhere.
 WATCH_S = 1.0
 
-_PACKAGE = __name__.split(".")[0]
+_PACKAGE = (__package__ or "trainflow").split(".")[0]  # __name__ is __main__ under -m
 # argv[0] of a pre-warmed worker: import first, then wait for the sweep's word on stdin.
 WAIT_FLAG = "--wait"
 # What every trial of a classification sweep imports: what a pre-warmed worker imports while it waits.
