@@ -145,9 +145,9 @@ def sweep_plan(cfg: DictConfig, output_dir: Path, run_id: str) -> SweepPlan:
     for key in ("n_trials", "n_workers", "heartbeat_s"):
         if node[key] < 1:
             raise ConfigError(f"sweep.{key}: must be at least 1 (got {node[key]})")
-    if node["grace_s"] <= node["heartbeat_s"]:
-        raise ConfigError(f"sweep.grace_s: must be longer than sweep.heartbeat_s ({node['heartbeat_s']}s; "
-                          f"got {node['grace_s']}s), or every trial would look lost between two beats")
+    if node["grace_s"] < 2 * node["heartbeat_s"]:
+        raise ConfigError(f"sweep.grace_s: must be at least twice sweep.heartbeat_s ({node['heartbeat_s']}s; "
+                          f"got {node['grace_s']}s), or a live machine could look lost between two beats")
     _check_strategy(cfg)
     model_name = cfg.registry.get("model_name")
     if node["register_best"] and not model_name:

@@ -76,11 +76,12 @@ class StaleTrialCallback:
     whichever machine claims it.
     """
 
-    def __init__(self, max_retry: int, grace_s: float) -> None:
+    def __init__(self, max_retry: int, grace_s: float, heartbeat_s: float) -> None:
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
         self.grace_s = grace_s
+        self.heartbeat_s = heartbeat_s
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         import copy
@@ -95,7 +96,10 @@ class StaleTrialCallback:
         run_id = lost.get(ATTR_RUN)
         if run_id:
             end_failed(client, str(run_id), why, trial=True)
-        end_lost_sweeps(study, client, self.grace_s)
+        # The trial's last beat is over grace_s old; its machine's lease beats on the same interval, so
+        # it went silent at most one beat later. Waiting the full grace again could let the study end
+        # (nobody left to look) with the lost machine's parent still RUNNING.
+        end_lost_sweeps(study, client, self.grace_s - self.heartbeat_s)
 
 
 def end_lost_sweeps(study: optuna.Study, client: Any, grace_s: float) -> list[str]:

@@ -73,10 +73,10 @@ def build_storage(url: str | None, heartbeat_s: int | None = None, grace_s: int 
 
     try:
         with _quiet_experimental():
+            stale = StaleTrialCallback(max_retry, grace_s, heartbeat_s) if heartbeat_s else None
             return optuna.storages.RDBStorage(
                 url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=heartbeat_s,
-                grace_period=grace_s if heartbeat_s else None,
-                heartbeat_stale_trial_callback=StaleTrialCallback(max_retry, grace_s) if heartbeat_s else None)
+                grace_period=grace_s if heartbeat_s else None, heartbeat_stale_trial_callback=stale)
     except Exception as exc:
         raise ConfigError(f"sweep.storage: cannot open {redact_url(url)}: {_first_line(exc)}") from exc
 
