@@ -234,3 +234,56 @@ def test_a_debug_pipeline_evaluates_its_unregistered_model(mlflow_server) -> Non
     assert "test/acc" in evaluated.data.metrics
     assert evaluated.data.tags[tag.PROMOTION_DECISION] == "skipped: not a registered version"
     assert client.search_model_versions("name = 'digits-debug'") == []
+
+
+# Last in the module: they add train runs and a version that the tests above do not expect.
+
+def test_a_step_run_inside_main_is_the_run_it_makes_alone(pipeline, mlflow_server) -> None:
+    """Main runs its steps in its own process; each child still has the tags, params, metrics and
+    artifacts of `mlflow run -e train` with the same overrides, less what only a pipeline adds."""
+    client, exp, first, _ = pipeline
+    inside = first["train"][0]
+    data = f"data.uri={inside.data.tags[tag.DATA_URI]}"
+    done = mlflow_run("train", [*PIPELINE, data], mlflow_server.uri, experiment=EXPERIMENT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = client.search_runs([exp], filter_string="tags.`mlflow.parentRunId` IS NULL and "
+                               "tags.`trainflow.step` = 'train'", max_results=1)[0]
+    assert alone.info.status == inside.info.status == "FINISHED"
+    assert set(inside.data.tags) - set(alone.data.tags) == {"mlflow.parentRunId", tag.CACHE_KEY}
+    assert set(alone.data.tags) - set(inside.data.tags) == set()
+    for key in ("mlflow.source.type", "mlflow.project.entryPoint", "mlflow.project.backend", "mlflow.source.git.commit",
+                tag.STEP, tag.CODE_VERSION, tag.LOCK_DIGEST):
+        assert inside.data.tags[key] == alone.data.tags[key], key
+    assert set(inside.data.params) == set(alone.data.params)
+    assert set(inside.data.metrics) == set(alone.data.metrics)
+
+    def artifacts(run_id: str, path: str = "") -> set[str]:
+        found = set()
+        for item in client.list_artifacts(run_id, path):
+            found |= artifacts(run_id, item.path) if item.is_dir else {item.path}
+        return found
+
+    assert artifacts(inside.info.run_id) == artifacts(alone.info.run_id)
+
+
+def test_a_step_that_fails_inside_main_ends_its_own_run_failed(pipeline, mlflow_server) -> None:
+    """A bad trainer setting fails train in Lightning: train's run and main's end FAILED, evaluate never starts."""
+    client, exp, _, _ = pipeline
+    before = {r.info.run_id for r in client.search_runs([exp], max_results=1000)}
+    cmd = [f"{VENV_BIN}/mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", EXPERIMENT]
+    for p in [*PIPELINE, "train.trainer.limit_train_batches=-1"]:
+        cmd += ["-P", p]
+    done = subprocess.run(cmd, cwd=ROOT, env=step_env(mlflow_server.uri), capture_output=True, text=True,
+                          timeout=400, stdin=subprocess.DEVNULL)
+    assert done.returncode != 0
+    new = {r.data.tags[tag.STEP]: r for r in client.search_runs([exp], max_results=1000)
+           if r.info.run_id not in before}
+    assert set(new) == {"main", "train"}, sorted(new)  # prepare_data reused, evaluate never ran
+    train, main = new["train"], new["main"]
+    assert train.info.status == main.info.status == "FAILED"
+    assert train.data.tags["mlflow.parentRunId"] == main.info.run_id
+    assert "limit_train_batches" in train.data.tags[tag.ERROR]
+    assert main.data.tags[tag.ERROR].startswith(f"pipeline: step train failed (run {train.info.run_id})")
+    assert [line for line in done.stderr.splitlines() if line.startswith("error: ")] == \
+        [f"error: {main.data.tags[tag.ERROR]}"]
+    assert "error.txt" in {a.path for a in client.list_artifacts(train.info.run_id)}  # the traceback, on its run

@@ -195,6 +195,8 @@ class MainSchema(StepSchema):
     cache: bool = True
     # let evaluate move the `champion` alias when the new version is better
     promote: bool = True
+    # run the steps inside main's process (one set of imports); false: one process per step
+    in_process: bool = True
     # per-step overrides (`-P train.trainer.max_epochs=5`); filled from the command line
     prepare_data: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)

@@ -1,7 +1,10 @@
 """The `main` entry point: prepare_data -> train -> evaluate(promote), by URI.
 
-Each step runs through MLflow's project runner (env manager local) as a child
-run of the pipeline run, or is reused from the step cache. Overrides reach
+Each step runs as a child run of the pipeline run, or is reused from the
+step cache. A step runs inside main's process (pipeline.in_process: one set
+of imports for the whole pipeline) unless it needs a process of its own or
+`in_process=false`; then through MLflow's project runner (env manager local)
+as a subprocess. Either way its run has the same tags, params and artifacts. Overrides reach
 the steps as typed: `-P key=value` goes to every step, `-P train.key=value`
 only to train (likewise `prepare_data.` and `evaluate.`).
 """
@@ -12,6 +15,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,6 +24,7 @@ from omegaconf import OmegaConf
 from trainflow.config.extras import TREE_SHOWN_ENV
 from trainflow.errors import TrainflowError
 from trainflow.pipeline.cache import cache_key, find_finished_run, source_inputs, step_code_digest
+from trainflow.pipeline.in_process import run_step_here, subprocess_reason
 from trainflow.tracking import tags as tag
 from trainflow.tracking.headline import log_headline
 from trainflow.tracking.run import StepRun, hydra_overrides
@@ -28,7 +33,7 @@ log = logging.getLogger(__name__)
 
 STEPS = ("prepare_data", "train", "evaluate")
 # Keys of main's own config: they steer the pipeline and are not passed on.
-MAIN_KEYS = frozenset({"cache", "promote"})
+MAIN_KEYS = frozenset({"cache", "promote", "in_process"})
 # `paths.*` that only a running Hydra app can resolve.
 RUNTIME_PATHS = ("output_dir", "work_dir")
 
@@ -84,6 +89,7 @@ def config_source_overrides() -> list[str]:
 def run_pipeline(cfg: Any, run: StepRun) -> PipelineResult:
     shared, per_step = split_overrides([*config_source_overrides(), *hydra_overrides()])
     use_cache = bool(cfg.get("cache", True))
+    here = bool(cfg.get("in_process", True))
     promote = f"promote={str(bool(cfg.get('promote', True))).lower()}"
     overrides = {
         "prepare_data": [*shared, *per_step["prepare_data"]],
@@ -95,33 +101,35 @@ def run_pipeline(cfg: Any, run: StepRun) -> PipelineResult:
     # hand on are added later; cache keys leave them out (their digests count).
     composed = {step: compose_for_cache(step, overrides[step]) for step in STEPS}
     configs = {step: keyed for step, (keyed, _) in composed.items()}
+    launch = {step: _launcher(step, as_run, here) for step, (_, as_run) in composed.items()}
     outcomes: dict[str, StepOutcome] = {}
 
     prepared = _step(run, "prepare_data", overrides["prepare_data"], configs["prepare_data"],
-                     source_inputs(composed["prepare_data"][1]), use_cache)
+                     source_inputs(composed["prepare_data"][1]), use_cache, launch["prepare_data"])
     outcomes["prepare_data"] = prepared
     digest = prepared.tags.get(tag.DATA_DIGEST, "")
     data = [f"data.uri={prepared.output}"]
 
-    trained = _step(run, "train", [*overrides["train"], *data], configs["train"], {"data": digest}, use_cache)
+    trained = _step(run, "train", [*overrides["train"], *data], configs["train"], {"data": digest}, use_cache,
+                    launch["train"])
     outcomes["train"] = trained
 
     # train hands on a model URI, or its best checkpoint with registry.log_model=false
     subject = f"ckpt_path={trained.output}" if trained.output.endswith(".ckpt") else f"model_uri={trained.output}"
     outcomes["evaluate"] = _step(
         run, "evaluate", [*overrides["evaluate"], *data, subject], configs["evaluate"],
-        {"data": digest, "model": trained.output, "train_run": trained.run_id}, use_cache)
+        {"data": digest, "model": trained.output, "train_run": trained.run_id}, use_cache, launch["evaluate"])
     result = PipelineResult(outcomes)
     _record(run, result)
     return result
 
 
 def _step(run: StepRun, step: str, overrides: list[str], resolved: dict[str, Any], inputs: dict[str, str],
-          use_cache: bool) -> StepOutcome:
+          use_cache: bool, launch: Launch) -> StepOutcome:
     """Reuse or run one step, and link it from the pipeline run at once (a later failure keeps the link)."""
     from mlflow.entities import RunTag
 
-    outcome = _reuse_or_run(run, step, overrides, resolved, inputs, use_cache)
+    outcome = _reuse_or_run(run, step, overrides, resolved, inputs, use_cache, launch)
     run.client.log_batch(run.run_id, tags=[
         RunTag(tag.pipeline_step(step, "run_id"), outcome.run_id),
         RunTag(tag.pipeline_step(step, "reused"), str(outcome.reused).lower()),
@@ -131,7 +139,7 @@ def _step(run: StepRun, step: str, overrides: list[str], resolved: dict[str, Any
 
 
 def _reuse_or_run(run: StepRun, step: str, overrides: list[str], resolved: dict[str, Any],
-                  inputs: dict[str, str], use_cache: bool) -> StepOutcome:
+                  inputs: dict[str, str], use_cache: bool, launch: Launch) -> StepOutcome:
     key = cache_key(step, resolved, step_code_digest(run.root, step, resolved), inputs)
     if use_cache:
         hit = find_finished_run(run.client, [run.experiment_id], key)
@@ -139,7 +147,7 @@ def _reuse_or_run(run: StepRun, step: str, overrides: list[str], resolved: dict[
             log.info("%s: reusing run %s (cache key %s)", step, hit.info.run_id, key[:12])
             print(f"{step}: reused run {hit.info.run_id}", flush=True)
             return StepOutcome(step, hit.info.run_id, True, hit.data.tags[tag.OUTPUT], key, dict(hit.data.tags))
-    run_id = _launch(run, step, overrides)
+    run_id = launch(run, step, overrides)
     run.client.set_tag(run_id, tag.CACHE_KEY, key)
     child = run.client.get_run(run_id)
     output = child.data.tags.get(tag.OUTPUT)
@@ -148,17 +156,46 @@ def _reuse_or_run(run: StepRun, step: str, overrides: list[str], resolved: dict[
     return StepOutcome(step, run_id, False, output, key, dict(child.data.tags))
 
 
-def _launch(run: StepRun, step: str, overrides: list[str]) -> str:
-    import mlflow.projects
-    from mlflow.exceptions import ExecutionException
+Launch = Callable[[StepRun, str, list[str]], str]
 
+
+def _launcher(step: str, as_run: dict[str, Any], in_process: bool) -> Launch:
+    """Where a step runs: in this process, or (multi-device training, `in_process=false`) in its own."""
+    if not in_process:
+        return _launch
+    reason = subprocess_reason(as_run)
+    if reason is None:
+        return _launch_here
+    print(f"{step}: runs in its own process ({reason})", flush=True)
+    return _launch
+
+
+def _params(overrides: list[str]) -> dict[str, str]:
+    """The `-P` parameters of a step's run: one per override, as `mlflow run` would have logged them."""
     params: dict[str, str] = {}
     for item in overrides:
         key, _, value = item.partition("=")
         params[key] = value  # later overrides win, as on Hydra's command line
+    return params
+
+
+def _announce(step: str, overrides: list[str]) -> None:
     print(f"{step}: running with {overrides}", flush=True)
     # a pipeline shows one config tree, its own; each step still saves its tree as config_tree.log
     os.environ[TREE_SHOWN_ENV] = "1"
+
+
+def _launch_here(run: StepRun, step: str, overrides: list[str]) -> str:
+    _announce(step, overrides)
+    return run_step_here(run, step, _params(overrides), overrides)
+
+
+def _launch(run: StepRun, step: str, overrides: list[str]) -> str:
+    import mlflow.projects
+    from mlflow.exceptions import ExecutionException
+
+    params = _params(overrides)
+    _announce(step, overrides)
     # env manager "local" means this interpreter's environment: its `python`
     # must come first on PATH even when main was started by full path.
     bin_dir = os.path.dirname(sys.executable)

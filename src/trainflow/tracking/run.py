@@ -106,10 +106,42 @@ def process_age_s() -> float | None:
         return None
 
 
+class _StepClock:
+    """When a step started, for a step run inside another step's process (pipeline.in_process).
+
+    A step process's own age counts its imports; a step main runs in its
+    process starts when main starts it.
+    """
+
+    started: float | None = None
+
+
+@contextmanager
+def step_clock() -> Iterator[None]:
+    """`time/startup_s` and the summary's duration count from here, not from the process start."""
+    previous, _StepClock.started = _StepClock.started, time.time()
+    try:
+        yield
+    finally:
+        _StepClock.started = previous
+
+
+def step_age_s() -> float | None:
+    """Seconds since this step started: since `step_clock` when one is open, else the process age."""
+    if _StepClock.started is not None:
+        return time.time() - _StepClock.started
+    return process_age_s()
+
+
 class _Interrupted:
     """Which signal asked the step to stop, so the run ends KILLED, not FAILED."""
 
     signum: int | None = None
+
+
+def interruption() -> int | None:
+    """The signal (SIGINT, SIGTERM) that stopped the last step, if one did: a caller ends its own run KILLED."""
+    return _Interrupted.signum
 
 
 def _note_signal(signum: int, frame: FrameType | None) -> None:
@@ -155,7 +187,7 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
     status = "FAILED"
     try:
         _arm_signals(previous)
-        age = process_age_s()
+        age = step_age_s()
         if age is not None:
             ctx.timings["time/startup_s"] = age
         _log_run_identity(ctx, cfg, tree)
@@ -290,7 +322,7 @@ def _print_summary(ctx: StepRun, started_age: float | None) -> None:
     """One line per finished step: its output URI and its run (tracking/console.py)."""
     from trainflow.tracking.console import run_link, step_summary
 
-    now = process_age_s()
+    now = step_age_s()
     took = now - started_age if now is not None and started_age is not None else None
     if ctx.leader:
         print(step_summary(ctx.step, ctx.outputs, run_link(ctx.tracking_uri, ctx.experiment_id, ctx.run_id), took),
@@ -343,8 +375,8 @@ def _attach_or_start(mlflow: Any, cfg: DictConfig, step: str, root: Path, uri: s
     try:
         if cfg.get("resume"):
             return _reopen(mlflow, str(cfg.resume), run_id), True
-        if run_id:
-            run = mlflow.start_run(run_id=run_id)
+        if run_id:  # nested when main runs this step in its own process (pipeline.in_process)
+            run = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
             mlflow.set_tag("mlflow.runName", name)
             return run, True
         experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or _experiment_id(
