@@ -1,13 +1,20 @@
-"""End-to-end pipeline wall time against a local `mlflow server` (digits, 3 epochs).
+"""End-to-end pipeline wall time against a local `mlflow server` (digits, 3 epochs), next to its floors.
 
-    uv run python bench/pipeline.py [--epochs 3]
+    uv run python bench/pipeline.py [--epochs 3] [--in-process false] [--floor-repeats 3]
 
 Starts a server on 127.0.0.1 in a temporary folder, runs
 `mlflow run . --env-manager local` twice (the second fully cached), and prints
 where the time went: each step run's duration with its phase metrics
-(`time/startup_s` = process start to run attach, i.e. imports; `time/fit_s`,
-`time/log_model_s`, ...), plus the pipeline's own overhead.
-Targets (issue 3): first run <= 45 s, cached re-run <= 10 s.
+(`time/startup_s` = process start, or for a step main runs in its own
+process the step's start, to run attach; `time/fit_s`, `time/log_model_s`, ...).
+
+Floors, timed in the same run (median of `--floor-repeats`, half before the
+pipelines and half after, so drift in the machine's speed hits both):
+T_import = `python -c "import torch, lightning, mlflow"` (what one process
+training with MLflow must import) and T_cli = `mlflow --version` (the
+`mlflow run` CLI alone). Goals (issue 15): first run <= 2.0 x T_import,
+cached re-run <= 1.5 x T_cli. `--in-process false` gives every step its own
+process (the pipeline before issue 15) for a before/after in one sitting.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import argparse
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,11 +62,12 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
     raise TimeoutError("mlflow server did not start")
 
 
-def run_pipeline(uri: str, epochs: int, experiment: str) -> float:
+def run_pipeline(uri: str, epochs: int, experiment: str, in_process: str) -> float:
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PATH=f"{BIN}:{os.environ['PATH']}")
     cmd = [str(BIN / "mlflow"), "run", str(ROOT), "--env-manager", "local", "--experiment-name", experiment,
            "-P", "experiment=example", "-P", f"trainer.max_epochs={epochs}", "-P", "extras.print_config=false",
-           "-P", "callbacks.rich_progress_bar=null", "-P", "trainer.enable_progress_bar=false"]
+           "-P", "callbacks.rich_progress_bar=null", "-P", "trainer.enable_progress_bar=false",
+           "-P", f"in_process={in_process}"]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
@@ -83,23 +92,48 @@ def report(uri: str, experiment: str) -> None:
         print(f"{step:<14}{wall:>8.1f}  {text}")
 
 
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def floors(repeats: int) -> dict[str, list[float]]:
+    return {
+        "T_import": [timed([sys.executable, "-c", "import torch, lightning, mlflow"]) for _ in range(repeats)],
+        "T_cli": [timed([str(BIN / "mlflow"), "--version"]) for _ in range(repeats)],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--in-process", choices=("true", "false"), default="true")
+    parser.add_argument("--floor-repeats", type=int, default=3)
     args = parser.parse_args()
+    before = floors((args.floor_repeats + 1) // 2)
     with tempfile.TemporaryDirectory(prefix="trainflow-bench-") as tmp:
         t0 = time.perf_counter()
         server, uri = start_server(Path(tmp))
         print(f"server start: {time.perf_counter() - t0:.1f}s ({uri})")
         try:
-            first = run_pipeline(uri, args.epochs, "bench")
-            cached = run_pipeline(uri, args.epochs, "bench")
+            first = run_pipeline(uri, args.epochs, "bench", args.in_process)
+            cached = run_pipeline(uri, args.epochs, "bench", args.in_process)
             report(uri, "bench")
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
+    after = floors(args.floor_repeats // 2)
+    floor = {k: statistics.median(before[k] + after[k]) for k in before}
+    for name, cmd in (("T_import", 'python -c "import torch, lightning, mlflow"'), ("T_cli", "mlflow --version")):
+        runs = " ".join(f"{t:.1f}" for t in before[name] + after[name])
+        print(f"{name:<9}{floor[name]:6.1f} s  median of [{runs}]  ({cmd})")
+    print(f"first    {first:6.1f} s  = {first / floor['T_import']:.2f} x T_import  (goal <= 2.0)")
+    print(f"cached   {cached:6.1f} s  = {cached / floor['T_cli']:.2f} x T_cli     (goal <= 1.5)")
     print(f"pipeline_first_s {first:.1f}")
     print(f"pipeline_cached_s {cached:.1f}")
+    print(f"pipeline_first_ratio {first / floor['T_import']:.2f}")
+    print(f"pipeline_cached_ratio {cached / floor['T_cli']:.2f}")
 
 
 if __name__ == "__main__":
