@@ -2,6 +2,7 @@
 
     uv run python bench/framework_tax.py                  # --epochs 8 --rounds 6
     uv run python bench/framework_tax.py --variants ours,ours_nopbar,lightning,lightning_runlogger
+    uv run python bench/framework_tax.py --calls --workloads digits --epochs 3 --rounds 2   # calls per step
 
 Same optimizer steps on both sides: SimpleDenseNet with the sizes of
 `experiment=example`, the digits train split and DataLoader of trainflow's
@@ -41,7 +42,10 @@ therefore includes fetching its batch and every hook, metric update, logger
 call and progress-bar update between two steps; once-per-epoch work
 (DataLoader iterator creation, validation, checkpointing, epoch-end logging)
 is outside: an epoch of N batches gives N-1 intervals. The figure per epoch is
-the mean of its intervals (so slow steps count in full).
+the mean of its intervals (so slow steps count in full). The timer hides its
+unused per-batch hooks from Lightning's dispatch in every variant (the train
+step does so for all its callbacks: training/idle_hooks.py), so it costs the
+same everywhere.
 
 Interleaving: the machine is shared and its speed drifts by +-30% within
 seconds, so bare and ours alternate epoch by epoch inside one process: during
@@ -153,9 +157,15 @@ class BareLoop:
                     ends.append(time.perf_counter_ns())
                     if i == 0:
                         record["cpu_first"] = _cpu()
+                        if _COUNT_CALLS:
+                            _CALLS[0] = 0
+                            sys.setprofile(_count_call)
                     elif i == last:
+                        sys.setprofile(None)
+                        record["calls"] = _CALLS[0] / i
                         record["cpu_last"] = _cpu()
         finally:
+            sys.setprofile(None)
             if nvml is not None:
                 os.environ[_NVML_CHECK] = nvml
         return record
@@ -174,6 +184,12 @@ def _step_timer_class() -> type:
             self.threads: int | None = None
             self.datamodule: Any = None
             _TIMERS.append(self)
+            # The train step hides every callback's unused per-batch hooks;
+            # the timer hides its own in every variant, so it costs the same
+            # in each and the difference stays the framework's.
+            from trainflow.training.idle_hooks import hide_idle_batch_hooks
+
+            hide_idle_batch_hooks([self])
 
         def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
             import torch
@@ -328,7 +344,8 @@ def pairs_of(timer: Any, warmup: int) -> list[dict[str, float]]:
         tail = (epochs[k + 1]["start"] - epochs[k]["ends"][-1]) / 1e6 if k + 1 < len(epochs) else None
         bare_ms = (timer.bare[k]["ends"][-1] - timer.bare[k]["start"]) / 1e6
         out.append({"ours": ours[0], "bare": bare[0], "ours_cpu": ours[1], "bare_cpu": bare[1],
-                    "tail_ms": None if tail is None else tail - bare_ms, "calls": epochs[k].get("calls")})
+                    "tail_ms": None if tail is None else tail - bare_ms, "calls": epochs[k].get("calls"),
+                    "bare_calls": timer.bare[k].get("calls")})
     return out
 
 
@@ -425,6 +442,23 @@ def report(workload: str, m: Measured) -> dict[str, float]:
     return ratios
 
 
+def report_calls(workload: str, m: Measured) -> dict[str, float]:
+    """Print the workload's function calls per step; return each variant's ratio to bare in calls."""
+    calls = {v: statistics.median(p["calls"] for p in rows) for v, rows in m.pairs.items()}
+    bare = statistics.median(p["bare_calls"] for rows in m.pairs.values() for p in rows)
+    print()
+    print(f"[{workload}] function calls per optimizer step (sys.setprofile call + c_call events between step "
+          f"ends), median over {m.rounds} rounds x {m.epochs - 1} epochs per variant; timings meaningless")
+    header = f"{'variant':<20} {'pairs':>5} {'calls/step':>10} {'ratio':>6} {'vs lightning':>12}"
+    print(header)
+    print("-" * len(header))
+    print(f"{'bare':<20} {sum(len(rows) for rows in m.pairs.values()):>5} {bare:>10.0f} {1.0:>6.3f}")
+    for v, rows in m.pairs.items():
+        vs = f"{calls[v] / calls['lightning']:.3f}" if "lightning" in calls else "-"
+        print(f"{v:<20} {len(rows):>5} {calls[v]:>10.0f} {calls[v] / bare:>6.3f} {vs:>12}")
+    return {v: n / bare for v, n in calls.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=8, help="digits: epochs per fit; the first is warm-up")
@@ -475,38 +509,44 @@ def main() -> None:
         else:
             measured = measure(workload, WORKLOADS[workload][1].split(","), args.image_epochs, args.image_rounds,
                                uri, tmp)
-        ratios[workload] = report(workload, measured)
-        if args.calls:
-            print(f"[{workload}] function calls per step (sys.setprofile call + c_call events), median: "
-                  + ", ".join(f"{v} {statistics.median(p['calls'] for p in rows if p['calls']):.0f}"
-                              for v, rows in measured.pairs.items()))
-    print("ratio: median over pairs of (variant / adjacent bare epoch) time per step; cpu ratio: the same in "
-          "process CPU time; vs lightning: ratio / lightning's ratio (both measured against the same bare "
-          "loop); epoch tail: last step of an epoch to the next epoch's start, minus the bare epoch run there "
-          "(= epoch-end hooks, validation, checkpoint save + staging)")
+        ratios[workload] = (report_calls if args.calls else report)(workload, measured)
+    if args.calls:
+        print("ratio: a variant's calls per step / the bare loop's; vs lightning: calls per step / lightning's")
+    else:
+        print("ratio: median over pairs of (variant / adjacent bare epoch) time per step; cpu ratio: the same in "
+              "process CPU time; vs lightning: ratio / lightning's ratio (both measured against the same bare "
+              "loop); epoch tail: last step of an epoch to the next epoch's start, minus the bare epoch run "
+              "there (= epoch-end hooks, validation, checkpoint save + staging)")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    for line in summary(ratios):
+    for line in summary(ratios, "calls" if args.calls else "time"):
         print(line)
 
 
-def summary(ratios: dict[str, dict[str, float]]) -> list[str]:
-    """The targets, each next to the floor it is divided by; `framework_tax <ratio>` last."""
+def summary(ratios: dict[str, dict[str, float]], unit: str = "time") -> list[str]:
+    """The targets, each next to the floor it is divided by; `framework_tax <ratio>` last.
+
+    `unit` "calls": the ratios are function calls per step, and the last lines
+    are `framework_tax_images_calls` and `framework_tax_calls`, so that a
+    script reading `framework_tax` never takes a call count for a time.
+    """
     lines = []
+    suffix = "" if unit == "time" else f"_{unit}"
     digits = ratios.get("digits", {})
     if "lightning" in digits:
         floors = f"lightning / bare {digits['lightning']:.3f}"
         if "lightning_manual" in digits:
             floors += f", manual-optimization floor lightning_manual / bare {digits['lightning_manual']:.3f}"
         for v in (v for v in digits if v.startswith("ours")):
-            lines.append(f"digits: {v} / lightning {digits[v] / digits['lightning']:.3f} (target <= 1.02; {floors})")
+            lines.append(f"digits {unit}: {v} / lightning {digits[v] / digits['lightning']:.3f} "
+                         f"(target <= 1.02; {v} / bare {digits[v]:.3f}, {floors})")
     images = ratios.get("images", {})
     if "ours" in images:
-        floor = f"lightning / bare {images['lightning']:.3f}" if "lightning" in images else ""
-        lines.append(f"images: ours / bare {images['ours']:.3f} (target <= 1.03; {floor})")
-        lines.append(f"framework_tax_images {images['ours']:.3f}")
+        floor = f"; lightning / bare {images['lightning']:.3f}" if "lightning" in images else ""
+        lines.append(f"images {unit}: ours / bare {images['ours']:.3f} (target <= 1.03{floor})")
+        lines.append(f"framework_tax_images{suffix} {images['ours']:.3f}")
     headline = next((v for v in digits if v.startswith("ours")), None)
     if headline is not None:
-        lines.append(f"framework_tax {digits[headline]:.3f}")
+        lines.append(f"framework_tax{suffix} {digits[headline]:.3f}")
     return lines
 
 

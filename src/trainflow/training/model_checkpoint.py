@@ -21,7 +21,9 @@ The class keeps Lightning's name: its callback state key (and so resume's
 lookup of checkpoint state) reads the same. That key is kept once computed:
 Lightning formats it (a dict's repr, ~3 µs) for every hook it calls on the
 callback, six times a training step, while what it is made of never changes
-after construction (it is recomputed if it does).
+after construction (it is recomputed if it does). Its batch-end hook, which
+only saves every n steps or every so often, is left out of Lightning's
+per-batch dispatch when neither is configured (`idle_batch_hooks`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class ModelCheckpoint(LightningModelCheckpoint):
         if self._key is None or self._key[0] != parts:
             self._key = (parts, super().state_key)
         return self._key[1]
+
+    def idle_batch_hooks(self) -> list[str]:
+        """Hooks training/idle_hooks.py may hide: batch end, unless saving by steps or by time."""
+        by_batch = self._every_n_train_steps >= 1 or self._train_time_interval is not None
+        return [] if by_batch else ["on_train_batch_end"]
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(trainer, pl_module, checkpoint)

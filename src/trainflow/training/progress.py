@@ -7,7 +7,9 @@ second, so anything updated between two redraws is never seen. Here a batch
 costs one clock read; the task and metrics are updated at most
 `refresh_rate` times a second, and at the last batch of every epoch (so a
 finished epoch shows its full count). A clock, not a batch count: every 10th
-batch is 30 ms on a small model and 10 s on a large one.
+batch is 30 ms on a small model and 10 s on a large one. The epoch's batch
+count is read once when the epoch starts, as the bar's own total is: asking
+for it per batch walks five trainer properties.
 """
 
 from __future__ import annotations
@@ -24,10 +26,16 @@ class ThrottledRichProgressBar(RichProgressBar):
         """`refresh_rate`: updates (and redraws) per second; 0 disables the bar, as in Lightning."""
         super().__init__(refresh_rate=refresh_rate, **kwargs)
         self._clock = clock
+        self._interval = 1.0 / max(refresh_rate, 1)
         self._next_update = float("-inf")
+        self._train_total: int | float = 0  # until an epoch starts, every batch is its last: always drawn
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._train_total = self.total_train_batches
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._due(batch_idx, self.total_train_batches):
+        if self._due(batch_idx, self._train_total):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
@@ -43,8 +51,7 @@ class ThrottledRichProgressBar(RichProgressBar):
     def _due(self, batch_idx: int, total: int | float) -> bool:
         """Whether this batch updates the bar: the first one a refresh interval after the last update, or the last."""
         now = self._clock()
-        last = isinstance(total, int) and batch_idx + 1 >= total
-        if now < self._next_update and not last:
+        if now < self._next_update and batch_idx + 1 < total:
             return False
-        self._next_update = now + 1.0 / max(self.refresh_rate, 1)
+        self._next_update = now + self._interval
         return True

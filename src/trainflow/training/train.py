@@ -18,6 +18,7 @@ from trainflow.tracking.datasets import FetchedDataset, dataset_for_step
 from trainflow.tracking.lightning import RunLogger
 from trainflow.tracking.run import StepRun
 from trainflow.training.checkpoints import RedactedHyperparameters, resolve_checkpoint
+from trainflow.training.idle_hooks import hide_idle_batch_hooks
 from trainflow.training.instantiate import instantiate_callbacks
 from trainflow.training.metrics import scalar_metrics
 from trainflow.training.profiler import profiler_kwargs
@@ -59,6 +60,7 @@ def train(cfg: DictConfig, run: StepRun, extra_callbacks: Sequence[Any] = ()) ->
                        cfg.tracking.outage_grace_s, run.output_dir / "unsynced")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **profiler_kwargs(cfg.trainer))
     _skip_nvml_probe(trainer)
+    hide_idle_batch_hooks(trainer.callbacks)  # Lightning's own defaults included
 
     try:
         if cfg.get("train"):
