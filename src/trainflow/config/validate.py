@@ -114,6 +114,7 @@ def _accepted_scalars(annotation: Any) -> tuple[tuple[type, ...], str] | None:
         if scalars is not None:
             accepted += scalars
             names.append(scalars[-1].__name__)
-        elif not isinstance(member, type) or member in (object, list, dict, tuple) or typing.get_origin(member):
+        elif (not isinstance(member, type) or member in (Any, object, list, dict, tuple)
+              or typing.get_origin(member)):  # Any is a class from Python 3.11 on
             return None  # Any, a string annotation, a container or a generic: anything may fit
     return (accepted, " or ".join(names)) if accepted else None
