@@ -93,3 +93,42 @@ def test_callbacks_are_keyed_and_removable(compose, tmp_path: Path) -> None:
     cfg = compose("train", ["~callbacks.early_stopping"], output_dir=tmp_path)
     assert "early_stopping" not in cfg.callbacks
     assert cfg.callbacks.model_checkpoint.monitor == "val/acc"
+
+
+def config_targets() -> list[str]:
+    """Every `_target_` the shipped configs name."""
+    import re
+
+    found = {match for path in (ROOT / "configs").rglob("*.yaml")
+             for match in re.findall(r"_target_:\s*([\w.]+)", path.read_text())}
+    return sorted(found)
+
+
+def test_targets_read_from_source_are_judged_as_their_imports() -> None:
+    """The override precheck reads targets from source (no torch); where it decides, it must agree with the import.
+
+    Names, kinds and the scalars each parameter takes must be what
+    `inspect.signature` of the imported target gives, or the precheck would
+    refuse a config that runs (or pass one the step then refuses).
+    """
+    from trainflow.config.static_targets import read_target
+    from trainflow.config.validate import _accepted_scalars, _imported
+
+    decided = set()
+    for target in config_targets():
+        static = read_target(target)
+        if static is None:
+            continue
+        decided.add(target)
+        real = _imported("_target_", target)
+        assert real is not None, target
+        assert [(p.name, p.kind) for p in static.signature.parameters.values()] == \
+            [(p.name, p.kind) for p in real.signature.parameters.values()], target
+        for name, param in real.signature.parameters.items():
+            judged = _accepted_scalars(param.annotation)
+            if judged is not None:  # only a string annotation that failed to evaluate judges less when imported
+                assert _accepted_scalars(static.signature.parameters[name].annotation) == judged, (target, name)
+        assert static.check_config in (None, real.check_config), target
+    # the targets users override most must stay decided: a regression here silently moves errors into the run
+    assert {t for t in config_targets() if t.startswith(("trainflow.", "torch.", "lightning."))} <= decided
+    assert read_target("trainflow.models.components.timm_backbone.TIMMBackbone").check_config is not None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from trainflow.errors import ConfigError
-from trainflow.models.components.timm_backbone import TIMMBackbone, asks_for_hub
+from trainflow.models.components.pretrained_source import asks_for_hub
+from trainflow.models.components.timm_backbone import TIMMBackbone
 
 
 @pytest.mark.parametrize("value", [True, "hf-hub:timm/resnet18.a1_in1k", "HF_HUB:org/name", "timm/resnet18.a1_in1k",

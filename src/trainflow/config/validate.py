@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from trainflow.config.static_targets import TargetNotFound, TargetSignature, read_target
 from trainflow.errors import ConfigError
 
 _HYDRA_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
@@ -31,14 +32,25 @@ _SCALARS: dict[Any, tuple[type, ...]] = {
 }
 
 
-def check_targets(cfg: DictConfig, sections: tuple[str, ...] = ("data", "model", "callbacks")) -> None:
-    """Raise ConfigError for the first bad key under any `_target_` node."""
+def check_targets(cfg: DictConfig, sections: tuple[str, ...] = ("data", "model", "callbacks"), *,
+                  imported: bool = True) -> None:
+    """Raise ConfigError for the first bad key under any `_target_` node.
+
+    `imported=False` reads each target from its source file instead
+    (trainflow.config.static_targets): the override precheck runs before
+    every step and must not import torch for it. A target the source cannot
+    decide is skipped there; the step's own check, which imports, judges it.
+    """
+    read = _imported if imported else _from_source
     for section in sections:
         node = cfg.get(section)
         if node is None:
             continue
         for path, target_node in _target_nodes(node, section):
-            _check_node(path, target_node)
+            target = str(target_node._target_)
+            found = read(path, target)
+            if found is not None:
+                _check_node(path, target, target_node, found)
 
 
 def _target_nodes(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
@@ -52,10 +64,9 @@ def _target_nodes(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
             yield from _target_nodes(item, f"{path}[{i}]")
 
 
-def _check_node(path: str, node: DictConfig) -> None:
+def _imported(path: str, target: str) -> TargetSignature | None:
     from hydra._internal.utils import _locate
 
-    target = str(node._target_)
     try:
         func = _locate(target)
     except ImportError as exc:
@@ -66,8 +77,20 @@ def _check_node(path: str, node: DictConfig) -> None:
         try:
             sig = inspect.signature(func)
         except (TypeError, ValueError):
-            return
-    params = sig.parameters
+            return None
+    check_config = getattr(func, "check_config", None)
+    return TargetSignature(sig, check_config if callable(check_config) else None)
+
+
+def _from_source(path: str, target: str) -> TargetSignature | None:
+    try:
+        return read_target(target)
+    except TargetNotFound as exc:
+        raise ConfigError(f"{path}._target_: cannot import '{target}': {exc}") from exc
+
+
+def _check_node(path: str, target: str, node: DictConfig, found: TargetSignature) -> None:
+    params = found.signature.parameters
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
     for key in node:
         key = str(key)
@@ -80,9 +103,8 @@ def _check_node(path: str, node: DictConfig) -> None:
             raise ConfigError(f"{path}.{key}: not a parameter of {target} (has: {allowed})")
         _check_type(path, key, node, params[key].annotation)
     # a target may know values no signature can express (a component that refuses hub downloads)
-    check_config = getattr(func, "check_config", None)
-    if callable(check_config):
-        check_config(path, node)
+    if found.check_config is not None:
+        found.check_config(path, node)
 
 
 def _check_type(path: str, key: str, node: DictConfig, annotation: Any) -> None:
@@ -114,6 +136,7 @@ def _accepted_scalars(annotation: Any) -> tuple[tuple[type, ...], str] | None:
         if scalars is not None:
             accepted += scalars
             names.append(scalars[-1].__name__)
-        elif not isinstance(member, type) or member in (object, list, dict, tuple) or typing.get_origin(member):
+        elif (not isinstance(member, type) or member in (Any, object, list, dict, tuple)
+              or typing.get_origin(member)):  # Any is a class from Python 3.11 on
             return None  # Any, a string annotation, a container or a generic: anything may fit
     return (accepted, " or ".join(names)) if accepted else None

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,54 +29,17 @@ import torch
 from torch import nn
 
 from trainflow.errors import ConfigError
+from trainflow.models.components.pretrained_source import WEIGHT_SUFFIXES, check_pretrained_source
 
 log = logging.getLogger(__name__)
-
-WEIGHT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
-# Where weights may come from besides a local path: MLflow's URIs and the artifact stores behind them.
-# Plain http(s) URLs are not among them: that is how hub files are fetched.
-WEIGHT_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "file:", "s3://", "gs://", "wasbs://")
-# How timm names hub weights (timm.create_model("hf-hub:org/name"), pretrained tags "timm/<name>.<tag>")
-HUB_PREFIXES = ("hf-hub:", "hf_hub:", "timm/")
-# a URI scheme; two letters or more, so a Windows drive (C:\weights.pth) stays a path
-_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]+:", re.IGNORECASE)
-
-
-def asks_for_hub(pretrained: Any) -> bool:
-    """Whether `pretrained` asks for weights that only a hub or a URL could give.
-
-    Syntax only, never the file system: the served model and evaluate rebuild
-    the network from the logged config on machines where the training run's
-    weights file does not exist, and must still pass this check.
-    """
-    if pretrained is True:
-        return True
-    if not isinstance(pretrained, str) or not pretrained or pretrained.startswith(WEIGHT_URI_SCHEMES):
-        return False
-    if _SCHEME.match(pretrained) is not None:
-        return True
-    # `timm/resnet18.a1_in1k` is a hub tag; `timm/weights.pth` a relative path to a file
-    return pretrained.lower().startswith(HUB_PREFIXES) and not pretrained.lower().endswith(WEIGHT_SUFFIXES)
 
 
 class TIMMBackbone(nn.Module):
     """`timm.create_model(model_name, num_classes=...)` with offline weights and layer freezing."""
 
-    @staticmethod
-    def check_config(path: str, node: Any) -> None:
-        """Run by config validation before any step work (trainflow.config.validate): fail at once.
-
-        A hub id would otherwise be taken for a relative path and fail only
-        when fit starts, as a bare "no such file", after the data was read.
-        """
-        pretrained = node.get("pretrained")
-        if asks_for_hub(pretrained):
-            value = "true" if pretrained is True else str(pretrained)
-            raise ConfigError(
-                f"{path}.pretrained={value} would download weights from the Hugging Face hub, which trainflow "
-                f"never does at run time; pass a file instead: {path}.pretrained=/path/to/weights.pth "
-                "(a state dict, a Lightning .ckpt or .safetensors) or an MLflow URI such as "
-                "runs:/<run_id>/checkpoints/best")
+    # Run by config validation before any step work (trainflow.config.validate). Its module
+    # imports no torch, so the override precheck runs it too (trainflow.config.static_targets).
+    check_config = staticmethod(check_pretrained_source)
 
     def __init__(self, model_name: str = "efficientnet_b0", pretrained: bool | str = False,
                  num_classes: int | None = None, freeze_encoder: bool | float = False, drop_rate: float = 0.0,
