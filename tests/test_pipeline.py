@@ -6,6 +6,7 @@ test states which registry state it expects and checks it.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -46,19 +47,22 @@ def run_pipeline(server_uri: str, extra: list[str] = (), env: dict[str, str] | N
 
 
 @pytest.fixture(scope="module")
-def pipeline(mlflow_server):
-    """The pipeline run twice with nothing changed."""
+def pipeline(mlflow_server, tmp_path_factory):
+    """The pipeline run twice with nothing changed; the second run's processes report their imports."""
     client = MlflowClient(mlflow_server.uri)
     run_pipeline(mlflow_server.uri)
     exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
     first = step_runs(client, exp)
-    run_pipeline(mlflow_server.uri)
+    probe = tmp_path_factory.mktemp("probe") / "imports.jsonl"
+    run_pipeline(mlflow_server.uri, env={"PYTHONPATH": str(ROOT / "tests/probes"),
+                                         "TRAINFLOW_IMPORT_PROBE": str(probe)})
     second = step_runs(client, exp)
-    return client, exp, first, second
+    imports = [json.loads(line) for line in probe.read_text().splitlines()]
+    return client, exp, first, second, imports
 
 
 def test_first_run_chains_three_child_steps_by_uri(pipeline) -> None:
-    client, _, first, _ = pipeline
+    client, _, first, _, _ = pipeline
     assert {k: len(v) for k, v in first.items()} == {"main": 1, "prepare_data": 1, "train": 1, "evaluate": 1}
     main = first["main"][0]
     prepared, trained, evaluated = first["prepare_data"][0], first["train"][0], first["evaluate"][0]
@@ -86,7 +90,7 @@ def test_first_run_chains_three_child_steps_by_uri(pipeline) -> None:
 
 
 def test_second_run_reuses_every_step_and_links_them(pipeline) -> None:
-    _, _, first, second = pipeline
+    _, _, first, second, _ = pipeline
     for step in ("prepare_data", "train", "evaluate"):
         assert [r.info.run_id for r in second[step]] == [r.info.run_id for r in first[step]], step
     assert len(second["main"]) == 2
@@ -96,8 +100,16 @@ def test_second_run_reuses_every_step_and_links_them(pipeline) -> None:
         assert newest.data.tags[f"trainflow.pipeline.{step}.run_id"] == first[step][0].info.run_id
 
 
+def test_a_fully_cached_run_imports_neither_torch_nor_lightning(pipeline) -> None:
+    """Composing, keying and finding every step's run needs neither: main's process never imports them."""
+    *_, imports = pipeline
+    mains = [p for p in imports if p["argv"][0].endswith("steps/main.py")]
+    assert len(mains) == 1, imports
+    assert mains[0]["heavy"] == []
+
+
 def test_registered_version_is_tagged_and_serves_labels(pipeline) -> None:
-    client, _, first, _ = pipeline
+    client, _, first, _, _ = pipeline
     version = client.get_model_version(MODEL, "1")
     trained = first["train"][0]
     assert version.tags[tag.RUN_ID] == trained.info.run_id
@@ -110,7 +122,7 @@ def test_registered_version_is_tagged_and_serves_labels(pipeline) -> None:
 
 def test_a_registered_version_carries_a_model_card(pipeline) -> None:
     """The registry page's description: what the version is, its data, test figures, decision, runs."""
-    client, exp, first, _ = pipeline
+    client, exp, first, _, _ = pipeline
     version = client.get_model_version(MODEL, "1")
     card, tags = version.description, version.tags
     acc = float(tags["trainflow.eval.test/acc"])
@@ -127,7 +139,7 @@ def test_a_registered_version_carries_a_model_card(pipeline) -> None:
 
 
 def test_evaluate_from_the_champion_alias(pipeline, mlflow_server) -> None:
-    client, exp, _, _ = pipeline
+    client, exp, _, _, _ = pipeline
     done = mlflow_run("evaluate", ["model_uri=models:/digits-classifier@champion", "extras.print_config=false"],
                       mlflow_server.uri, experiment=EXPERIMENT)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -149,7 +161,7 @@ def test_evaluate_from_the_champion_alias(pipeline, mlflow_server) -> None:
 
 
 def test_changed_training_override_reruns_train_and_evaluate_only(pipeline, mlflow_server) -> None:
-    client, exp, _, _ = pipeline
+    client, exp, _, _, _ = pipeline
     # A learning rate that cannot learn in two short epochs: a worse candidate.
     run_pipeline(mlflow_server.uri, ["train.model.optimizer.lr=1e-6"])
     now = step_runs(client, exp)
@@ -176,7 +188,7 @@ def test_changed_training_override_reruns_train_and_evaluate_only(pipeline, mlfl
 
 
 def test_changed_source_file_reruns_what_depends_on_it(pipeline, mlflow_server, tmp_path) -> None:
-    client, exp, _, _ = pipeline
+    client, exp, _, _, _ = pipeline
     before = step_runs(client, exp)
     copy = tmp_path / "project"
     for part in ("src", "steps", "configs"):
@@ -207,7 +219,7 @@ def test_serving_the_champion_answers_with_labels(pipeline, mlflow_server, tmp_p
 def test_a_bad_alias_fails_in_one_line_and_changes_nothing(pipeline, mlflow_server) -> None:
     """The evaluate script against the server; tests/test_bad_input.py has every other bad URI."""
     uri = "models:/digits-classifier@no-such-alias"
-    client, _, _, _ = pipeline
+    client, _, _, _, _ = pipeline
     versions = sorted(v.version for v in client.search_model_versions(f"name = '{MODEL}'"))
     champion = client.get_model_version_by_alias(MODEL, "champion").version
     done = subprocess.run([sys.executable, "steps/evaluate.py", f"model_uri={uri}", "promote=true",
@@ -241,7 +253,7 @@ def test_a_debug_pipeline_evaluates_its_unregistered_model(mlflow_server) -> Non
 def test_a_step_run_inside_main_is_the_run_it_makes_alone(pipeline, mlflow_server) -> None:
     """Main runs its steps in its own process; each child still has the tags, params, metrics and
     artifacts of `mlflow run -e train` with the same overrides, less what only a pipeline adds."""
-    client, exp, first, _ = pipeline
+    client, exp, first, _, _ = pipeline
     inside = first["train"][0]
     data = f"data.uri={inside.data.tags[tag.DATA_URI]}"
     done = mlflow_run("train", [*PIPELINE, data], mlflow_server.uri, experiment=EXPERIMENT)
@@ -268,7 +280,7 @@ def test_a_step_run_inside_main_is_the_run_it_makes_alone(pipeline, mlflow_serve
 
 def test_a_step_that_fails_inside_main_ends_its_own_run_failed(pipeline, mlflow_server) -> None:
     """A bad trainer setting fails train in Lightning: train's run and main's end FAILED, evaluate never starts."""
-    client, exp, _, _ = pipeline
+    client, exp, _, _, _ = pipeline
     before = {r.info.run_id for r in client.search_runs([exp], max_results=1000)}
     cmd = [f"{VENV_BIN}/mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", EXPERIMENT]
     for p in [*PIPELINE, "train.trainer.limit_train_batches=-1"]:
