@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -299,3 +301,35 @@ def test_a_step_that_fails_inside_main_ends_its_own_run_failed(pipeline, mlflow_
     assert [line for line in done.stderr.splitlines() if line.startswith("error: ")] == \
         [f"error: {main.data.tags[tag.ERROR]}"]
     assert "error.txt" in {a.path for a in client.list_artifacts(train.info.run_id)}  # the traceback, on its run
+
+
+def test_ctrl_c_during_a_step_inside_main_ends_that_step_and_main_killed(pipeline, mlflow_server) -> None:
+    """SIGINT reaches main's process, where train runs: train's run and main's end KILLED, nothing RUNNING."""
+    client, exp, _, _, _ = pipeline
+    before = {r.info.run_id for r in client.search_runs([exp], max_results=1000)}
+    args = [*PIPELINE, "train.trainer.max_epochs=1000", "train.trainer.min_epochs=1000", "tracking.flush_every_s=0",
+            "extras.print_config=false", f"tracking.experiment_name={EXPERIMENT}"]
+    proc = subprocess.Popen([sys.executable, "steps/main.py", *args], cwd=ROOT, env=step_env(mlflow_server.uri),
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            fitting = [r for r in client.search_runs([exp], "tags.`trainflow.step` = 'train'", max_results=1000)
+                       if r.info.run_id not in before and "val/acc" in r.data.metrics]
+            if fitting:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("train never logged a metric inside main")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
+    new = {r.data.tags[tag.STEP]: r for r in client.search_runs([exp], max_results=1000)
+           if r.info.run_id not in before}
+    assert set(new) == {"main", "train"}, sorted(new)
+    assert new["train"].info.status == new["main"].info.status == "KILLED"
+    assert "SIGINT" in new["train"].data.tags[tag.ERROR] and "SIGINT" in new["main"].data.tags[tag.ERROR]
+    assert "error: train interrupted by SIGINT" in err
