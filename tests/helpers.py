@@ -6,6 +6,7 @@ fixtures, which build on them, stay in conftest.py; the servers they start are i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -83,6 +84,18 @@ def step_env(tracking_uri: str, **extra: str) -> dict[str, str]:
     for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(key, None)
     return env
+
+
+def probed(env: dict[str, str], record: Path) -> dict[str, str]:
+    """`env` with tests/probes/sitecustomize.py on PYTHONPATH: every Python process started with it
+    (a step, main, the `mlflow` CLI) appends its argv and which of torch and Lightning it imported to `record`."""
+    path = os.pathsep.join(p for p in (str(ROOT / "tests" / "probes"), env.get("PYTHONPATH")) if p)
+    return {**env, "PYTHONPATH": path, "TRAINFLOW_IMPORT_PROBE": str(record)}
+
+
+def probe_records(record: Path) -> list[dict]:
+    """What the processes `probed` started reported, in the order they exited."""
+    return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
 
 
 def run_step(args: list[str], tracking_uri: str, timeout: float = 240, **extra: str) -> subprocess.CompletedProcess:

@@ -2,9 +2,9 @@
 
 Importing torch and Lightning costs ~9 s here: a user with a typo paid it
 before seeing one line, and a fully cached pipeline paid it for nothing.
-Each check runs in a fresh interpreter and reports `sys.modules` as it
-leaves (an atexit hook: `run_and_exit` ends with `os._exit` after exit
-handlers), so nothing imported by this test process can hide an import.
+Each check runs in a fresh interpreter that reports `sys.modules` as it
+leaves (tests/probes/sitecustomize.py, through `helpers.probed`), so nothing
+imported by this test process can hide an import.
 """
 
 from __future__ import annotations
@@ -16,26 +16,18 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from helpers import ROOT, new_sqlite_store, step_env
-
-HEAVY = ("torch", "lightning", "pytorch_lightning")
-
-# Reports, whatever way the interpreter leaves, which heavy modules it imported.
-PROBE = f"""
-import atexit, json, sys
-atexit.register(lambda: print("HEAVY " + json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)), flush=True))
-"""
+from helpers import ROOT, new_sqlite_store, probe_records, probed, step_env
 
 
-def run_probed(code: str, tracking_uri: str) -> tuple[dict[str, Any], list[str], subprocess.CompletedProcess]:
-    """Run `code` after the probe in a fresh interpreter: (its RESULT json, heavy modules imported, the process)."""
-    done = subprocess.run([sys.executable, "-c", PROBE + textwrap.dedent(code)], cwd=ROOT, env=step_env(tracking_uri),
-                          capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
-    lines = done.stdout.splitlines()
-    heavy = [json.loads(line[6:]) for line in lines if line.startswith("HEAVY ")]
-    results = [json.loads(line[7:]) for line in lines if line.startswith("RESULT ")]
-    assert done.returncode == 0 and heavy and results, done.stderr[-3000:]
-    return results[-1], heavy[-1], done
+def run_probed(code: str, tracking_uri: str, record: Path) -> tuple[Any, list[str], subprocess.CompletedProcess]:
+    """Run `code` in a fresh, probed interpreter: (its RESULT json, heavy modules imported, the process)."""
+    done = subprocess.run([sys.executable, "-c", "import json, sys\n" + textwrap.dedent(code)], cwd=ROOT,
+                          env=probed(step_env(tracking_uri), record), capture_output=True, text=True, timeout=180,
+                          stdin=subprocess.DEVNULL)
+    results = [json.loads(line[7:]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    records = probe_records(record)
+    assert done.returncode == 0 and records and results, done.stderr[-3000:]
+    return results[-1], records[-1]["heavy"], done
 
 
 # (overrides, the error line's start): misspelt and mistyped keys in the model, the data and the callbacks,
@@ -75,7 +67,7 @@ def test_a_bad_override_fails_in_one_line_without_torch(tmp_path: Path) -> None:
             outcomes.append([exc.code, err.getvalue()])
     print("RESULT " + json.dumps(outcomes), flush=True)
     """
-    outcomes, heavy, _ = run_probed(code, new_sqlite_store(tmp_path))
+    outcomes, heavy, _ = run_probed(code, new_sqlite_store(tmp_path), tmp_path / "imports.jsonl")
     for (overrides, expected), (exit_code, stderr) in zip(BAD, outcomes, strict=True):
         lines = stderr.strip().splitlines()
         assert exit_code == 2 and len(lines) == 1, (overrides, exit_code, stderr[-2000:])
@@ -93,7 +85,7 @@ def test_a_good_config_is_checked_without_torch(tmp_path: Path) -> None:
         precheck_overrides("train", [f"experiment={experiment}"])
     print("RESULT " + json.dumps("checked"), flush=True)
     """
-    result, heavy, _ = run_probed(code, new_sqlite_store(tmp_path))
+    result, heavy, _ = run_probed(code, new_sqlite_store(tmp_path), tmp_path / "imports.jsonl")
     assert result == "checked"
     assert heavy == []
 
@@ -126,6 +118,6 @@ def test_cached_runs_are_found_without_torch(tmp_path: Path) -> None:
                 found[f"{{experiment_name}}/{{step}}"] = hit.info.run_id == run_id
     print("RESULT " + json.dumps(found), flush=True)
     """
-    found, heavy, _ = run_probed(code, new_sqlite_store(tmp_path))
+    found, heavy, _ = run_probed(code, new_sqlite_store(tmp_path), tmp_path / "imports.jsonl")
     assert found and all(found.values()), found
     assert heavy == []

@@ -6,7 +6,6 @@ test states which registry state it expects and checks it.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from helpers import ROOT, TINY, mlflow_run, serve_and_ask, step_env
+from helpers import ROOT, TINY, mlflow_run, probe_records, probed, serve_and_ask, step_env
 from servers import VENV_BIN
 from trainflow.tracking import tags as tag
 
@@ -56,10 +55,9 @@ def pipeline(mlflow_server, tmp_path_factory):
     exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
     first = step_runs(client, exp)
     probe = tmp_path_factory.mktemp("probe") / "imports.jsonl"
-    run_pipeline(mlflow_server.uri, env={"PYTHONPATH": str(ROOT / "tests/probes"),
-                                         "TRAINFLOW_IMPORT_PROBE": str(probe)})
+    run_pipeline(mlflow_server.uri, env=probed({}, probe))
     second = step_runs(client, exp)
-    imports = [json.loads(line) for line in probe.read_text().splitlines()]
+    imports = probe_records(probe)
     return client, exp, first, second, imports
 
 

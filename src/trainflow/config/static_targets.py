@@ -117,6 +117,43 @@ def read_target(target: str) -> TargetSignature | None:
         return None
 
 
+def class_attribute(target: str, attribute: str) -> ast.expr | None:
+    """The expression a class assigns to `attribute` in its body, or else its nearest readable base's.
+
+    For what a class declares rather than what it takes (a data module's
+    `preprocessing_keys`): found by the same resolution as `read_target`.
+    None when neither the class nor a base it names says, or the source
+    cannot tell.
+    """
+    try:
+        module, names = _split(target)
+        found = _lookup(module, names[0], 0) if len(names) == 1 else None
+    except (TargetNotFound, _Undecided, RecursionError, SyntaxError, OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(found, _Def) or not isinstance(found.node, ast.ClassDef):
+        return None
+    return _attribute_in(found, attribute, 0)
+
+
+def _attribute_in(found: _Def, attribute: str, hops: int) -> ast.expr | None:
+    if hops > _MAX_HOPS:
+        return None
+    for stmt in found.node.body:
+        if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == attribute for t in stmt.targets):
+            return stmt.value
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.target.id == attribute:
+            return stmt.value
+    for expr in typing.cast(ast.ClassDef, found.node).bases:
+        try:
+            base = _base(found.module, expr, hops)
+        except (_Undecided, RecursionError, SyntaxError, OSError, UnicodeDecodeError, ValueError):
+            continue  # an unreadable base declares nothing here; the next one may
+        value = _attribute_in(base, attribute, hops + 1) if base is not None else None
+        if value is not None:
+            return value
+    return None
+
+
 # Finding module files -------------------------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from trainflow.errors import TrainflowError
+from trainflow.tracking.ranks import LEADER_RUN_ENV
 from trainflow.tracking.run import StepRun, interruption, step_clock
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def _create_project_run(run: StepRun, step: str, params: dict[str, str]) -> str:
 @contextmanager
 def _step_process_state(run: StepRun, child: str, script: Path, overrides: list[str]) -> Iterator[None]:
     """The process as `mlflow run` gives a step (cwd, argv, environment), and main's state back after."""
-    saved_env = {key: os.environ.get(key) for key in (*_RUN_ENV, *_restored_env())}
+    saved_env = {key: os.environ.get(key) for key in (*_RUN_ENV, LEADER_RUN_ENV)}
     saved_argv, saved_cwd = list(sys.argv), os.getcwd()
     os.environ.update(MLFLOW_RUN_ID=child, MLFLOW_EXPERIMENT_ID=run.experiment_id,
                       MLFLOW_TRACKING_URI=run.tracking_uri)
@@ -131,12 +132,6 @@ def _step_process_state(run: StepRun, child: str, script: Path, overrides: list[
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def _restored_env() -> tuple[str, ...]:
-    from trainflow.tracking.ranks import LEADER_RUN_ENV
-
-    return (LEADER_RUN_ENV,)
 
 
 def _hydra_run(script: Path, step: str, overrides: list[str]) -> None:

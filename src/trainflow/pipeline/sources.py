@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from trainflow.config.static_targets import class_attribute
+
 LOCKFILE = "uv.lock"
 
 
@@ -141,57 +143,9 @@ def declared_strings(target: str, attribute: str) -> tuple[str, ...]:
 
     The pipeline needs what a data module declares before any step starts,
     in a process that must not import the module (torch and Lightning: ~9 s
-    on a cached run that needs neither). The class body is read first, then
-    its bases as the module names them. A class whose source cannot be read
-    declares nothing here, which makes cache keys stricter, never stale.
+    on a cached run that needs neither); `config.static_targets` finds the
+    class and its bases as the precheck does. A class whose source cannot be
+    read declares nothing here, which makes cache keys stricter, never stale.
     """
-    module, _, name = target.rpartition(".")
-    source = _module_source(module)
-    if source is None:
-        return ()
-    tree = ast.parse(source.read_bytes(), filename=str(source))
-    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
-    node = classes.get(name)
-    if node is None:
-        return ()
-    for stmt in node.body:
-        value = _assigned(stmt, attribute)
-        if value is not None:
-            return tuple(str(item) for item in ast.literal_eval(value))
-    for base in node.bases:
-        if isinstance(base, ast.Name):
-            where = f"{module}.{base.id}" if base.id in classes else _imported_from(tree, base.id, module)
-            found = declared_strings(where, attribute) if where else ()
-            if found:
-                return found
-    return ()
-
-
-def _module_source(module: str) -> Path | None:
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec(module)  # imports parent packages only, not the module
-    except (ImportError, ValueError):
-        return None
-    origin = spec.origin if spec is not None else None
-    return Path(origin) if origin and origin.endswith(".py") else None
-
-
-def _assigned(stmt: ast.stmt, attribute: str) -> ast.expr | None:
-    if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == attribute for t in stmt.targets):
-        return stmt.value
-    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.target.id == attribute:
-        return stmt.value
-    return None
-
-
-def _imported_from(tree: ast.Module, name: str, module: str) -> str | None:
-    """`pkg.mod.Real` for a name a module imported (`from pkg.mod import Real as name`)."""
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom):
-            for alias in node.names:
-                if (alias.asname or alias.name) == name:
-                    base = _absolute(node.module, node.level, module.rpartition(".")[0])
-                    return f"{base}.{alias.name}" if base else None
-    return None
+    value = class_attribute(target, attribute)
+    return tuple(str(item) for item in ast.literal_eval(value)) if value is not None else ()
