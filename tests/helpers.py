@@ -146,6 +146,35 @@ def using_store(directory: Path) -> Iterator[str]:
         patch.undo()
 
 
+_LOAD_FRESH = """
+import json, sys
+import mlflow
+from mlflow.models import Model
+local = mlflow.artifacts.download_artifacts(sys.argv[1], dst_path=sys.argv[2])
+model = mlflow.pyfunc.load_model(local)
+answer = model.predict(Model.load(local).load_input_example(local))
+shipped = sorted(str(p.relative_to(local)) for p in __import__("pathlib").Path(local, "code").rglob("*.py"))
+print(json.dumps({"rows": len(answer), "trainflow": sys.modules["trainflow"].__file__, "local": local,
+                  "shipped": shipped}))
+"""
+
+
+def load_in_fresh_process(model_uri: str, tracking_uri: str, workdir: Path) -> dict:
+    """Load a logged model in a new interpreter and answer its own input example.
+
+    The model's `code/` comes first on sys.path there, so a module the loader
+    needs but the model did not ship fails here, although this venv has
+    trainflow installed. Returns the row count, where `trainflow` was imported
+    from and which files the model shipped.
+    """
+    env = step_env(tracking_uri)
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-c", _LOAD_FRESH, model_uri, str(workdir)], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def serve_and_ask(model_uri: str, columns: list[str], rows: list[list], env: dict[str, str], workdir: Path) -> list:
     """`mlflow models serve` of `model_uri`, as users start it; its answer to one `dataframe_split` request."""
     import json

@@ -15,7 +15,7 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from helpers import compose_config, using_store
+from helpers import compose_config, load_in_fresh_process, using_store
 from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
 
@@ -160,3 +160,15 @@ def test_weights_only_start_fine_tunes_from_epoch_zero(trained) -> None:
     for key in ("net.model.conv1.0.weight", "net.model.layer4.0.bn2.running_mean"):
         assert torch.equal(start[key], end[key]), key
     assert not torch.equal(start["net.model.fc.weight"], end["net.model.fc.weight"])
+
+
+def test_the_model_carries_the_code_its_loader_runs_and_no_more(trained, tmp_path: Path) -> None:
+    """A new interpreter (trainflow installed, yet the model's code/ first) loads it and answers its example."""
+    import mlflow
+
+    loaded = load_in_fresh_process(f"models:/{MODEL}/1", mlflow.get_tracking_uri(), tmp_path)
+    assert loaded["trainflow"].startswith(loaded["local"]), loaded["trainflow"]
+    assert loaded["rows"] >= 1
+    shipped = loaded["shipped"]
+    assert {"code/trainflow/tracking/pyfunc.py", "code/trainflow/models/components/timm_backbone.py"} <= set(shipped)
+    assert not [f for f in shipped if f.startswith(("code/trainflow/pipeline/", "code/trainflow/training/"))]

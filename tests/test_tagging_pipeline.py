@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from helpers import compose_config, using_store
+from helpers import compose_config, load_in_fresh_process, using_store
 from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
 
@@ -93,3 +93,15 @@ def test_evaluate_a_tagger_checkpoint_gives_per_tag_scores(tagged) -> None:
     table = json.loads(Path(client.download_artifacts(run.run_id, "evaluation/per_class_metrics.json",
                                                       str(tmp / "report"))).read_text())
     assert "f1" in table["columns"]
+
+
+def test_the_model_carries_the_code_its_loader_runs_and_no_more(tagged, tmp_path: Path) -> None:
+    """A new interpreter (trainflow installed, yet the model's code/ first) loads it and answers its example."""
+    import mlflow
+
+    loaded = load_in_fresh_process(f"models:/{MODEL}/1", mlflow.get_tracking_uri(), tmp_path)
+    assert loaded["trainflow"].startswith(loaded["local"]), loaded["trainflow"]
+    assert loaded["rows"] >= 1
+    shipped = loaded["shipped"]
+    assert "code/trainflow/tracking/pyfunc.py" in shipped and "code/trainflow/models/tagger.py" in shipped
+    assert not [f for f in shipped if f.startswith(("code/trainflow/pipeline/", "code/trainflow/training/"))]
