@@ -183,14 +183,14 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         return
     uri, code, tree = _tracking_target(mlflow, cfg, root, output_dir)
     previous = _hold_signals()
-    ctx = _placed_run(mlflow, step, cfg, root, uri, code, output_dir, parent_run_id, previous)
+    ctx, logged_params = _placed_run(mlflow, step, cfg, root, uri, code, output_dir, parent_run_id, previous)
     status = "FAILED"
     try:
         _arm_signals(previous)
         age = step_age_s()
         if age is not None:
             ctx.timings["time/startup_s"] = age
-        _log_run_identity(ctx, cfg, tree)
+        _log_run_identity(ctx, cfg, tree, logged_params)
         yield ctx
         ctx.log_timings()
         status = "FINISHED"
@@ -235,9 +235,13 @@ def _arm_signals(previous: dict[signal.Signals, Any]) -> None:
         raise KeyboardInterrupt(signal.Signals(_Interrupted.signum).name)
 
 
-def _placed_run(mlflow: Any, step: str, cfg: DictConfig, root: Path, uri: str, code: CodeVersion,
-                output_dir: Path, parent_run_id: str | None, previous: dict[signal.Signals, Any]) -> StepRun:
-    """The run this step logs into (attached, resumed, nested or new); no run made: exit, naming why."""
+def _placed_run(mlflow: Any, step: str, cfg: DictConfig, root: Path, uri: str, code: CodeVersion, output_dir: Path,
+                parent_run_id: str | None, previous: dict[signal.Signals, Any]) -> tuple[StepRun, dict[str, str]]:
+    """The run this step logs into (attached, resumed, nested or new), and the params already on it.
+
+    No run made: exit, naming why. The params come with the run that
+    start_run fetched, so checking them costs no request of its own.
+    """
     try:
         run, attached = _attach_or_start(mlflow, cfg, step, root, uri, parent_run_id)  # names a bad URI
         client = mlflow.MlflowClient(uri)
@@ -250,8 +254,9 @@ def _placed_run(mlflow: Any, step: str, cfg: DictConfig, root: Path, uri: str, c
         raise
     # DDP ranks that Lightning starts later inherit the environment: this is how they follow the run.
     os.environ[LEADER_RUN_ENV] = run.info.run_id
-    return StepRun(step=step, run_id=run.info.run_id, experiment_id=run.info.experiment_id, tracking_uri=uri,
-                   client=client, root=root, output_dir=output_dir, code=code, attached=attached)
+    ctx = StepRun(step=step, run_id=run.info.run_id, experiment_id=run.info.experiment_id, tracking_uri=uri,
+                  client=client, root=root, output_dir=output_dir, code=code, attached=attached)
+    return ctx, dict(run.data.params)
 
 
 def _outcome(ctx: StepRun, exc: BaseException) -> str:
@@ -376,8 +381,8 @@ def _attach_or_start(mlflow: Any, cfg: DictConfig, step: str, root: Path, uri: s
         if cfg.get("resume"):
             return _reopen(mlflow, str(cfg.resume), run_id), True
         if run_id:  # nested when main runs this step in its own process (pipeline.in_process)
-            run = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
-            mlflow.set_tag("mlflow.runName", name)
+            # the name travels with the status update start_run makes anyway: no request of its own
+            run = mlflow.start_run(run_id=run_id, run_name=name, nested=mlflow.active_run() is not None)
             return run, True
         experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or _experiment_id(
             mlflow, cfg.tracking.experiment_name, root, uri)
@@ -477,8 +482,11 @@ def hydra_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def _log_run_identity(ctx: StepRun, cfg: DictConfig, tree: str | None) -> None:
-    """Tags, params and config artifacts: enough to rebuild the run."""
+def _log_run_identity(ctx: StepRun, cfg: DictConfig, tree: str | None, logged: dict[str, str]) -> None:
+    """Tags, params and config artifacts: enough to rebuild the run.
+
+    `logged`: the params on the run when it was placed (`mlflow run` logs each `-P`).
+    """
     from trainflow.config.hashing import config_hash
 
     plain = OmegaConf.to_container(cfg, resolve=True)
@@ -502,7 +510,6 @@ def _log_run_identity(ctx: StepRun, cfg: DictConfig, tree: str | None) -> None:
         tags[tag.JOB] = job
     _set_tags(ctx, tags)
     if cfg.tracking.get("log_params", True):
-        logged = ctx.client.get_run(ctx.run_id).data.params
         for key in logged:
             if is_secret_key(key):
                 log.warning("param %s was logged by `mlflow run` before trainflow could redact it: "
