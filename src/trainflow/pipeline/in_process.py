@@ -99,8 +99,10 @@ def _create_project_run(run: StepRun, step: str, params: dict[str, str]) -> str:
 
     Made with MLflow's own project-runner functions, not by hand, so the
     child is indistinguishable from a step launched as a subprocess (source,
-    git commit, entry point, parent run, parameters, backend, run name).
+    git commit, entry point, parent run, parameters, backend, run name). The
+    two tags `mlflow.projects.run` sets one by one go in one request.
     """
+    from mlflow.entities import RunTag
     from mlflow.projects.utils import fetch_and_validate_project, get_or_create_run
     from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_BACKEND, MLFLOW_RUN_NAME
 
@@ -108,8 +110,7 @@ def _create_project_run(run: StepRun, step: str, params: dict[str, str]) -> str:
     work_dir = fetch_and_validate_project(uri, None, step, params)
     child = get_or_create_run(None, uri, run.experiment_id, work_dir, None, step, params)
     run_id = str(child.info.run_id)
-    run.client.set_tag(run_id, MLFLOW_PROJECT_BACKEND, "local")
-    run.client.set_tag(run_id, MLFLOW_RUN_NAME, step)
+    run.client.log_batch(run_id, tags=[RunTag(MLFLOW_PROJECT_BACKEND, "local"), RunTag(MLFLOW_RUN_NAME, step)])
     return run_id
 
 
