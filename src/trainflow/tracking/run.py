@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +68,12 @@ class StepRun:
         self.outputs[name] = uri
         key = tag.output(name)
         self.client.set_tag(self.run_id, key, uri)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Several tags on the run in one request, not one each."""
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
     def artifact_uri(self, path: str = "") -> str:
         return f"runs:/{self.run_id}/{path}".rstrip("/")
@@ -508,7 +514,7 @@ def _log_run_identity(ctx: StepRun, cfg: DictConfig, tree: str | None, logged: d
     job = job_key()
     if job is not None:  # torchrun/srun: the other ranks find this run by it
         tags[tag.JOB] = job
-    _set_tags(ctx, tags)
+    ctx.set_tags(tags)
     if cfg.tracking.get("log_params", True):
         for key in logged:
             if is_secret_key(key):
@@ -520,12 +526,6 @@ def _log_run_identity(ctx: StepRun, cfg: DictConfig, tree: str | None, logged: d
     _log_text(ctx, OmegaConf.to_yaml(OmegaConf.create(redact_overrides(overrides))), "overrides.yaml")
     if tree is not None:
         _log_text(ctx, tree, "config_tree.log")
-
-
-def _set_tags(ctx: StepRun, tags: dict[str, str]) -> None:
-    from mlflow.entities import RunTag
-
-    ctx.client.log_batch(ctx.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def _log_params(ctx: StepRun, params: dict[str, str]) -> None:

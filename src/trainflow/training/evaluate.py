@@ -91,17 +91,16 @@ def _load_subject(cfg: DictConfig, run: StepRun) -> _Subject:
         artifacts = model.local_dir / "artifacts"
         module = instantiate(OmegaConf.load(artifacts / "model.yaml"), _convert_="all")
         module.load_state_dict(torch.load(artifacts / "weights.pt", map_location="cpu", weights_only=True))
-        run.client.set_tag(run.run_id, tag.EVALUATED, cfg.model_uri)
-        run.client.set_tag(run.run_id, tag.MODEL_DIGEST, file_digest(artifacts / "weights.pt"))
+        tags = {tag.EVALUATED: cfg.model_uri, tag.MODEL_DIGEST: file_digest(artifacts / "weights.pt")}
         if model.run_id:
-            run.client.set_tag(run.run_id, tag.UPSTREAM_TRAIN, model.run_id)
+            tags[tag.UPSTREAM_TRAIN] = model.run_id
+        run.set_tags(tags)
         return _Subject(module, cfg.model_uri, model.run_id, model, recorded_data=_served_data(artifacts))
     checkpoint = resolve_checkpoint(cfg.ckpt_path, run.output_dir / "checkpoint")
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     module = instantiate(cfg.model, _convert_="all", **unset_from_checkpoint(cfg.model, saved))
     module.load_state_dict(saved["state_dict"])
-    run.client.set_tag(run.run_id, tag.EVALUATED, cfg.ckpt_path)
-    run.client.set_tag(run.run_id, tag.MODEL_DIGEST, file_digest(checkpoint))
+    run.set_tags({tag.EVALUATED: cfg.ckpt_path, tag.MODEL_DIGEST: file_digest(checkpoint)})
     run_id = cfg.ckpt_path.split("/")[1] if str(cfg.ckpt_path).startswith("runs:/") else None
     return _Subject(module, cfg.ckpt_path, run_id, recorded_data=dict(saved.get("datamodule_hyper_parameters") or {}))
 
@@ -271,8 +270,8 @@ def _promote(cfg: DictConfig, run: StepRun, subject: _Subject, metrics: dict[str
         tag.PROMOTION_CHAMPION: "none" if promotion.champion is None else str(promotion.champion),
         tag.PROMOTION_CHAMPION_VERSION: promotion.champion_version or "none",
     }
+    run.set_tags(record)
     for key, value in record.items():
-        run.client.set_tag(run.run_id, key, value)
         run.client.set_model_version_tag(model.name, model.version, key, value)
     print(f"promotion: {promotion.decision} {model.name}/{model.version} ({metric} {promotion.candidate:.4f} vs "
           f"champion {promotion.champion})", flush=True)
