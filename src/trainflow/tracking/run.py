@@ -69,6 +69,11 @@ class StepRun:
         key = tag.output(name)
         self.client.set_tag(self.run_id, key, uri)
 
+    def set_outputs(self, outputs: Mapping[str, str]) -> None:
+        """Several outputs in one request: none of them is ever on the run without the others."""
+        self.outputs.update(outputs)
+        self.set_tags({tag.output(name): uri for name, uri in outputs.items()})
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Several tags on the run in one request, not one each."""
         from mlflow.entities import RunTag

@@ -167,10 +167,9 @@ def _log_model(cfg: DictConfig, run: StepRun, model: Any, datamodule: TaskDataMo
     }
     logged = log_trained_model(run, cfg.model, weights, datamodule.serving_spec(), tags,
                                register_as=cfg.registry.get("model_name") if cfg.registry.get("register") else None)
-    run.set_output(logged.model_uri, "model")
     if logged.version is not None:
         uri = f"models:/{logged.version.name}/{logged.version.version}"
-        run.set_output(uri)
+        run.set_outputs({"model": logged.model_uri, "output": uri})
         return uri
-    run.set_output(logged.model_uri)
+    run.set_outputs({"model": logged.model_uri, "output": logged.model_uri})
     return None
