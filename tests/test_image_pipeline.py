@@ -111,7 +111,10 @@ def test_predict_writes_csv_and_parquet_for_a_folder_and_a_parquet_split(trained
     assert f"predictions: {result.csv}" in capsys.readouterr().out
     artifacts = {a.path for a in client.list_artifacts(run.run_id, "predictions")}
     assert artifacts == {"predictions/predictions.csv", "predictions/predictions.parquet"}
-    assert client.get_run(run.run_id).data.tags[tag.UPSTREAM_TRAIN] == trained["run_id"]
+    recorded = client.get_run(run.run_id).data
+    assert recorded.tags[tag.UPSTREAM_TRAIN] == trained["run_id"]
+    assert recorded.tags[tag.PREDICTED] == f"models:/{MODEL}/1"
+    assert recorded.metrics["predict/rows"] == 4 and recorded.metrics["predict/skipped_images"] == 0
 
     test_split = f"{trained['prepared'].uri}/test.parquet"
     cfg = compose_config("predict", ["extras.print_config=false", f"model_uri=models:/{MODEL}/1",

@@ -53,9 +53,10 @@ def predict(cfg: DictConfig, run: StepRun) -> PredictResult:
         raise ConfigError(f"batch_size={cfg.batch_size}: must be at least 1")
 
     model = resolve_model(cfg.model_uri, run.client, run.output_dir / "model")
-    run.client.set_tag(run.run_id, tag.PREDICTED, cfg.model_uri)
+    tags = {tag.PREDICTED: cfg.model_uri}
     if model.run_id:
-        run.client.set_tag(run.run_id, tag.UPSTREAM_TRAIN, model.run_id)
+        tags[tag.UPSTREAM_TRAIN] = model.run_id
+    run.set_tags(tags)
     pyfunc = mlflow.pyfunc.load_model(str(model.local_dir))
     local = local_input(str(cfg.input), run.output_dir / "input")
     skipped: list[str] = []
@@ -74,8 +75,7 @@ def predict(cfg: DictConfig, run: StepRun) -> PredictResult:
     predictions.to_parquet(parquet, index=False)
     predictions.to_csv(csv, index=False)
     run.client.log_artifacts(run.run_id, str(folder), ARTIFACT_DIR)
-    run.client.log_metric(run.run_id, "predict/rows", len(predictions))
-    run.client.log_metric(run.run_id, "predict/skipped_images", len(skipped))
+    run.log_metrics({"predict/rows": len(predictions), "predict/skipped_images": len(skipped)})
     uri = run.artifact_uri(f"{ARTIFACT_DIR}/predictions.parquet")
     run.set_output(uri)
     print(f"predictions: {csv}", flush=True)

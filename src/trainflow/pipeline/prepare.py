@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +34,6 @@ def prepare_data(cfg: DictConfig, run: StepRun) -> PrepareResult:
     The output tag is set only after every file is uploaded, so a failed
     upload never leaves a FINISHED run that claims a dataset.
     """
-    from mlflow.entities import Metric
-
     check_targets(cfg, sections=("data",))
     datamodule = task_data_module(instantiate(cfg.data, _convert_="all"), cfg.data._target_)
     cache_root = Path(cfg.paths.cache_dir) / "datasets"
@@ -50,9 +47,7 @@ def prepare_data(cfg: DictConfig, run: StepRun) -> PrepareResult:
     uri = run.artifact_uri(DATASET_ARTIFACT)
     fetched = FetchedDataset(uri, local, _manifest(local), 0, None)
     log_dataset_input(run.client, run.run_id, fetched, "prepared")
-    now = int(time.time() * 1000)
-    run.client.log_batch(run.run_id, metrics=[Metric(f"data/{split}_rows", float(rows), now, 0)
-                                              for split, rows in fetched.manifest.splits.items()])
+    run.log_metrics({f"data/{split}_rows": rows for split, rows in fetched.manifest.splits.items()})
     run.set_output(uri)
     log.info("dataset %s (digest %s) at %s", fetched.manifest.task, fetched.manifest.digest[:12], uri)
     return PrepareResult(uri, fetched.manifest, local)

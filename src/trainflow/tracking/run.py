@@ -80,6 +80,13 @@ class StepRun:
 
         self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Several figures of the step (step 0, one timestamp) in one request, not one each."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
     def artifact_uri(self, path: str = "") -> str:
         return f"runs:/{self.run_id}/{path}".rstrip("/")
 
