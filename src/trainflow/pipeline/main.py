@@ -46,6 +46,7 @@ class StepOutcome:
     output: str
     cache_key: str
     tags: dict[str, str] = field(default_factory=dict, repr=False)
+    metrics: dict[str, float] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -146,14 +147,15 @@ def _reuse_or_run(run: StepRun, step: str, overrides: list[str], resolved: dict[
         if hit is not None and tag.OUTPUT in hit.data.tags:
             log.info("%s: reusing run %s (cache key %s)", step, hit.info.run_id, key[:12])
             print(f"{step}: reused run {hit.info.run_id}", flush=True)
-            return StepOutcome(step, hit.info.run_id, True, hit.data.tags[tag.OUTPUT], key, dict(hit.data.tags))
+            return StepOutcome(step, hit.info.run_id, True, hit.data.tags[tag.OUTPUT], key, dict(hit.data.tags),
+                               dict(hit.data.metrics))
     run_id = launch(run, step, overrides)
     run.client.set_tag(run_id, tag.CACHE_KEY, key)
     child = run.client.get_run(run_id)
     output = child.data.tags.get(tag.OUTPUT)
     if not output:
         raise TrainflowError(f"pipeline: step {step} (run {run_id}) finished without an output URI")
-    return StepOutcome(step, run_id, False, output, key, dict(child.data.tags))
+    return StepOutcome(step, run_id, False, output, key, dict(child.data.tags), dict(child.data.metrics))
 
 
 Launch = Callable[[StepRun, str, list[str]], str]
@@ -249,9 +251,14 @@ def _container(cfg: Any) -> dict[str, Any]:
 
 
 def _record(run: StepRun, result: PipelineResult) -> None:
-    """The whole pipeline on its run: which steps ran, which were reused, what each handed on."""
-    summary = {s: {k: v for k, v in asdict(o).items() if k != "tags"} for s, o in result.steps.items()}
+    """The whole pipeline on its run: which steps ran, which were reused, what each handed on.
+
+    The headline comes from the evaluate run as `_reuse_or_run` fetched it
+    (finished: its metrics are final), in one request with the reused tag.
+    """
+    summary = {s: {k: v for k, v in asdict(o).items() if k not in ("tags", "metrics")} for s, o in result.steps.items()}
     run.client.log_text(run.run_id, json.dumps(summary, indent=2), "pipeline.json")
-    run.client.set_tag(run.run_id, tag.PIPELINE_REUSED, ",".join(result.reused) or "none")
-    log_headline(run.client, run.run_id, result.steps["evaluate"].run_id)
-    run.set_output(result.steps["evaluate"].output)
+    evaluated = result.steps["evaluate"]
+    log_headline(run.client, run.run_id, evaluated.run_id, evaluated.metrics,
+                 tags={tag.PIPELINE_REUSED: ",".join(result.reused) or "none"})
+    run.set_output(evaluated.output)

@@ -9,6 +9,7 @@ pipeline's evaluate run, the sweep's best trial), and names that run in a tag.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from trainflow.tracking import tags as tag
@@ -16,14 +17,22 @@ from trainflow.tracking import tags as tag
 HEADLINE_PREFIX = "test/"
 
 
-def log_headline(client: Any, run_id: str, source_run_id: str) -> dict[str, float]:
-    """Copy `source_run_id`'s test metrics onto `run_id`; returns what was copied."""
+def log_headline(client: Any, run_id: str, source_run_id: str, source_metrics: Mapping[str, float] | None = None,
+                 tags: Mapping[str, str] | None = None) -> dict[str, float]:
+    """Copy `source_run_id`'s test metrics onto `run_id`; returns what was copied.
+
+    `source_metrics`: the source run's metrics, when the caller holds the
+    finished run already (no second fetch). `tags`: more of `run_id`'s tags,
+    written in the same request.
+    """
     from mlflow.entities import Metric, RunTag
 
-    metrics = {k: v for k, v in client.get_run(source_run_id).data.metrics.items() if k.startswith(HEADLINE_PREFIX)}
+    if source_metrics is None:
+        source_metrics = client.get_run(source_run_id).data.metrics
+    metrics = {k: v for k, v in source_metrics.items() if k.startswith(HEADLINE_PREFIX)}
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())],
-                     tags=[RunTag(tag.HEADLINE_RUN, source_run_id)])
+                     tags=[*(RunTag(k, v) for k, v in (tags or {}).items()), RunTag(tag.HEADLINE_RUN, source_run_id)])
     return metrics
 
 
