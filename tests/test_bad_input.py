@@ -189,6 +189,8 @@ CASES = [
     ("train", ["ckpt_path={not_a_ckpt}"], "is not a torch checkpoint", 1),
     ("evaluate", [], "model_uri / ckpt_path", 1),
     ("evaluate", ["model_uri=models:/no-such-model@champion"], "no registered model 'no-such-model'", 1),
+    ("evaluate", ["model_uri=models:/no-such-model/3"], "no registered model 'no-such-model'", 1),
+    ("evaluate", ["model_uri=models:/no-such-model/latest"], "no registered model 'no-such-model'", 1),
     ("evaluate", [f"model_uri=models:/{MODEL}@no-such-alias"], "no alias 'no-such-alias'", 1),
     ("evaluate", [f"model_uri=models:/{MODEL}/999"], "no version '999'", 1),
     ("evaluate", [f"model_uri=runs:/{RUN_ID}/model"], f"runs:/{RUN_ID}/model", 1),

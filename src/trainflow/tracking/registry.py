@@ -178,24 +178,28 @@ def resolve_model(uri: str, client: Any, dst: Path) -> ResolvedModel:
 
 
 def _model_version(client: Any, name: str, alias: str | None, version: str | None, uri: str) -> ModelVersion:
+    """The version a URI names; only a lookup that found nothing asks whether the model exists, for the message."""
     from mlflow.exceptions import MlflowException
 
+    failure: MlflowException | None = None
+    try:
+        if alias:
+            return client.get_model_version_by_alias(name, alias)
+        if version not in (None, "latest"):
+            return client.get_model_version(name, version)
+        versions = client.search_model_versions(f"name = '{name}'")
+        if versions:
+            return max(versions, key=lambda v: int(v.version))
+    except MlflowException as exc:
+        failure = exc
     try:
         client.get_registered_model(name)
     except MlflowException as exc:
         raise UriError(f"model_uri: {uri}: no registered model '{name}'") from exc
-    try:
-        if alias:
-            return client.get_model_version_by_alias(name, alias)
-        if version in (None, "latest"):
-            versions = client.search_model_versions(f"name = '{name}'")
-            if not versions:
-                raise UriError(f"model_uri: {uri}: model '{name}' has no versions")
-            return max(versions, key=lambda v: int(v.version))
-        return client.get_model_version(name, version)
-    except MlflowException as exc:
-        what = f"alias '{alias}'" if alias else f"version '{version}'"
-        raise UriError(f"model_uri: {uri}: no {what} of model '{name}'") from exc
+    if failure is None:
+        raise UriError(f"model_uri: {uri}: model '{name}' has no versions")
+    what = f"alias '{alias}'" if alias else f"version '{version}'"
+    raise UriError(f"model_uri: {uri}: no {what} of model '{name}'") from failure
 
 
 @dataclass
