@@ -480,7 +480,7 @@ def register_best(run: StepRun, result: SweepResult, plan: SweepPlan) -> str:
         version = _registered_already(run, plan.model_name, result)
         if version is None:
             version = mlflow.register_model(model_uri, plan.model_name, tags=version_tags)
-            write_model_card(run.client, version.name, str(version.version))
+            write_model_card(run.client, version.name, str(version.version), version)
     uri = f"models:/{version.name}/{version.version}"
     run.client.set_tag(run.run_id, tag.REGISTERED, uri)
     print(f"registered {uri} (trial {result.best_trial})", flush=True)

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainflow.tracking import tags as tag
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
 
 
 @dataclass
@@ -118,9 +121,13 @@ def _number(value: Any) -> str:
         return str(value)
 
 
-def write_model_card(client: Any, name: str, version: str) -> str:
-    """Render the card from what the registry and the runs hold now, and set it as the description."""
-    mv = client.get_model_version(name, version)
+def write_model_card(client: Any, name: str, version: str, registered: ModelVersion | None = None) -> str:
+    """Render the card from what the registry and the runs hold now, and set it as the description.
+
+    `registered`: the version as registration just returned it, when that is
+    what the registry holds now (no second fetch).
+    """
+    mv = registered if registered is not None else client.get_model_version(name, version)
     tags = dict(mv.tags)
     train_id = tags.get(tag.RUN_ID) or mv.run_id
     train_run = client.get_run(train_id) if train_id else None

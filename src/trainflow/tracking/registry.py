@@ -84,7 +84,7 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
     version = None
     if register_as:
         version = mlflow.register_model(info.model_uri, register_as, tags=tags)
-        write_model_card(run.client, register_as, str(version.version))
+        write_model_card(run.client, register_as, str(version.version), version)
         run.client.set_tag(run.run_id, tag.REGISTERED, f"models:/{register_as}/{version.version}")
     return LoggedModel(info.model_uri, getattr(info, "model_id", None), version)
 
