@@ -244,6 +244,11 @@ def test_a_debug_pipeline_evaluates_its_unregistered_model(mlflow_server) -> Non
     assert trained.data.tags[tag.OUTPUT].startswith("models:/m-")
     assert evaluated.data.tags[tag.EVALUATED] == trained.data.tags[tag.OUTPUT]
     assert "test/acc" in evaluated.data.metrics
+    # evaluate's test figures are linked to the logged model it tested, on the test split's digest
+    model = client.get_logged_model(trained.data.tags[tag.OUTPUT].removeprefix("models:/"))
+    linked = {m.key: m for m in model.metrics if m.run_id == evaluated.info.run_id}
+    assert linked["test/acc"].value == evaluated.data.metrics["test/acc"]
+    assert {m.dataset_name for m in linked.values()} == {"test"} and set(linked) >= {"test/acc", "test/f1_macro"}
     assert evaluated.data.tags[tag.PROMOTION_DECISION] == "skipped: not a registered version"
     assert client.search_model_versions("name = 'digits-debug'") == []
 

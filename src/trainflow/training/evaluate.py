@@ -207,13 +207,15 @@ def _log_report(run: StepRun, module: Any, datamodule: Any, dataset: FetchedData
     return report["table"]
 
 
-def _metric_entities(values: dict[str, float], model_id: str | None = None) -> list[Any]:
+def _metric_entities(values: dict[str, float], model_id: str | None = None, dataset_name: str | None = None,
+                     dataset_digest: str | None = None) -> list[Any]:
     import time
 
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, 0, model_id=model_id) for k, v in values.items()]
+    return [Metric(k, float(v), now, 0, model_id=model_id, dataset_name=dataset_name, dataset_digest=dataset_digest)
+            for k, v in values.items()]
 
 
 def eval_scope(cfg: DictConfig) -> str:
@@ -228,10 +230,9 @@ def _record_on_model(run: StepRun, model: ResolvedModel, metrics: dict[str, floa
                      scope: str) -> None:
     """Test figures live on the model too: the registry page shows them."""
     test_metrics = {k: v for k, v in metrics.items() if k.startswith("test/")}
-    if model.model_id:
-        for key, value in test_metrics.items():
-            run.client.log_metric(run.run_id, key, value, model_id=model.model_id,
-                                  dataset_name="test", dataset_digest=dataset.manifest.digest[:36])
+    if model.model_id:  # in one request, not one a metric
+        run.client.log_batch(run.run_id, metrics=_metric_entities(
+            test_metrics, model.model_id, dataset_name="test", dataset_digest=dataset.manifest.digest[:36]))
     if model.name and model.version:
         tags: dict[str, str] = {tag.eval_metric(k): str(v) for k, v in test_metrics.items()}
         tags[tag.EVAL_DATA_DIGEST] = dataset.manifest.digest
