@@ -161,7 +161,10 @@ def test_a_machine_killed_mid_trial_loses_nothing(postgres: PostgresServer, pg_m
 
 def _catch_a_running_trial(client: MlflowClient, storage: str, study_name: str,
                            procs: list[subprocess.Popen]) -> tuple[int, int]:
-    """The machine of a trial whose run is RUNNING, and that trial's number."""
+    """The machine of a trial whose run is RUNNING and began under 2 s ago, and that trial's number.
+
+    A trial lasts a few seconds: one caught late may finish before the kill lands.
+    """
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert all(p.poll() is None for p in procs), "a machine ended before any trial was caught"
@@ -170,12 +173,14 @@ def _catch_a_running_trial(client: MlflowClient, storage: str, study_name: str,
         except KeyError:  # not created yet
             time.sleep(0.5)
             continue
-        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        newest_first = sorted(running, key=lambda t: t.datetime_start.timestamp() if t.datetime_start else 0.0)[::-1]
+        for trial in newest_first:
             run_id = trial.user_attrs.get("mlflow_run_id")
             if not run_id:
                 continue
             run = client.get_run(run_id)
-            if run.info.status == "RUNNING":
+            if run.info.status == "RUNNING" and time.time() * 1000 - run.info.start_time < 2000:
                 parent = client.get_run(run.data.tags["mlflow.parentRunId"])
                 machine = next(k for k in parent.data.tags if k.startswith("tag.machine-"))
                 return int(machine.removeprefix("tag.machine-")), trial.number
