@@ -13,7 +13,11 @@ pipelines and half after, so drift in the machine's speed hits both):
 T_import = `python -c "import torch, lightning, mlflow"` (what one process
 training with MLflow must import) and T_cli = `mlflow --version` (the
 `mlflow run` CLI alone). Goals (issue 15): first run <= 2.0 x T_import,
-cached re-run <= 1.5 x T_cli. `--in-process false` gives every step its own
+cached re-run <= 1.5 x T_cli. Next to each ratio, the least any pipeline
+under `mlflow run` can take, in the same unit: the CLI's own process (T_cli)
+plus one process that imports what the run needs, T_import for a first run
+and T_lookup = `python -c "import mlflow, hydra"` for a cached one (main
+must ask the tracking store for its cached runs). `--in-process false` gives every step its own
 process (the pipeline before issue 15) for a before/after in one sitting.
 """
 
@@ -103,6 +107,7 @@ def floors(repeats: int) -> dict[str, list[float]]:
     return {
         "T_import": [timed([sys.executable, "-c", "import torch, lightning, mlflow"]) for _ in range(repeats)],
         "T_cli": [timed([str(BIN / "mlflow"), "--version"]) for _ in range(repeats)],
+        "T_lookup": [timed([sys.executable, "-c", "import mlflow, hydra"]) for _ in range(repeats)],
     }
 
 
@@ -126,15 +131,22 @@ def main() -> None:
             server.wait(timeout=30)
     after = floors(args.floor_repeats // 2)
     floor = {k: statistics.median(before[k] + after[k]) for k in before}
-    for name, cmd in (("T_import", 'python -c "import torch, lightning, mlflow"'), ("T_cli", "mlflow --version")):
+    for name, cmd in (("T_import", 'python -c "import torch, lightning, mlflow"'), ("T_cli", "mlflow --version"),
+                      ("T_lookup", 'python -c "import mlflow, hydra"')):
         runs = " ".join(f"{t:.1f}" for t in before[name] + after[name])
         print(f"{name:<9}{floor[name]:6.1f} s  median of [{runs}]  ({cmd})")
-    print(f"first    {first:6.1f} s  = {first / floor['T_import']:.2f} x T_import  (goal <= 2.0)")
-    print(f"cached   {cached:6.1f} s  = {cached / floor['T_cli']:.2f} x T_cli     (goal <= 1.5)")
+    least_first = (floor["T_cli"] + floor["T_import"]) / floor["T_import"]
+    least_cached = (floor["T_cli"] + floor["T_lookup"]) / floor["T_cli"]
+    print(f"first    {first:6.1f} s  = {first / floor['T_import']:.2f} x T_import  (goal <= 2.0; "
+          f"T_cli + T_import = {least_first:.2f} x)")
+    print(f"cached   {cached:6.1f} s  = {cached / floor['T_cli']:.2f} x T_cli     (goal <= 1.5; "
+          f"T_cli + T_lookup = {least_cached:.2f} x)")
     print(f"pipeline_first_s {first:.1f}")
     print(f"pipeline_cached_s {cached:.1f}")
     print(f"pipeline_first_ratio {first / floor['T_import']:.2f}")
     print(f"pipeline_cached_ratio {cached / floor['T_cli']:.2f}")
+    print(f"pipeline_first_least_ratio {least_first:.2f}")
+    print(f"pipeline_cached_least_ratio {least_cached:.2f}")
 
 
 if __name__ == "__main__":
