@@ -153,6 +153,9 @@ from mlflow.models import Model
 local = mlflow.artifacts.download_artifacts(sys.argv[1], dst_path=sys.argv[2])
 model = mlflow.pyfunc.load_model(local)
 answer = model.predict(Model.load(local).load_input_example(local))
+import importlib
+for name in ("trainflow.pipeline.main", "trainflow.sweep.driver"):  # the rest of the package still imports
+    importlib.import_module(name)
 shipped = sorted(str(p.relative_to(local)) for p in __import__("pathlib").Path(local, "code").rglob("*.py"))
 print(json.dumps({"rows": len(answer), "trainflow": sys.modules["trainflow"].__file__, "local": local,
                   "shipped": shipped}))
@@ -162,10 +165,11 @@ print(json.dumps({"rows": len(answer), "trainflow": sys.modules["trainflow"].__f
 def load_in_fresh_process(model_uri: str, tracking_uri: str, workdir: Path) -> dict:
     """Load a logged model in a new interpreter and answer its own input example.
 
-    The model's `code/` comes first on sys.path there, so a module the loader
-    needs but the model did not ship fails here, although this venv has
-    trainflow installed. Returns the row count, where `trainflow` was imported
-    from and which files the model shipped.
+    The model's `code/` comes first on sys.path there (and in every process
+    this one spawns), so a module the model did not ship fails here although
+    this venv has trainflow installed, whether the loader needs it or code
+    run after loading does. Returns the row count, where `trainflow` was
+    imported from and which files the model shipped.
     """
     env = step_env(tracking_uri)
     env.pop("PYTHONPATH", None)

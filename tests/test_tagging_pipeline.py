@@ -95,13 +95,13 @@ def test_evaluate_a_tagger_checkpoint_gives_per_tag_scores(tagged) -> None:
     assert "f1" in table["columns"]
 
 
-def test_the_model_carries_the_code_its_loader_runs_and_no_more(tagged, tmp_path: Path) -> None:
-    """A new interpreter (trainflow installed, yet the model's code/ first) loads it and answers its example."""
+def test_the_model_loads_in_a_new_interpreter_from_its_own_code(tagged, tmp_path: Path) -> None:
+    """A new interpreter (trainflow installed, yet the model's code/ first) loads it and answers its example;
+    afterwards the rest of trainflow still imports: the model carries the whole package, not a part that
+    would shadow the installed one."""
     import mlflow
 
     loaded = load_in_fresh_process(f"models:/{MODEL}/1", mlflow.get_tracking_uri(), tmp_path)
     assert loaded["trainflow"].startswith(loaded["local"]), loaded["trainflow"]
     assert loaded["rows"] >= 1
-    shipped = loaded["shipped"]
-    assert "code/trainflow/tracking/pyfunc.py" in shipped and "code/trainflow/models/tagger.py" in shipped
-    assert not [f for f in shipped if f.startswith(("code/trainflow/pipeline/", "code/trainflow/training/"))]
+    assert {"code/trainflow/tracking/pyfunc.py", "code/trainflow/models/tagger.py"} <= set(loaded["shipped"])

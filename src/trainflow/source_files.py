@@ -1,14 +1,12 @@
 """Which first-party source files a piece of code can run, found by reading import statements.
 
-Two users need the same answer and neither may import what it asks about:
-the step cache (a key must change when any file a step can run changes, and
-it is computed in a process that must not pay for torch) and the model
-registry (a logged model carries exactly the files its loader runs, not the
-whole package: each shipped file is one upload and one download per model).
+The step cache needs it (a key must change when any file a step can run
+changes) in a process that must not pay for torch, so nothing is imported.
 
 Import statements are followed at any depth, function level included, and
 so are the modules that a config's `_target_`s name (Hydra imports those at
-run time, so no import statement shows them). Nothing is imported.
+run time, so no import statement shows them). Each file is parsed once per
+version: the pipeline keys three steps that share most of their files.
 """
 
 from __future__ import annotations
@@ -33,27 +31,19 @@ def config_targets(node: Any) -> Iterator[str]:
             yield from config_targets(item)
 
 
-def import_closure(scripts: Iterable[Path], modules: Iterable[str], search: list[Path],
-                   tops: frozenset[str] | None = None) -> set[Path]:
-    """Files of `scripts` and of every first-party module they or `modules` import, transitively.
-
-    `tops` limits the walk to modules under those top-level names: where
-    `search` is site-packages (an installed trainflow), torch is there too.
-    """
-    def files(name: str) -> list[Path]:
-        return module_files(name, search) if tops is None or name.split(".")[0] in tops else []
-
+def import_closure(scripts: Iterable[Path], modules: Iterable[str], search: list[Path]) -> set[Path]:
+    """Files of `scripts` and of every first-party module they or `modules` import, transitively."""
     seen: set[Path] = set()
     pending: list[Path] = [s for s in scripts if s.is_file()]
     for name in modules:
-        pending.extend(files(name))
+        pending.extend(module_files(name, search))
     while pending:
         path = pending.pop()
         if path in seen:
             continue
         seen.add(path)
         for name in imported_modules(path, search):
-            pending.extend(files(name))
+            pending.extend(module_files(name, search))
     return seen
 
 

@@ -9,7 +9,7 @@ model (`trainflow.data.task.ServedModel`), which lives beside the data module
 whose data it decodes. This module knows no task.
 
 MLflow stores the PythonModel object itself with cloudpickle, and the model
-carries the trainflow modules it runs (and a task's own) as code: loading
+carries the `trainflow` package (and a task's own package) as code: loading
 any pyfunc model runs that, so load models only from a registry you trust.
 """
 

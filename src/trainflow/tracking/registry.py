@@ -66,7 +66,6 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
         artifacts = {"weights": str(folder / "weights.pt"), "model_config": str(folder / "model.yaml"),
                      "meta": str(folder / "meta.json")}
         python_model = TaskModel(spec.served)
-        code = served_code(spec.served, OmegaConf.to_container(model_cfg, resolve=True), folder / "code")
         # The signature comes from a real prediction of the model being logged.
         python_model.load_context(_Context(artifacts))
         output = python_model.predict(None, spec.example)
@@ -77,7 +76,7 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
             signature=infer_signature(spec.example, output),
             input_example=spec.example,
             pip_requirements=locked_requirements(run.root / "uv.lock"),
-            code_paths=code,
+            code_paths=code_paths(spec.served),
             tags=tags,
         )
     run.client.set_tag(run.run_id, tag.MODEL_URI, info.model_uri)
@@ -89,40 +88,28 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
     return LoggedModel(info.model_uri, getattr(info, "model_id", None), version)
 
 
-def served_code(served: type, model_cfg: Any, dst: Path) -> list[str]:
-    """The first-party code a logged model's loader runs, copied under `dst`: MLflow's `code_paths`.
+def code_paths(served: type) -> list[str]:
+    """What a served model imports when loaded: trainflow, and the task's own package if it lives elsewhere.
 
     MLflow copies each path into the model's `code/` and puts that folder
-    first on sys.path, so `mlflow models serve` finds trainflow, and a task
-    defined outside it, with nothing installed. Only the files loading runs
-    are shipped (the pickled `TaskModel`, the served class, the network the
-    model config names, and what they import): the whole package is ~80
-    files, each one upload at logging and one download at every load.
-    A file left out would shadow the installed package with a partial one,
-    so the set comes from the same import walk as the step cache's keys.
+    first on sys.path, so `mlflow models serve` finds a task defined outside
+    trainflow. The whole package goes, not only the modules loading runs
+    (13 of 79 files for digits): `code/trainflow` then shadows any installed
+    trainflow in the loading process and in every process it spawns (which
+    inherit sys.path), and a partial copy there broke `import trainflow.sweep`
+    in a multiprocessing child of a process that had loaded a model.
     """
-    import shutil
     import sys
 
     import trainflow
-    from trainflow.source_files import config_targets, import_closure
-    from trainflow.tracking.pyfunc import TaskModel
 
-    packages = [Path(trainflow.__file__).parent]
+    paths = [Path(trainflow.__file__).parent]
     top = sys.modules[served.__module__.split(".")[0]]
     file = Path(str(top.__file__))
     task = file.parent if file.name == "__init__.py" else file
-    if task not in packages:
-        packages.append(task)
-    tops = frozenset(p.stem for p in packages)
-    search = list(dict.fromkeys(p.parent for p in packages))
-    files = import_closure([], [TaskModel.__module__, served.__module__, *config_targets(model_cfg)], search, tops)
-    for path in files:
-        home = next(p for p in packages if path == p or path.is_relative_to(p))
-        copy = dst / path.relative_to(home.parent)
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, copy)
-    return [str(dst / p.name) for p in packages]
+    if task not in paths:
+        paths.append(task)
+    return [str(p) for p in paths]
 
 
 @dataclass
