@@ -113,9 +113,9 @@ def log_dataset_input(client: Any, run_id: str, fetched: FetchedDataset, context
     dataset through `mlflow-artifacts://user:password@host/...`. The tags and
     the data module's figures go in one request, not one each.
     """
-    import time
+    from mlflow.entities import Dataset, DatasetInput, InputTag, RunTag
 
-    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
+    from trainflow.tracking.run import metric_entities
 
     manifest = fetched.manifest
     uri = mask_url_passwords(fetched.uri)
@@ -136,9 +136,8 @@ def log_dataset_input(client: Any, run_id: str, fetched: FetchedDataset, context
     if fetched.upstream_run_id:
         tags[tag.UPSTREAM_PREPARE_DATA] = fetched.upstream_run_id
     # figures a data module measured while building the dataset (it cannot log them: no MLflow in data/)
-    now = int(time.time() * 1000)
-    metrics = [Metric(str(key), float(value), now, 0) for key, value in (manifest.extra.get("metrics") or {}).items()]
-    client.log_batch(run_id, metrics=metrics, tags=[RunTag(key, value) for key, value in tags.items()])
+    figures = {str(key): float(value) for key, value in (manifest.extra.get("metrics") or {}).items()}
+    client.log_batch(run_id, metrics=metric_entities(figures), tags=[RunTag(key, value) for key, value in tags.items()])
 
 
 def dataset_for_step(data_cfg: Any, datamodule: Any, run: Any, cache_root: Path, context: str) -> FetchedDataset:

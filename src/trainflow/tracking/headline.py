@@ -8,7 +8,6 @@ pipeline's evaluate run, the sweep's best trial), and names that run in a tag.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,13 +24,14 @@ def log_headline(client: Any, run_id: str, source_run_id: str, source_metrics: M
     finished run already (no second fetch). `tags`: more of `run_id`'s tags,
     written in the same request.
     """
-    from mlflow.entities import Metric, RunTag
+    from mlflow.entities import RunTag
+
+    from trainflow.tracking.run import metric_entities
 
     if source_metrics is None:
         source_metrics = client.get_run(source_run_id).data.metrics
     metrics = {k: v for k, v in source_metrics.items() if k.startswith(HEADLINE_PREFIX)}
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())],
+    client.log_batch(run_id, metrics=metric_entities(dict(sorted(metrics.items()))),
                      tags=[*(RunTag(k, v) for k, v in (tags or {}).items()), RunTag(tag.HEADLINE_RUN, source_run_id)])
     return metrics
 

@@ -45,6 +45,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+def metric_entities(values: Mapping[str, float], model_id: str | None = None, dataset_name: str | None = None,
+                    dataset_digest: str | None = None) -> list[Any]:
+    """Figures measured once (step 0, one timestamp) as entities for one `log_batch` request.
+
+    `model_id` and the dataset link them to a logged model, as `log_metric` would one at a time.
+    """
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, 0, model_id=model_id, dataset_name=dataset_name, dataset_digest=dataset_digest)
+            for k, v in values.items()]
+
+
 @dataclass
 class StepRun:
     """What a step gets: the run it logs into and the client to do it with."""
@@ -82,10 +95,7 @@ class StepRun:
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         """Several figures of the step (step 0, one timestamp) in one request, not one each."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        self.client.log_batch(self.run_id, metrics=metric_entities(metrics))
 
     def artifact_uri(self, path: str = "") -> str:
         return f"runs:/{self.run_id}/{path}".rstrip("/")
@@ -104,10 +114,7 @@ class StepRun:
             self.timings[f"time/{phase}_s"] = time.perf_counter() - start
 
     def log_timings(self) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, 0) for k, v in self.timings.items()]
+        metrics = metric_entities(self.timings)
         self.timings = {}
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)

@@ -20,7 +20,7 @@ from trainflow.tracking.datasets import FetchedDataset, dataset_for_step, lineag
 from trainflow.tracking.lightning import RunLogger
 from trainflow.tracking.model_card import write_model_card
 from trainflow.tracking.registry import Promotion, ResolvedModel, promote_if_better, resolve_model
-from trainflow.tracking.run import StepRun
+from trainflow.tracking.run import StepRun, metric_entities
 from trainflow.training.checkpoints import resolve_checkpoint
 from trainflow.training.metrics import classification_report, confusion_figure, higher_is_better, scalar_metrics
 
@@ -186,7 +186,7 @@ def _log_report(run: StepRun, module: Any, datamodule: Any, dataset: FetchedData
     names = dataset.manifest.label_names or [str(i) for i in range(p.shape[1])]
     report = classification_report(p, t, names)
     metrics.update(report["macro"])
-    run.client.log_batch(run.run_id, metrics=_metric_entities(report["macro"]))
+    run.client.log_batch(run.run_id, metrics=metric_entities(report["macro"]))
     predicted = p.argmax(dim=1).numpy()
     predictions = pd.DataFrame({
         "row_id": range(len(t)),
@@ -207,17 +207,6 @@ def _log_report(run: StepRun, module: Any, datamodule: Any, dataset: FetchedData
     return report["table"]
 
 
-def _metric_entities(values: dict[str, float], model_id: str | None = None, dataset_name: str | None = None,
-                     dataset_digest: str | None = None) -> list[Any]:
-    import time
-
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, 0, model_id=model_id, dataset_name=dataset_name, dataset_digest=dataset_digest)
-            for k, v in values.items()]
-
-
 def eval_scope(cfg: DictConfig) -> str:
     """How much of the test split a figure covers: figures compare only within one scope."""
     limit = cfg.trainer.get("limit_test_batches")
@@ -231,7 +220,7 @@ def _record_on_model(run: StepRun, model: ResolvedModel, metrics: dict[str, floa
     """Test figures live on the model too: the registry page shows them."""
     test_metrics = {k: v for k, v in metrics.items() if k.startswith("test/")}
     if model.model_id:  # in one request, not one a metric
-        run.client.log_batch(run.run_id, metrics=_metric_entities(
+        run.client.log_batch(run.run_id, metrics=metric_entities(
             test_metrics, model.model_id, dataset_name="test", dataset_digest=dataset.manifest.digest[:36]))
     if model.name and model.version:
         tags: dict[str, str] = {tag.eval_metric(k): str(v) for k, v in test_metrics.items()}
