@@ -162,21 +162,24 @@ print(json.dumps({"rows": len(answer), "trainflow": sys.modules["trainflow"].__f
 """
 
 
-def load_in_fresh_process(model_uri: str, tracking_uri: str, workdir: Path) -> dict:
-    """Load a logged model in a new interpreter and answer its own input example.
+def load_in_fresh_process(model_uri: str, tracking_uri: str, workdir: Path) -> set[str]:
+    """Load a logged model in a new interpreter, answer its own input example, import the rest of trainflow.
 
     The model's `code/` comes first on sys.path there (and in every process
     this one spawns), so a module the model did not ship fails here although
     this venv has trainflow installed, whether the loader needs it or code
-    run after loading does. Returns the row count, where `trainflow` was
-    imported from and which files the model shipped.
+    run after loading does. Asserts that trainflow came from the model's
+    `code/` and that the example got an answer; returns the files shipped.
     """
     env = step_env(tracking_uri)
     env.pop("PYTHONPATH", None)
     done = subprocess.run([sys.executable, "-c", _LOAD_FRESH, model_uri, str(workdir)], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded["trainflow"].startswith(loaded["local"]), loaded["trainflow"]
+    assert loaded["rows"] >= 1
+    return set(loaded["shipped"])
 
 
 def serve_and_ask(model_uri: str, columns: list[str], rows: list[list], env: dict[str, str], workdir: Path) -> list:
