@@ -28,6 +28,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def outputs_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Hydra's run folders and the download cache of every step (in-process or a subprocess) go under
+    pytest's temporary folder: none fills the checkout's logs/, none reuses its .cache/ from an earlier run."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TRAINFLOW_LOG_DIR", str(tmp_path_factory.mktemp("logs")))
+    patch.setenv("TRAINFLOW_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))

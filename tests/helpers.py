@@ -18,11 +18,13 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from omegaconf import DictConfig
 
 from servers import VENV_BIN, free_port, wait_http
+from trainflow.tracking import tags as tag
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +43,8 @@ TINY = [
 ]
 
 
-_STORE_TEMPLATE: list[Path] = []
+# One made store per process, in a folder removed when the process exits.
+_STORE_TEMPLATE: list[tuple[tempfile.TemporaryDirectory, Path]] = []
 
 
 def new_sqlite_store(directory: Path) -> str:
@@ -55,12 +58,13 @@ def new_sqlite_store(directory: Path) -> str:
     if not _STORE_TEMPLATE:
         from mlflow import MlflowClient
 
-        template = Path(tempfile.mkdtemp(prefix="trainflow-store-")) / "mlflow.db"
+        folder = tempfile.TemporaryDirectory(prefix="trainflow-store-")
+        template = Path(folder.name) / "mlflow.db"
         MlflowClient(f"sqlite:///{template}").search_experiments()
-        _STORE_TEMPLATE.append(template)
+        _STORE_TEMPLATE.append((folder, template))
     directory.mkdir(parents=True, exist_ok=True)
     db = directory / "mlflow.db"
-    shutil.copyfile(_STORE_TEMPLATE[0], db)
+    shutil.copyfile(_STORE_TEMPLATE[0][1], db)
     with closing(sqlite3.connect(db)) as con, con:  # `mlflow run`'s Default experiment: artifacts here too
         con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
                     ((directory / "mlruns").as_uri(),))
@@ -106,14 +110,14 @@ def run_step(args: list[str], tracking_uri: str, timeout: float = 240, **extra: 
 
 
 def mlflow_run(entry: str, params: list[str], tracking_uri: str, timeout: float = 300,
-               experiment: str | None = None, **extra: str) -> subprocess.CompletedProcess:
-    """`mlflow run` of one entry point; `extra`: environment beside the store (credentials)."""
-    cmd = [f"{VENV_BIN}/mlflow", "run", str(ROOT), "-e", entry, "--env-manager", "local"]
+               experiment: str | None = None, project: Path = ROOT, **extra: str) -> subprocess.CompletedProcess:
+    """`mlflow run` of one entry point of `project`; `extra`: environment beside the store (credentials)."""
+    cmd = [f"{VENV_BIN}/mlflow", "run", str(project), "-e", entry, "--env-manager", "local"]
     if experiment:
         cmd += ["--experiment-name", experiment]
     for p in params:
         cmd += ["-P", p]
-    return subprocess.run(cmd, cwd=ROOT, env=step_env(tracking_uri, **extra), capture_output=True, text=True,
+    return subprocess.run(cmd, cwd=project, env=step_env(tracking_uri, **extra), capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -123,6 +127,28 @@ def all_runs(tracking_uri: str) -> list:
     client = MlflowClient(tracking_uri)
     ids = [e.experiment_id for e in client.search_experiments()]
     return list(client.search_runs(ids, max_results=1000)) if ids else []
+
+
+def steps_of(client: Any, experiment: str) -> dict[str, list]:
+    """An experiment's runs (named or by id) grouped by the step that made them."""
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found is not None else experiment
+    out: dict[str, list] = {}
+    for run in client.search_runs([experiment_id], max_results=1000):
+        out.setdefault(run.data.tags.get(tag.STEP, "?"), []).append(run)
+    return out
+
+
+def project_copy(dst: Path) -> Path:
+    """The files a clone of this working tree has (tracked and new, not ignored): no .venv, stores or logs."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dst / name)
+    return dst
 
 
 @contextmanager

@@ -6,18 +6,15 @@ test states which registry state it expects and checks it.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from helpers import ROOT, TINY, mlflow_run, probe_records, probed, serve_and_ask, step_env
-from servers import VENV_BIN
+from helpers import ROOT, TINY, mlflow_run, probe_records, probed, serve_and_ask, step_env, steps_of
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
@@ -28,23 +25,9 @@ MODEL = "digits-classifier"
 PIPELINE = [p for p in TINY if not p.startswith(("registry.", "trainer.max_epochs"))] + ["trainer.max_epochs=2"]
 
 
-def step_runs(client: MlflowClient, experiment_id: str) -> dict[str, list]:
-    runs = client.search_runs([experiment_id], max_results=1000)
-    out: dict[str, list] = {}
-    for run in runs:
-        out.setdefault(run.data.tags.get(tag.STEP, "?"), []).append(run)
-    return out
-
-
-def run_pipeline(server_uri: str, extra: list[str] = (), env: dict[str, str] | None = None,
-                 cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    cmd = [f"{VENV_BIN}/mlflow", "run", str(cwd), "--env-manager", "local", "--experiment-name", EXPERIMENT]
-    for p in [*PIPELINE, *extra]:
-        cmd += ["-P", p]
-    done = subprocess.run(cmd, cwd=cwd, env={**step_env(server_uri), **(env or {})}, capture_output=True,
-                          text=True, timeout=400, stdin=subprocess.DEVNULL)
+def run_pipeline(server_uri: str, extra: list[str] = (), **env: str) -> None:
+    done = mlflow_run("main", [*PIPELINE, *extra], server_uri, timeout=400, experiment=EXPERIMENT, **env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return done
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +36,10 @@ def pipeline(mlflow_server, tmp_path_factory):
     client = MlflowClient(mlflow_server.uri)
     run_pipeline(mlflow_server.uri)
     exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    first = step_runs(client, exp)
+    first = steps_of(client, exp)
     probe = tmp_path_factory.mktemp("probe") / "imports.jsonl"
-    run_pipeline(mlflow_server.uri, env=probed({}, probe))
-    second = step_runs(client, exp)
+    run_pipeline(mlflow_server.uri, **probed({}, probe))
+    second = steps_of(client, exp)
     imports = probe_records(probe)
     return client, exp, first, second, imports
 
@@ -164,7 +147,7 @@ def test_changed_training_override_reruns_train_and_evaluate_only(pipeline, mlfl
     client, exp, _, _, _ = pipeline
     # A learning rate that cannot learn in two short epochs: a worse candidate.
     run_pipeline(mlflow_server.uri, ["train.model.optimizer.lr=1e-6"])
-    now = step_runs(client, exp)
+    now = steps_of(client, exp)
     assert len(now["prepare_data"]) == 1
     assert len(now["train"]) == 2
     newest_eval = max((r for r in now["evaluate"] if tag.PROMOTION_DECISION in r.data.tags),
@@ -185,23 +168,6 @@ def test_changed_training_override_reruns_train_and_evaluate_only(pipeline, mlfl
     assert newest_main.info.run_name.startswith("main-example-digits ")
     assert newest_main.info.run_name.endswith(" lr=1e-6"), newest_main.info.run_name
     assert newest_main.data.metrics["test/acc"] == newest_eval.data.metrics["test/acc"]
-
-
-def test_changed_source_file_reruns_what_depends_on_it(pipeline, mlflow_server, tmp_path) -> None:
-    client, exp, _, _, _ = pipeline
-    before = step_runs(client, exp)
-    copy = tmp_path / "project"
-    for part in ("src", "steps", "configs"):
-        shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("MLproject", "conda.yaml", "pyproject.toml", "uv.lock"):
-        shutil.copy(ROOT / name, copy / name)
-    with (copy / "src/trainflow/models/classifier.py").open("a") as f:
-        f.write("\n# a change in the model code\n")
-    run_pipeline(mlflow_server.uri, env={"PYTHONPATH": str(copy / "src")}, cwd=copy)
-    after = step_runs(client, exp)
-    assert len(after["prepare_data"]) == len(before["prepare_data"])
-    assert len(after["train"]) == len(before["train"]) + 1
-    assert len(after["evaluate"]) == len(before["evaluate"]) + 1
 
 
 def test_serving_the_champion_answers_with_labels(pipeline, mlflow_server, tmp_path) -> None:
@@ -239,7 +205,7 @@ def test_a_debug_pipeline_evaluates_its_unregistered_model(mlflow_server) -> Non
                       timeout=400, experiment=experiment)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     client = MlflowClient(mlflow_server.uri)
-    runs = step_runs(client, client.get_experiment_by_name(experiment).experiment_id)
+    runs = steps_of(client, client.get_experiment_by_name(experiment).experiment_id)
     trained, evaluated = runs["train"][0], runs["evaluate"][0]
     assert trained.data.tags[tag.OUTPUT].startswith("models:/m-")
     assert evaluated.data.tags[tag.EVALUATED] == trained.data.tags[tag.OUTPUT]
@@ -287,11 +253,8 @@ def test_a_step_that_fails_inside_main_ends_its_own_run_failed(pipeline, mlflow_
     """A bad trainer setting fails train in Lightning: train's run and main's end FAILED, evaluate never starts."""
     client, exp, _, _, _ = pipeline
     before = {r.info.run_id for r in client.search_runs([exp], max_results=1000)}
-    cmd = [f"{VENV_BIN}/mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", EXPERIMENT]
-    for p in [*PIPELINE, "train.trainer.limit_train_batches=-1"]:
-        cmd += ["-P", p]
-    done = subprocess.run(cmd, cwd=ROOT, env=step_env(mlflow_server.uri), capture_output=True, text=True,
-                          timeout=400, stdin=subprocess.DEVNULL)
+    done = mlflow_run("main", [*PIPELINE, "train.trainer.limit_train_batches=-1"], mlflow_server.uri, timeout=400,
+                      experiment=EXPERIMENT)
     assert done.returncode != 0
     new = {r.data.tags[tag.STEP]: r for r in client.search_runs([exp], max_results=1000)
            if r.info.run_id not in before}
