@@ -45,9 +45,9 @@ def test_ddp_sim_makes_one_run_one_version_and_reduced_metrics(tmp_path: Path) -
     test = pq.read_table(dataset / "test.parquet").to_pandas()
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}/1")
     predicted = model.predict(test.drop(columns=["label"]).astype(np.float32))
+    assert isinstance(predicted, pd.DataFrame) and len(predicted) == len(test), type(predicted)
     accuracy = float((predicted.label.astype(int) == test.label).mean())
     assert run.data.metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
-    assert isinstance(predicted, pd.DataFrame)
 
 
 def test_torchrun_ranks_share_rank_zeros_run(tmp_path: Path) -> None:

@@ -126,6 +126,38 @@ def test_predict_writes_csv_and_parquet_for_a_folder_and_a_parquet_split(trained
     assert set(frame.label) <= set(LABELS)
 
 
+def test_a_corrupt_image_in_a_predict_folder_fails_naming_it_or_is_skipped_and_counted(trained, capsys) -> None:
+    """on_bad_image=raise: one `error:` line naming the file, the run FAILED, no predictions; skip: counted."""
+    from trainflow.pipeline.predict import predict
+
+    client, tmp = trained["client"], trained["tmp"]
+    folder = tmp / "to_predict_corrupt"
+    (folder / "1").mkdir(parents=True)
+    for f in sorted((tmp / "digits" / "1").glob("*.png"))[:2]:
+        (folder / "1" / f.name).write_bytes(f.read_bytes())
+    (folder / "1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    common = ["extras.print_config=false", f"model_uri=models:/{MODEL}/1", f"input={folder}"]
+
+    cfg = compose_config("predict", common, tmp / "predict-raise")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited, step_run("predict", cfg) as run:
+        predict(cfg, run)
+    assert exited.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and "1/broken.png" in lines[-1], lines[-3:]
+    failed = client.get_run(run.run_id)
+    assert failed.info.status == "FAILED" and tag.OUTPUT not in failed.data.tags
+    assert client.list_artifacts(run.run_id, "predictions") == []
+
+    cfg = compose_config("predict", [*common, "on_bad_image=skip"], tmp / "predict-skip")
+    with step_run("predict", cfg) as run:
+        result = predict(cfg, run)
+    assert sorted(result.predictions.file) == sorted(f"1/{f.name}" for f in (folder / "1").glob("*.png")
+                                                     if f.name != "broken.png")
+    assert [Path(name).name for name in result.skipped] == ["broken.png"]
+    assert client.get_run(run.run_id).data.metrics["predict/skipped_images"] == 1
+
+
 def test_pretrained_from_a_runs_uri_is_the_logged_checkpoint(trained) -> None:
     """`pretrained` as an MLflow URI of a Lightning checkpoint folder: downloaded, `net.` stripped, loaded."""
     import torch

@@ -7,6 +7,7 @@ PostgreSQL; the study lives in another database of the same PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -112,7 +113,7 @@ def test_three_machines_started_together_run_exactly_n_trials_and_register_the_b
         assert trial.data.tags["mlflow.parentRunId"] in parent_ids
         assert trial.info.status in ("FINISHED", "KILLED")
         machine = next(k for k, p in parents.items() if p.info.run_id == trial.data.tags["mlflow.parentRunId"])
-        assert trial.data.tags[tag.TRIAL_WORKER] == "0" and machine  # each machine's own worker 0
+        assert trial.data.tags[tag.TRIAL_WORKER] == "0", machine  # each machine numbers its own workers from 0
     # every machine summarises the whole study: the same best, whichever machine found it
     best = study.best_trial
     assert {p.data.tags[tag.SWEEP_BEST_TRIAL] for p in parents.values()} == {str(best.number)}
@@ -130,14 +131,27 @@ def test_a_machine_killed_mid_trial_loses_nothing(postgres: PostgresServer, pg_m
     end the lost machine's runs FAILED; the study ends with 9 finished trials and nothing RUNNING."""
     storage = postgres.create_database("study_killed")
     client = MlflowClient(pg_mlflow_server.uri)
-    # trials long enough to be caught mid-training; beats every second, lost after 4 s of silence
+    # trials long enough that the others still train when the victim is lost; beats every second, lost after
+    # 4 s of silence
     extra = ["trainer.max_epochs=4", "trainer.limit_train_batches=40", "sweep.heartbeat_s=1", "sweep.grace_s=4"]
-    procs = [start_machine(i, pg_mlflow_server.uri, storage, "killed", tmp_path, extra) for i in range(3)]
-    victim, victim_trial = _catch_a_running_trial(client, storage, "killed", procs)
+    # the victim's first trial stops itself mid-training (SIGSTOP, from inside the fit): it cannot finish
+    # before the kill, however fast or slow this machine is
+    victim = 0
+    pause = ("+callbacks.fault={_target_:trainflow.training.faults.SignalAt,moment:train_batch,epoch:1,batch:2,"
+             "signal_name:SIGSTOP}")
+    procs = [start_machine(i, pg_mlflow_server.uri, storage, "killed", tmp_path,
+                           [*extra, pause] if i == victim else extra) for i in range(3)]
+    family = _stopped_mid_trial(procs, victim, tmp_path)
     os.killpg(procs[victim].pid, signal.SIGKILL)
+    for pid in family:  # the machine is lost: every process on it, in its own session or not
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     codes = finish(procs)
     assert codes[victim] == -signal.SIGKILL
     assert [c for i, c in enumerate(codes) if i != victim] == [0, 0], logs(tmp_path)
+    parents, trials = study_runs(client, "killed")
+    [victim_trial] = [int(r.data.tags[tag.TRIAL_NUMBER]) for r in trials
+                      if r.data.tags["mlflow.parentRunId"] == parents[f"machine-{victim}"].info.run_id]
 
     study = optuna.load_study(study_name="killed", storage=storage)
     states = [t.state.name for t in study.trials]
@@ -148,7 +162,6 @@ def test_a_machine_killed_mid_trial_loses_nothing(postgres: PostgresServer, pg_m
     retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == victim_trial)
     assert retry.state.name in ("COMPLETE", "PRUNED")
 
-    parents, trials = study_runs(client, "killed")
     assert parents[f"machine-{victim}"].info.status == "FAILED"
     assert "machine lost" in parents[f"machine-{victim}"].data.tags[tag.ERROR]
     assert [p.info.status for k, p in sorted(parents.items()) if k != f"machine-{victim}"] == ["FINISHED"] * 2
@@ -159,30 +172,34 @@ def test_a_machine_killed_mid_trial_loses_nothing(postgres: PostgresServer, pg_m
     assert study.user_attrs[LEASE_PREFIX + parents[f"machine-{victim}"].info.run_id] == -1
 
 
-def _catch_a_running_trial(client: MlflowClient, storage: str, study_name: str,
-                           procs: list[subprocess.Popen]) -> tuple[int, int]:
-    """The machine of a trial whose run is RUNNING and began under 2 s ago, and that trial's number.
-
-    A trial lasts a few seconds: one caught late may finish before the kill lands.
-    """
+def _stopped_mid_trial(procs: list[subprocess.Popen], victim: int, workdir: Path) -> list[int]:
+    """Every process of the victim machine once one of them has stopped itself; fails if the machine ends first."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        assert all(p.poll() is None for p in procs), "a machine ended before any trial was caught"
-        try:
-            study = optuna.load_study(study_name=study_name, storage=storage)
-        except KeyError:  # not created yet
-            time.sleep(0.5)
-            continue
-        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        newest_first = sorted(running, key=lambda t: t.datetime_start.timestamp() if t.datetime_start else 0.0)[::-1]
-        for trial in newest_first:
-            run_id = trial.user_attrs.get("mlflow_run_id")
-            if not run_id:
-                continue
-            run = client.get_run(run_id)
-            if run.info.status == "RUNNING" and time.time() * 1000 - run.info.start_time < 2000:
-                parent = client.get_run(run.data.tags["mlflow.parentRunId"])
-                machine = next(k for k in parent.data.tags if k.startswith("tag.machine-"))
-                return int(machine.removeprefix("tag.machine-")), trial.number
+        assert procs[victim].poll() is None, "the victim ended before its trial stopped:\n" + logs(workdir)
+        family = _descendants(procs[victim].pid)
+        if any(_state(pid) == "T" for pid in family):
+            return family
         time.sleep(0.2)
-    raise AssertionError("no trial was seen training")
+    raise AssertionError("the victim's trial never reached its stop:\n" + logs(workdir))
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (state first, then the parent's pid)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def _state(pid: int) -> str:
+    return (_stat(pid) or ["gone"])[0]
+
+
+def _descendants(root: int) -> list[int]:
+    parents = {int(p.name): int(fields[1]) for p in Path("/proc").iterdir() if p.name.isdigit()
+               if (fields := _stat(int(p.name)))}
+    family = [root]
+    for pid in family:
+        family += [child for child, parent in parents.items() if parent == pid]
+    return family

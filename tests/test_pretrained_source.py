@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainflow.errors import ConfigError
+from trainflow.errors import ConfigError, UriError
 from trainflow.models.components.pretrained_source import asks_for_hub
 from trainflow.models.components.timm_backbone import TIMMBackbone
 
@@ -28,7 +28,17 @@ def test_files_and_mlflow_uris_are_not(value) -> None:
     TIMMBackbone.check_config("model.net", {"pretrained": value})
 
 
-def test_a_network_with_a_weights_file_that_is_not_here_still_builds() -> None:
-    """Evaluate and the served model rebuild the network from the logged config, without the file."""
-    net = TIMMBackbone("test_resnet", num_classes=3, pretrained="/gone/after/training.pth")
-    assert net.pretrained == "/gone/after/training.pth"
+def test_a_network_with_a_weights_file_that_is_not_here_still_builds_and_serves_its_logged_weights() -> None:
+    """Evaluate and the served model rebuild the network from the logged config, without the file, then load
+    the logged weights: it answers as the trained network does. Only fit's start reads `pretrained`."""
+    import torch
+
+    torch.manual_seed(0)
+    trained = TIMMBackbone("test_resnet", num_classes=3).eval()
+    rebuilt = TIMMBackbone("test_resnet", num_classes=3, pretrained="/gone/after/training.pth")
+    rebuilt.load_state_dict(trained.state_dict())
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(images), trained(images))
+    with pytest.raises(UriError, match=r"^model\.net\.pretrained: no such file or folder: /gone/after/training\.pth"):
+        rebuilt.load_pretrained()

@@ -218,3 +218,96 @@ def test_a_main_pipeline_is_reproduced_step_by_step(project: Path, store: str) -
             assert now.data.metrics[key] == pytest.approx(value, abs=1e-6), (step, key)
     table = Path(client.download_artifacts(second.info.run_id, "reproduction/comparison.csv", str(project.parent)))
     assert "train: test/acc," in table.read_text()
+
+
+# Drift of each kind, found in this process by the same check `reproduce` runs first (the refusal and
+# allow_drift paths above are the same for every kind): each changes one thing in the copy and puts it back.
+
+@pytest.fixture
+def drift(project: Path, store: str, original: str) -> Any:
+    """The original train run as `reproduce` reads it, and the drift lines of an Original against the copy now."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from trainflow.pipeline.reproduce import find_drift, read_original
+
+    client = MlflowClient(store)
+    base = read_original(client, original)
+
+    def lines(of: Any = None, prefix: str = "") -> list[str]:
+        GlobalHydra.instance().clear()
+        try:
+            return [line for line in find_drift(of or base, project, client) if line.startswith(prefix)]
+        finally:
+            GlobalHydra.instance().clear()
+
+    lines.base = base  # type: ignore[attr-defined]
+    return lines
+
+
+def test_an_unchanged_copy_has_no_drift(drift) -> None:
+    assert drift() == []
+
+
+def test_another_git_commit_is_drift(drift, project: Path) -> None:
+    then = drift.base.tags[tag.GIT_COMMIT]
+    git(project, "commit", "-q", "--allow-empty", "-m", "a later commit")
+    try:
+        now = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        assert drift(prefix="git commit: ") == [f"git commit: {then} -> {now}"]
+    finally:
+        git(project, "reset", "-q", "--soft", "HEAD~1")
+    assert drift() == []
+
+
+@pytest.mark.parametrize(("path", "old", "new", "expected"), [
+    ("uv.lock", None, "\n# relocked\n", "uv.lock: sha256 "),
+    ("configs/data/digits.yaml", "val_fraction: 0.15", "val_fraction: 0.2", "config: data.val_fraction: 0.15 -> 0.2"),
+])
+def test_a_changed_lock_or_config_file_is_drift(drift, project: Path, path: str, old: str | None, new: str,
+                                                expected: str) -> None:
+    file = project / path
+    text = file.read_text()
+    assert old is None or old in text
+    file.write_text(text + new if old is None else text.replace(old, new))
+    try:
+        found = drift(prefix=expected.split(":")[0] + ":")
+        assert len(found) == 1 and found[0].startswith(expected), found
+        if path == "uv.lock":
+            assert found[0].startswith(f"uv.lock: sha256 {drift.base.tags[tag.LOCK_DIGEST]} -> "), found
+    finally:
+        file.write_text(text)
+    assert drift() == []
+
+
+def test_a_dataset_that_changed_under_its_uri_is_drift(drift, store: str, original: str, tmp_path: Path) -> None:
+    import dataclasses
+    import json
+
+    import pyarrow.parquet as pq
+
+    from trainflow.data.dataset import MANIFEST, files_digest
+
+    folder = Path(MlflowClient(store).download_artifacts(original, "dataset", str(tmp_path)))
+    manifest = json.loads((folder / MANIFEST).read_text())
+    read_it = dataclasses.replace(drift.base, overrides=[*drift.base.overrides, f"data.uri={folder}"],
+                                  tags={**drift.base.tags, tag.DATA_DIGEST: manifest["digest"]})
+    assert drift(read_it, prefix="data:") == []
+    pq.write_table(pq.read_table(folder / "test.parquet").slice(0, 5), folder / "test.parquet")
+    manifest["digest"] = files_digest(folder, list(manifest["splits"]))
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    then = read_it.tags[tag.DATA_DIGEST]
+    assert drift(read_it, prefix="data:") == [f"data: {folder}: digest {then} -> {manifest['digest']}"]
+
+
+def test_other_weights_under_an_evaluated_uri_are_drift(drift, original: str) -> None:
+    import dataclasses
+
+    uri = f"runs:/{original}/checkpoints/best"
+    evaluated = dataclasses.replace(drift.base, step="evaluate", overrides=[
+        "experiment=example", f"ckpt_path={uri}", "extras.print_config=false"],
+        tags={**drift.base.tags, tag.MODEL_DIGEST: "sha256:other-weights"})
+    [line] = drift(evaluated, prefix="model:")
+    assert line.startswith(f"model: {uri}: digest sha256:other-weights -> ")
+    same = dataclasses.replace(evaluated, tags={**evaluated.tags, tag.MODEL_DIGEST: line.rsplit(" -> ", 1)[1]})
+    assert drift(same, prefix="model:") == []

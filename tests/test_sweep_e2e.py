@@ -74,10 +74,10 @@ def test_ctrl_c_ends_the_sweep_killed_and_keeps_finished_trials(sqlite_uri, tmp_
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            if sum(r.info.status == "FINISHED" for r in all_runs(sqlite_uri)
-                   if r.data.tags.get("mlflow.parentRunId")) >= 2:
-                break
+        while sum(r.info.status == "FINISHED" for r in all_runs(sqlite_uri)
+                  if r.data.tags.get("mlflow.parentRunId")) < 2:
+            assert proc.poll() is None, "the sweep ended before two trials had finished"
+            assert time.monotonic() < deadline, "two trials did not finish within 180 s"
             time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=120)
