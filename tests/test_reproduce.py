@@ -1,14 +1,14 @@
-"""`reproduce`: a logged train run, run again as it ran; drift refused unless allowed; bad input in one line.
+"""`reproduce`: a logged run, run again as it ran; drift refused unless allowed; bad input in one line.
 
 Everything runs in a copy of the project (a git repository of its own,
-committed once), so the drift test can change a file of
-`src/trainflow/models` without touching the real checkout, and the copy's
-code version holds still between the runs that must match.
+committed once), so the drift tests can change its files without touching
+the real checkout, and the copy's code version holds still between the runs
+that must match. One pipeline run there gives every original: its main run
+and its prepare_data, train and evaluate runs.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +17,16 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from helpers import ROOT, VENV_BIN, new_sqlite_store, step_env
+from helpers import VENV_BIN, new_sqlite_store, project_copy, step_env
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
 
-TRAIN = ["steps/train.py", "experiment=example", "trainer.max_epochs=3", "trainer.deterministic=true",
-         "extras.print_config=false", "callbacks.rich_progress_bar=null", "callbacks.model_summary=null",
-         "trainer.enable_progress_bar=false", "registry.log_model=false", "tracking.experiment_name=original"]
+# One deterministic pipeline in the copy gives every original: its main run and its three step runs.
+PIPELINE = ["steps/main.py", "experiment=example", "trainer.max_epochs=2", "trainer.deterministic=true",
+            "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+            "callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "trainer.enable_progress_bar=false",
+            "extras.print_config=false", "registry.log_model=false", "tracking.experiment_name=pipeline"]
 
 
 def git(folder: Path, *args: str) -> None:
@@ -35,13 +37,7 @@ def git(folder: Path, *args: str) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The checkout's files as they are now (tracked and untracked, not ignored), in a repository of their own."""
-    copy = tmp_path_factory.mktemp("project") / "trainflow"
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
-                            capture_output=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        if (ROOT / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, copy / name)
+    copy = project_copy(tmp_path_factory.mktemp("project") / "trainflow")
     git(copy, "init", "-q")
     git(copy, "add", "-A")
     git(copy, "commit", "-q", "-m", "snapshot")
@@ -61,12 +57,24 @@ def in_copy(project: Path, args: list[str], uri: str) -> subprocess.CompletedPro
 
 
 @pytest.fixture(scope="module")
-def original(project: Path, store: str) -> str:
-    done = in_copy(project, [sys.executable, *TRAIN], store)
+def pipeline(project: Path, store: str) -> Any:
+    """The main run of a pipeline run in the copy."""
+    done = in_copy(project, [sys.executable, *PIPELINE], store)
     assert done.returncode == 0, done.stderr[-2000:]
     client = MlflowClient(store)
-    [run] = client.search_runs([client.get_experiment_by_name("original").experiment_id])
-    return str(run.info.run_id)
+    [main] = client.search_runs([client.get_experiment_by_name("pipeline").experiment_id],
+                                f"tags.`{tag.STEP}` = 'main'")
+    return main
+
+
+def step_of(pipeline: Any, store: str, step: str) -> Any:
+    return MlflowClient(store).get_run(pipeline.data.tags[tag.pipeline_step(step, "run_id")])
+
+
+@pytest.fixture(scope="module")
+def original(pipeline: Any, store: str) -> str:
+    """The pipeline's train run: a deterministic train run to reproduce."""
+    return str(step_of(pipeline, store, "train").info.run_id)
 
 
 def results(metrics: dict[str, float]) -> dict[str, float]:
@@ -112,7 +120,8 @@ def test_mlflow_run_reproduce_matches_a_deterministic_train_run(project: Path, s
 
 def test_changed_model_code_is_drift_refused_unless_allowed(project: Path, store: str, original: str) -> None:
     client = MlflowClient(store)
-    runs_before = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("original").experiment_id])}
+    experiment = client.get_run(original).info.experiment_id
+    runs_before = {r.info.run_id for r in client.search_runs([experiment])}
     model = project / "src/trainflow/models/classifier.py"
     text = model.read_text()
     model.write_text(text + "\n# a change after the original run\n")
@@ -122,7 +131,7 @@ def test_changed_model_code_is_drift_refused_unless_allowed(project: Path, store
         drift = [line for line in refused.stderr.splitlines() if line.startswith("drift: ")]
         assert any(line.startswith("drift: code version: ") for line in drift), refused.stderr[-2000:]
         assert refused.stderr.strip().splitlines()[-1].startswith(f"error: reproduce: run {original} cannot")
-        after = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("original").experiment_id])}
+        after = {r.info.run_id for r in client.search_runs([experiment])}
         assert after == runs_before, "a refused reproduction makes no run"
 
         allowed = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={original}", "allow_drift=true"],
@@ -130,8 +139,7 @@ def test_changed_model_code_is_drift_refused_unless_allowed(project: Path, store
         assert allowed.returncode == 0, allowed.stderr[-2000:]
     finally:
         model.write_text(text)
-    [new] = [r for r in client.search_runs([client.get_experiment_by_name("original").experiment_id])
-             if r.data.tags.get(tag.REPRODUCES) == original]
+    [new] = [r for r in client.search_runs([experiment]) if r.data.tags.get(tag.REPRODUCES) == original]
     assert new.info.status == "FINISHED"
     assert "code version: " in new.data.tags[tag.REPRODUCE_DRIFT]
     assert {a.path for a in client.list_artifacts(new.info.run_id, "reproduction")} == {
@@ -166,13 +174,11 @@ def test_bad_input_is_one_line_and_leaves_no_run_running(project: Path, store: s
     assert running_runs(store) == []
 
 
-def test_an_evaluate_run_is_reproduced_on_the_same_weights(project: Path, store: str, original: str) -> None:
+def test_an_evaluate_run_is_reproduced_on_the_same_weights(project: Path, store: str, pipeline: Any) -> None:
     client = MlflowClient(store)
-    evaluate = ["steps/evaluate.py", f"ckpt_path=runs:/{original}/checkpoints/best", "experiment=example",
-                "extras.print_config=false", "tracking.experiment_name=evaluated"]
-    evaluated = in_copy(project, [sys.executable, *evaluate], store)
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    [first] = client.search_runs([client.get_experiment_by_name("evaluated").experiment_id])
+    first = step_of(pipeline, store, "evaluate")
+    trained = step_of(pipeline, store, "train").info.run_id
+    assert first.data.tags[tag.EVALUATED].startswith(f"runs:/{trained}/checkpoints/"), "weights named by a URI"
     assert first.data.tags[tag.MODEL_DIGEST]
 
     second = reproduced(project, store, client, first)
@@ -184,28 +190,19 @@ def test_an_evaluate_run_is_reproduced_on_the_same_weights(project: Path, store:
         assert second.data.metrics[key] == pytest.approx(value, abs=1e-6), key
 
 
-def test_a_prepare_data_run_is_reproduced_to_the_same_dataset(project: Path, store: str) -> None:
+def test_a_prepare_data_run_is_reproduced_to_the_same_dataset(project: Path, store: str, pipeline: Any) -> None:
     client = MlflowClient(store)
-    prepared = in_copy(project, [sys.executable, "steps/prepare_data.py", "tracking.experiment_name=prepared"], store)
-    assert prepared.returncode == 0, prepared.stderr[-2000:]
-    [first] = client.search_runs([client.get_experiment_by_name("prepared").experiment_id])
+    first = step_of(pipeline, store, "prepare_data")
     second = reproduced(project, store, client, first)
     assert second.info.status == "FINISHED" and second.data.tags[tag.STEP] == "prepare_data"
     assert second.data.tags[tag.DATA_DIGEST] == first.data.tags[tag.DATA_DIGEST]
     assert results(second.data.metrics) == results(first.data.metrics)
 
 
-def test_a_main_pipeline_is_reproduced_step_by_step(project: Path, store: str) -> None:
+def test_a_main_pipeline_is_reproduced_step_by_step(project: Path, store: str, pipeline: Any) -> None:
+    """Last of the runs made here: its step runs are tagged as reproductions of the pipeline's step runs."""
     client = MlflowClient(store)
-    pipeline = ["steps/main.py", "experiment=example", "trainer.max_epochs=2", "trainer.deterministic=true",
-                "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
-                "callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "trainer.enable_progress_bar=false",
-                "extras.print_config=false", "registry.log_model=false", "tracking.experiment_name=pipeline"]
-    done = in_copy(project, [sys.executable, *pipeline], store)
-    assert done.returncode == 0, done.stderr[-2000:]
-    [first] = [r for r in client.search_runs([client.get_experiment_by_name("pipeline").experiment_id])
-               if r.data.tags.get(tag.STEP) == "main"]
-
+    first = pipeline
     second = reproduced(project, store, client, first)
     assert second.info.status == "FINISHED" and second.data.tags[tag.STEP] == "main"
     for step in ("prepare_data", "train", "evaluate"):
@@ -223,25 +220,31 @@ def test_a_main_pipeline_is_reproduced_step_by_step(project: Path, store: str) -
 # Drift of each kind, found in this process by the same check `reproduce` runs first (the refusal and
 # allow_drift paths above are the same for every kind): each changes one thing in the copy and puts it back.
 
-@pytest.fixture
-def drift(project: Path, store: str, original: str) -> Any:
-    """The original train run as `reproduce` reads it, and the drift lines of an Original against the copy now."""
-    from hydra.core.global_hydra import GlobalHydra
+class Drift:
+    """The original train run as `reproduce` reads it; the drift lines of it (or another Original) against the copy."""
 
-    from trainflow.pipeline.reproduce import find_drift, read_original
+    def __init__(self, project: Path, store: str, original: str) -> None:
+        from trainflow.pipeline.reproduce import read_original
 
-    client = MlflowClient(store)
-    base = read_original(client, original)
+        self.project, self.client = project, MlflowClient(store)
+        self.base = read_original(self.client, original)
 
-    def lines(of: Any = None, prefix: str = "") -> list[str]:
+    def __call__(self, of: Any = None, prefix: str = "") -> list[str]:
+        from hydra.core.global_hydra import GlobalHydra
+
+        from trainflow.pipeline.reproduce import find_drift
+
         GlobalHydra.instance().clear()
         try:
-            return [line for line in find_drift(of or base, project, client) if line.startswith(prefix)]
+            return [line for line in find_drift(of or self.base, self.project, self.client) if line.startswith(prefix)]
         finally:
             GlobalHydra.instance().clear()
 
-    lines.base = base  # type: ignore[attr-defined]
-    return lines
+
+@pytest.fixture
+def drift(project: Path, store: str, original: str, tracking_env) -> Drift:
+    tracking_env(store)  # what `reproduce` downloads (a checkpoint, a dataset) comes from the store, as in its process
+    return Drift(project, store, original)
 
 
 def test_an_unchanged_copy_has_no_drift(drift) -> None:
@@ -280,7 +283,7 @@ def test_a_changed_lock_or_config_file_is_drift(drift, project: Path, path: str,
     assert drift() == []
 
 
-def test_a_dataset_that_changed_under_its_uri_is_drift(drift, store: str, original: str, tmp_path: Path) -> None:
+def test_a_dataset_that_changed_under_its_uri_is_drift(drift, store: str, tmp_path: Path) -> None:
     import dataclasses
     import json
 
@@ -288,9 +291,11 @@ def test_a_dataset_that_changed_under_its_uri_is_drift(drift, store: str, origin
 
     from trainflow.data.dataset import MANIFEST, files_digest
 
-    folder = Path(MlflowClient(store).download_artifacts(original, "dataset", str(tmp_path)))
+    prepared = drift.base.tags[tag.UPSTREAM_PREPARE_DATA]
+    folder = Path(MlflowClient(store).download_artifacts(prepared, "dataset", str(tmp_path)))
     manifest = json.loads((folder / MANIFEST).read_text())
-    read_it = dataclasses.replace(drift.base, overrides=[*drift.base.overrides, f"data.uri={folder}"],
+    overrides = [o for o in drift.base.overrides if not o.startswith("data.uri=")]
+    read_it = dataclasses.replace(drift.base, overrides=[*overrides, f"data.uri={folder}"],
                                   tags={**drift.base.tags, tag.DATA_DIGEST: manifest["digest"]})
     assert drift(read_it, prefix="data:") == []
     pq.write_table(pq.read_table(folder / "test.parquet").slice(0, 5), folder / "test.parquet")
