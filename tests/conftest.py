@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from helpers import compose_config, new_sqlite_store
+from helpers import compose_config, drop_store_template, new_sqlite_store
 from servers import MlflowServer, PostgresServer
 
 # Nothing downloads at test time; MLflow must not print its telemetry banner.
@@ -31,12 +31,14 @@ os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 @pytest.fixture(scope="session", autouse=True)
 def outputs_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Hydra's run folders and the download cache of every step (in-process or a subprocess) go under
-    pytest's temporary folder: none fills the checkout's logs/, none reuses its .cache/ from an earlier run."""
+    pytest's temporary folder: none fills the checkout's logs/, none reuses its .cache/ from an earlier run;
+    the store template goes with the session."""
     patch = pytest.MonkeyPatch()
     patch.setenv("TRAINFLOW_LOG_DIR", str(tmp_path_factory.mktemp("logs")))
     patch.setenv("TRAINFLOW_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     yield
     patch.undo()
+    drop_store_template()
 
 
 @pytest.fixture(scope="session")

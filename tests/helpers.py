@@ -71,6 +71,12 @@ def new_sqlite_store(directory: Path) -> str:
     return f"sqlite:///{db}"
 
 
+def drop_store_template() -> None:
+    """Remove the made store now: a pytest-xdist worker may end without running exit-time cleanup."""
+    while _STORE_TEMPLATE:
+        _STORE_TEMPLATE.pop()[0].cleanup()
+
+
 def compose_config(config_name: str = "train", overrides: list[str] | None = None,
                    output_dir: Path | None = None) -> DictConfig:
     """A step's config as its script gets it; module-scoped fixtures call this directly."""
