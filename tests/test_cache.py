@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, project_copy
 from trainflow.pipeline.cache import cache_key, scoped_config, source_inputs, step_code_digest
 from trainflow.pipeline.main import compose_for_cache, split_overrides
 from trainflow.pipeline.sources import step_sources
@@ -41,14 +41,6 @@ def test_types_inputs_and_code_are_part_of_the_key() -> None:
     assert "uri" not in scoped_config("train", BASE)["data"]
 
 
-def _project_copy(tmp_path: Path) -> Path:
-    copy = tmp_path / "project"
-    for part in ("src", "steps", "configs"):
-        shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "uv.lock", copy / "uv.lock")
-    return copy
-
-
 def _digests(root: Path, configs: dict[str, dict]) -> dict[str, str]:
     return {step: step_code_digest(root, step, cfg) for step, cfg in configs.items()}
 
@@ -59,7 +51,8 @@ def step_configs(hydra_configs) -> dict[str, dict]:
 
 
 def test_a_changed_source_file_reruns_only_the_steps_that_run_it(step_configs, tmp_path: Path) -> None:
-    copy = _project_copy(tmp_path)
+    """What decides whether the pipeline reruns a step after a code change: its key's code digest."""
+    copy = project_copy(tmp_path / "project")
     before = _digests(copy, step_configs)
     with (copy / "src/trainflow/models/classifier.py").open("a") as f:
         f.write("\n# a change\n")
@@ -89,7 +82,7 @@ def test_the_code_a_step_runs_is_derived_from_its_imports_and_config(step_config
 
 
 def test_moving_or_editing_a_module_reruns_the_steps_that_reach_it(step_configs, tmp_path: Path) -> None:
-    copy = _project_copy(tmp_path)
+    copy = project_copy(tmp_path / "project")
     before = _digests(copy, step_configs)
     with (copy / "src/trainflow/fetch.py").open("a") as f:  # reached only through imports of imports
         f.write("\n# a change\n")
