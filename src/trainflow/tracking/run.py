@@ -36,7 +36,6 @@ import signal
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,13 +51,22 @@ from trainflow.project import project_root
 from trainflow.tracking import tags as tag
 from trainflow.tracking.clock import step_age_s
 from trainflow.tracking.codeversion import CodeVersion, code_version
+from trainflow.tracking.job_log import job_log, log_job_log, warnings_logged
 from trainflow.tracking.lockfile import lock_digest
 from trainflow.tracking.metrics import metric_entities
 from trainflow.tracking.outcome import interrupted_line, outcome_of
 from trainflow.tracking.params import flatten
 from trainflow.tracking.placement import PlacedRun, follow_leader, place_run
 from trainflow.tracking.ranks import LEADER_RUN_ENV, is_follower, job_key
-from trainflow.tracking.signals import Handlers, exit_status, interruption, note_signals, raise_on_signals, restore
+from trainflow.tracking.signals import (
+    Handlers,
+    exit_status,
+    interruption,
+    note_only,
+    note_signals,
+    raise_on_signals,
+    restore,
+)
 from trainflow.tracking.uri import bound_http_client, check_reachable, resolve_tracking_uri
 
 if TYPE_CHECKING:
@@ -155,7 +163,7 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         if started is not None:
             ctx.timings["time/startup_s"] = started
         _log_run_identity(ctx, cfg, resolved, name, tree, placed)
-        with _warnings_logged(_job_log(output_dir)):
+        with warnings_logged(job_log(output_dir)):
             yield ctx
         ctx.log_timings()
         status = "FINISHED"
@@ -230,15 +238,19 @@ def _run_local(key: str, value: str, output_dir: Path) -> bool:
 
 
 def _close(mlflow: Any, ctx: StepRun, handlers: Handlers, status: str) -> None:
+    """The job log onto the run, then its status; the handlers found come back last."""
     os.environ.pop(LEADER_RUN_ENV, None)
-    restore(handlers)
-    _log_job_log(ctx)
-    active = mlflow.active_run()
-    if active is not None and active.info.run_id == ctx.run_id:  # never a parent's run (nested trials)
-        try:
-            mlflow.end_run(status=status)
-        except Exception as exc:
-            log.warning("could not mark run %s: %s", status, exc)
+    note_only(handlers)
+    try:
+        log_job_log(ctx.client, ctx.run_id, ctx.output_dir)
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == ctx.run_id:  # never a parent's run (nested trials)
+            try:
+                mlflow.end_run(status=status)
+            except Exception as exc:
+                log.warning("could not mark run %s: %s", status, exc)
+    finally:
+        restore(handlers)
 
 
 def _follower_run(step: str, cfg: DictConfig, root: Path, output_dir: Path) -> StepRun:
@@ -366,44 +378,3 @@ def _record_error(ctx: StepRun, message: str, trace: str | None = None) -> None:
             ctx.client.log_text(ctx.run_id, mask_secrets(trace, overrides, ctx.secrets), "error.txt")
     except Exception as exc:
         log.warning("could not record the error on run %s: %s", ctx.run_id, exc)
-
-
-def _job_log(output_dir: Path) -> Path | None:
-    """The file Hydra's job logging writes in this step's output dir (`<task>.log`); None outside Hydra's runner.
-
-    Only this step's own: a sweep's trials share their sweep's process and
-    log, which stays with the sweep's run.
-    """
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            path = Path(handler.baseFilename)
-            if path.parent == output_dir.resolve():
-                return path
-    return None
-
-
-@contextmanager
-def _warnings_logged(job_log: Path | None) -> Iterator[None]:
-    """Python warnings (Lightning's, MLflow's) go into the job log as well, through logging's own switch."""
-    if job_log is None:
-        yield
-        return
-    with warnings.catch_warnings():  # puts back the showwarning (and filters) found, also for a nested step
-        logging.captureWarnings(True)
-        try:
-            yield
-        finally:
-            logging.captureWarnings(False)
-
-
-def _log_job_log(ctx: StepRun) -> None:
-    """Hydra's job log onto the run, at any end: a run that failed on another machine can be read in the UI."""
-    path = _job_log(ctx.output_dir)
-    if path is None or not path.is_file():
-        return
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    try:
-        ctx.client.log_artifact(ctx.run_id, str(path))
-    except Exception as exc:
-        log.warning("could not log %s on run %s: %s", path.name, ctx.run_id, exc)

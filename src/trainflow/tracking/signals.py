@@ -6,8 +6,8 @@ whoever stopped it can tell an interruption from an error. Three tools:
 - `raise_interrupt`, a handler that unwinds the stack like Ctrl-C does
   (Lightning turns KeyboardInterrupt into a graceful teardown) and notes
   which signal it was (`interruption()`);
-- `note_signals`, which only notes a signal while a run is being made or
-  ended, where raising midway could leave a run RUNNING forever;
+- `note_signals` and `note_only`, which only note a signal while a run is
+  being made or ended, where raising midway could leave a run RUNNING forever;
 - `DeferredSignals`, which holds a signal over a span of code (a sweep's trial
   claim, the study being told) and delivers it after.
 """
@@ -55,6 +55,12 @@ def note_signals() -> Handlers:
     """Only note SIGINT/SIGTERM from here; the handlers found, for `restore`."""
     _Interrupted.signum = None
     return {s: signal.signal(s, _note) for s in STOP_SIGNALS}
+
+
+def note_only(handlers: Handlers) -> None:
+    """While a run is being ended: a signal is noted, not raised, so the run still gets its status."""
+    for signum in handlers:
+        signal.signal(signum, _note)
 
 
 def raise_on_signals(handlers: Handlers) -> None:
