@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from helpers import ROOT, TINY, all_runs, mlflow_run, run_step, step_env
-from servers import free_port
+from servers import VENV_BIN, free_port
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
@@ -96,3 +97,52 @@ def test_signal_ends_the_run_killed_with_a_nonzero_exit(sqlite_uri, sig) -> None
     assert run.info.status == "KILLED"
     assert sig.name in run.data.tags[tag.ERROR]
     assert f"interrupted by {sig.name}" in err
+
+
+def _mlflow_run(args: list[str], uri: str) -> subprocess.CompletedProcess:
+    """`mlflow run . -e train` with MLflow's own options (`--run-name`, `--run-id`) before the `-P`s."""
+    cmd = [f"{VENV_BIN}/mlflow", "run", str(ROOT), "-e", "train", "--env-manager", "local", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=step_env(uri), capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+
+
+def _params(overrides: list[str]) -> list[str]:
+    return [arg for override in overrides for arg in ("-P", override)]
+
+
+def test_run_name_wins_and_a_finished_run_is_never_trained_again(sqlite_uri, tmp_path) -> None:
+    """`--run-name` is kept; `--run-id` of that finished run with another config is refused, the run untouched."""
+    first = _mlflow_run(["--experiment-name", "named", "--run-name", "my-name",
+                         *_params([*TINY, "extras.ignore_warnings=false", f"hydra.run.dir={tmp_path / 'first'}"])],
+                        sqlite_uri)
+    assert first.returncode == 0, first.stderr[-3000:]
+    [run] = all_runs(sqlite_uri)
+    assert run.info.run_name == "my-name"
+    assert run.data.tags[tag.RUN_NAME].startswith("train-example-digits max_epochs=1 ")
+    client = MlflowClient(sqlite_uri)
+    job_log = Path(client.download_artifacts(run.info.run_id, "train.log", str(tmp_path))).read_text()
+    assert "Instantiating model" in job_log
+    assert "[py.warnings][WARNING]" in job_log and "log_every_n_steps" in job_log, "warnings are in the job log"
+    history = client.get_metric_history(run.info.run_id, "val/acc")
+
+    longer = [o for o in TINY if not o.startswith("trainer.max_epochs=")] + ["trainer.max_epochs=2"]
+    again = _mlflow_run(["--run-id", run.info.run_id, *_params([*longer, f"hydra.run.dir={tmp_path / 'again'}"])],
+                        sqlite_uri)
+    assert again.returncode != 0
+    assert f"error: run {run.info.run_id} already ran step train (FINISHED): " in again.stderr
+    assert "Traceback" not in again.stderr
+    after = client.get_run(run.info.run_id)
+    assert after.info.status == "FINISHED" and after.info.run_name == "my-name"
+    assert after.data.params == run.data.params and after.data.params["trainer.max_epochs"] == "1"
+    assert client.get_metric_history(run.info.run_id, "val/acc") == history
+    assert client.search_model_versions() == []
+
+
+def test_a_failed_step_keeps_its_job_log_on_the_run(sqlite_uri, tmp_path) -> None:
+    done = run_step(["steps/train.py", *TINY, "ckpt_path=/nowhere/x.ckpt", f"hydra.run.dir={tmp_path}"], sqlite_uri)
+    assert done.returncode == 1
+    [run] = all_runs(sqlite_uri)
+    assert run.info.status == "FAILED"
+    client = MlflowClient(sqlite_uri)
+    job_log = Path(client.download_artifacts(run.info.run_id, "train.log", str(tmp_path / "down"))).read_text()
+    assert job_log == (tmp_path / "train.log").read_text() and "Instantiating model" in job_log

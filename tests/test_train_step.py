@@ -112,15 +112,15 @@ def test_a_signal_while_the_run_is_made_ends_it_killed(compose, tmp_path, sqlite
     import os
     import signal
 
-    import trainflow.tracking.run as contract
+    import trainflow.tracking.placement as contract
 
     def start_then_sigterm(*args, **kwargs):
         made = real_start(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGTERM)
         return made
 
-    real_start = contract._attach_or_start
-    monkeypatch.setattr(contract, "_attach_or_start", start_then_sigterm)
+    real_start = contract.attach_or_start
+    monkeypatch.setattr(contract, "attach_or_start", start_then_sigterm)
     tracking_env(sqlite_uri)
     cfg = compose("train", TINY, output_dir=tmp_path)
     with pytest.raises(SystemExit) as info, step_run("train", cfg):

@@ -69,6 +69,8 @@ def filter_known_warnings(known: tuple[KnownWarning, ...] = KNOWN_HARMLESS) -> N
     shown = by_logger.pop(WARNINGS, [])
     if shown and not getattr(warnings.showwarning, "drops_known", False):
         warnings.showwarning = _dropping(warnings.showwarning, shown)
+    if shown:  # a step routes warnings through logging into its job log (`logging.captureWarnings`)
+        by_logger["py.warnings"] = shown
     for name, patterns in by_logger.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropKnown) for f in logger.filters):

@@ -68,10 +68,9 @@ class ImageClassificationModule(ClassificationModule):
         self.trainable_params = self.count_params(trainable=True)
         total = self.count_params()
         log.info("trainable parameters: %d of %d", self.trainable_params, total)
-        if self.trainer.is_global_zero:
-            for logger in self.loggers:
-                logger.log_metrics({"model/trainable_params": float(self.trainable_params),
-                                    "model/total_params": float(total)}, step=0)
+        for logger in self.loggers:  # on every rank: a Lightning logger writes on rank zero only
+            logger.log_metrics({"model/trainable_params": float(self.trainable_params),
+                                "model/total_params": float(total)}, step=0)
 
     def on_train_start(self) -> None:
         if self.trainer.ckpt_path is None:

@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from trainflow.errors import TrainflowError
+from trainflow.tracking.clock import step_clock
 from trainflow.tracking.ranks import LEADER_RUN_ENV
-from trainflow.tracking.run import StepRun, interruption, step_clock
+from trainflow.tracking.run import StepRun
+from trainflow.tracking.signals import interruption
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +101,17 @@ def _create_project_run(run: StepRun, step: str, params: dict[str, str]) -> str:
 
     Made with MLflow's own project-runner functions, not by hand, so the
     child is indistinguishable from a step launched as a subprocess (source,
-    git commit, entry point, parent run, parameters, backend, run name). The
-    two tags `mlflow.projects.run` sets one by one go in one request.
+    git commit, entry point, parent run, parameters, backend). Unnamed, as
+    main launches a subprocess step: the step names it.
     """
-    from mlflow.entities import RunTag
     from mlflow.projects.utils import fetch_and_validate_project, get_or_create_run
-    from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_BACKEND, MLFLOW_RUN_NAME
+    from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_BACKEND
 
     uri = str(run.root)
     work_dir = fetch_and_validate_project(uri, None, step, params)
     child = get_or_create_run(None, uri, run.experiment_id, work_dir, None, step, params)
     run_id = str(child.info.run_id)
-    run.client.log_batch(run_id, tags=[RunTag(MLFLOW_PROJECT_BACKEND, "local"), RunTag(MLFLOW_RUN_NAME, step)])
+    run.client.set_tag(run_id, MLFLOW_PROJECT_BACKEND, "local")
     return run_id
 
 

@@ -206,8 +206,8 @@ def _launch(run: StepRun, step: str, overrides: list[str]) -> str:
     try:
         submitted = mlflow.projects.run(
             uri=str(run.root), entry_point=step, parameters=params, env_manager="local",
-            experiment_id=run.experiment_id, synchronous=True, run_name=step,
-        )
+            experiment_id=run.experiment_id, synchronous=True,
+        )  # unnamed: MLflow's random name, which the step replaces with its derived one
     except ExecutionException as exc:
         raise TrainflowError(f"pipeline: step {step} failed: {exc}") from exc
     return str(submitted.run_id)

@@ -21,18 +21,17 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trainflow.sweep.recovery import beating, fail_stale, heartbeat_enabled
 from trainflow.sweep.space import SearchParam
 from trainflow.sweep.study import StudySpec, claim_trial, open_storage, open_study
 from trainflow.sweep.trial import TrialOutcome, TrialSetup, run_trial, tie_to_sweep
+from trainflow.tracking.signals import DeferredSignals, exit_status, raise_interrupt
 
 if TYPE_CHECKING:
     import optuna
@@ -133,64 +132,6 @@ def run_and_tell(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup,
     return outcome
 
 
-class DeferredSignals:
-    """SIGINT and SIGTERM held (recorded, not acted on) while `holding`; the held one delivered after.
-
-    Starts holding. `release()` delivers a held signal and lets the next ones
-    through to the handlers found on entry; `hold()` holds again, taking the
-    handlers back from any code (a step's run, Lightning) that installed its
-    own meanwhile. On a clean exit the handlers found on entry come back and
-    a held signal is sent again, so it acts exactly as it would have, only
-    later. An exception already unwinding carries the interruption: a held
-    signal is then dropped. Outside the main thread signals cannot be
-    handled, and nothing is held.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.holding = True
-        self.pending: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> DeferredSignals:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        pending, self.pending = self.pending, None
-        if pending is not None and exc_type is None:
-            os.kill(os.getpid(), pending)
-
-    def hold(self) -> None:
-        self.holding = True
-        for signum in self._previous:
-            signal.signal(signum, self._on_signal)
-
-    def release(self) -> None:
-        self.holding = False
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            self._deliver(pending, None)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self.holding:
-            self.pending = self.pending or signum
-        else:
-            self._deliver(signum, frame)
-
-    def _deliver(self, signum: int, frame: FrameType | None) -> None:
-        handler = self._previous.get(signum)
-        if callable(handler):
-            handler(signum, frame)
-        elif handler != signal.SIG_IGN:  # the default action: end the process by that signal
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-
 def describe(outcome: TrialOutcome, setup: TrialSetup) -> str:
     value = f" {setup.metric}={outcome.value:.6g}" if outcome.value is not None else ""
     why = f" ({outcome.error})" if outcome.error else ""
@@ -213,18 +154,10 @@ def run_worker(spec: WorkerSpec) -> list[TrialOutcome]:
     return work(study, spec.setup, spec.study.storage, stop=lambda: parent is not None and os.getppid() != parent)
 
 
-_received: list[int] = []
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM between trials unwinds like Ctrl-C, so a claimed trial is told FAIL.
-    _received.append(signum)
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
-    signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM between trials unwinds like Ctrl-C, so a claimed trial is told FAIL.
+    signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         if argv[0] == WAIT_FLAG:
             argv = argv[1:]
@@ -232,7 +165,7 @@ def main(argv: list[str]) -> int:
                 return 0
         run_worker(WorkerSpec.from_json(Path(argv[0]).read_text()))
     except KeyboardInterrupt:
-        return 128 + (_received[0] if _received else signal.SIGINT)
+        return exit_status()
     return 0
 
 

@@ -115,7 +115,7 @@ def log_dataset_input(client: Any, run_id: str, fetched: FetchedDataset, context
     """
     from mlflow.entities import Dataset, DatasetInput, InputTag, RunTag
 
-    from trainflow.tracking.run import metric_entities
+    from trainflow.tracking.metrics import metric_entities
 
     manifest = fetched.manifest
     uri = mask_url_passwords(fetched.uri)

@@ -26,7 +26,7 @@ def log_headline(client: Any, run_id: str, source_run_id: str, source_metrics: M
     """
     from mlflow.entities import RunTag
 
-    from trainflow.tracking.run import metric_entities
+    from trainflow.tracking.metrics import metric_entities
 
     if source_metrics is None:
         source_metrics = client.get_run(source_run_id).data.metrics

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from trainflow.config.redact import REDACTED, is_secret_key
+from trainflow.errors import ConfigError
 
 # MLflow 3 stores param values up to 6000 characters; longer values are cut
 # here (the full config is the config.yaml artifact).
@@ -37,12 +40,34 @@ def _param_text(value: Any) -> str:
     return text[:MAX_PARAM_VALUE]
 
 
-def new_params(flat: Mapping[str, str], logged: Mapping[str, str]) -> dict[str, str]:
-    """Params not yet on the run.
+def new_params(flat: Mapping[str, str], logged: Mapping[str, str], may_differ: Iterable[str] = ()) -> dict[str, str]:
+    """Params not yet on the run; one already there with another value is a ConfigError naming both.
 
-    `mlflow run` logs each `-P` value as it was typed (shell-quoted for
-    declared ones); logging the same key again with the resolved value would
-    raise "Changing param values is not allowed". The typed value stays, the
-    resolved one is in config.yaml.
+    MLflow params cannot change: skipping a key whose value changed would
+    leave the run describing a config it did not run. `mlflow run` logs each
+    `-P` value as it was typed (`'1'`, `[a,b]`), so a logged value that Hydra's
+    override parser reads as the resolved one is the same value. `may_differ`:
+    keys whose new value does not change what is computed (a resumed run's
+    own output folder).
     """
+    skip = set(may_differ)
+    for key, value in flat.items():
+        if key in logged and key not in skip and not same_value(key, logged[key], value):
+            shown = (REDACTED, REDACTED) if is_secret_key(key) else (logged[key], value)
+            raise ConfigError(f"param {key}: the run already has {key}={shown[0]!r}, this step has "
+                              f"{key}={shown[1]!r}; MLflow params cannot change: use a new run")
     return {k: v for k, v in flat.items() if k not in logged}
+
+
+def same_value(key: str, logged: str, resolved: str) -> bool:
+    """`logged` (as typed, maybe shell-quoted) names the same value as `resolved` (as `flatten` writes it)."""
+    if logged == resolved:
+        return True
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        typed = OverridesParser.create().parse_override(f"{key}={logged}").value()
+    except HydraException:
+        return False
+    return _param_text(typed) == resolved

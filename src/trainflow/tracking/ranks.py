@@ -10,6 +10,15 @@ artifacts or registry versions. Two ways a follower learns the run id:
 - torchrun or SLURM's srun start every rank at once, on several nodes maybe:
   rank zero tags its run with the job (`trainflow.job`), and the others find
   it through the tracking server, the one store every node shares.
+
+Step code gates on one flag, `StepRun.leader` (False on a follower), set when
+the run is placed: it is known before any Trainer exists, holds in steps that
+never build one (evaluate, predict), and says what the gate is about, whether
+this process owns the run. A follower's client is a `ReadOnlyClient`, so a
+write that step code did not gate is dropped rather than duplicated. Inside
+Lightning, `RunLogger` keeps Lightning's `@rank_zero_only`, as Lightning's
+Logger contract asks: under `ddp_spawn` every spawned rank holds a copy of
+the leader's StepRun, and only Lightning knows which rank it is.
 """
 
 from __future__ import annotations

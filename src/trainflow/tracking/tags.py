@@ -13,6 +13,7 @@ PREFIX = "trainflow."
 
 # --- the step contract (tracking.run): on every step's run -----------------
 STEP = "trainflow.step"  # prepare_data | train | evaluate | predict | sweep | main
+RUN_NAME = "trainflow.run_name"  # trainflow's derived name, also where the user named the run (UI group-by)
 OUTPUT = "trainflow.output_uri"  # what the step hands on; `OUTPUT.<name>` for extra outputs
 ERROR = "trainflow.error"  # why a run ended FAILED or KILLED (secrets masked)
 GIT_COMMIT = "trainflow.git.commit"

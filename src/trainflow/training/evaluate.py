@@ -18,9 +18,10 @@ from trainflow.fetch import file_digest
 from trainflow.tracking import tags as tag
 from trainflow.tracking.datasets import FetchedDataset, dataset_for_step, lineage_data_uri
 from trainflow.tracking.lightning import RunLogger
+from trainflow.tracking.metrics import metric_entities
 from trainflow.tracking.model_card import write_model_card
 from trainflow.tracking.registry import Promotion, ResolvedModel, promote_if_better, resolve_model
-from trainflow.tracking.run import StepRun, metric_entities
+from trainflow.tracking.run import StepRun
 from trainflow.training.checkpoints import resolve_checkpoint
 from trainflow.training.metrics import classification_report, confusion_figure, higher_is_better, scalar_metrics
 

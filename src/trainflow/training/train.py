@@ -78,7 +78,7 @@ def train(cfg: DictConfig, run: StepRun, extra_callbacks: Sequence[Any] = ()) ->
                              weights_only=True)
             metrics.update(scalar_metrics(trainer.callback_metrics))
     finally:
-        if trainer.is_global_zero:
+        if run.leader:
             logger.close()
 
     result = TrainResult(
@@ -88,7 +88,7 @@ def train(cfg: DictConfig, run: StepRun, extra_callbacks: Sequence[Any] = ()) ->
         dataset=dataset,
         checkpoint_artifacts=dict(logger.logged_checkpoints),
     )
-    if trainer.is_global_zero and cfg.get("train"):
+    if run.leader and cfg.get("train"):
         if cfg.registry.get("log_model", True):
             with run.timed("log_model"):
                 result.registered = _log_model(cfg, run, model, datamodule, result, trainer)

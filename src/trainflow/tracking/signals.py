@@ -1,0 +1,134 @@
+"""SIGINT and SIGTERM: how a step, a sweep worker and a trial are stopped, in one place.
+
+A stopped step ends its run KILLED (not FAILED) and exits 128+signal, so
+whoever stopped it can tell an interruption from an error. Three tools:
+
+- `raise_interrupt`, a handler that unwinds the stack like Ctrl-C does
+  (Lightning turns KeyboardInterrupt into a graceful teardown) and notes
+  which signal it was (`interruption()`);
+- `note_signals` and `note_only`, which only note a signal while a run is
+  being made or ended, where raising midway could leave a run RUNNING forever;
+- `DeferredSignals`, which holds a signal over a span of code (a sweep's trial
+  claim, the study being told) and delivers it after.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+Handlers = dict[signal.Signals, Any]
+
+
+class _Interrupted:
+    """Which signal asked the process to stop, so its run ends KILLED, not FAILED."""
+
+    signum: int | None = None
+
+
+def interruption() -> int | None:
+    """The signal (SIGINT, SIGTERM) that stopped the last step, if one did: a caller ends its own run KILLED."""
+    return _Interrupted.signum
+
+
+def exit_status(default: int = signal.SIGINT) -> int:
+    """128 + the signal that stopped this process: the shell's convention, which `mlflow run` passes on."""
+    return 128 + int(_Interrupted.signum or default)
+
+
+def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    """A handler: note the signal and unwind like Ctrl-C."""
+    _Interrupted.signum = signum
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _note(signum: int, frame: FrameType | None) -> None:
+    _Interrupted.signum = _Interrupted.signum or signum
+
+
+def note_signals() -> Handlers:
+    """Only note SIGINT/SIGTERM from here; the handlers found, for `restore`."""
+    _Interrupted.signum = None
+    return {s: signal.signal(s, _note) for s in STOP_SIGNALS}
+
+
+def note_only(handlers: Handlers) -> None:
+    """While a run is being ended: a signal is noted, not raised, so the run still gets its status."""
+    for signum in handlers:
+        signal.signal(signum, _note)
+
+
+def raise_on_signals(handlers: Handlers) -> None:
+    """From here a signal unwinds the stack; one noted meanwhile does so at once."""
+    for signum in handlers:
+        signal.signal(signum, raise_interrupt)
+    if _Interrupted.signum is not None:
+        raise KeyboardInterrupt(signal.Signals(_Interrupted.signum).name)
+
+
+def restore(handlers: Handlers) -> None:
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+class DeferredSignals:
+    """SIGINT and SIGTERM held (recorded, not acted on) while `holding`; the held one delivered after.
+
+    Starts holding. `release()` delivers a held signal and lets the next ones
+    through to the handlers found on entry; `hold()` holds again, taking the
+    handlers back from any code (a step's run, Lightning) that installed its
+    own meanwhile. On a clean exit the handlers found on entry come back and
+    a held signal is sent again, so it acts exactly as it would have, only
+    later. An exception already unwinding carries the interruption: a held
+    signal is then dropped. Outside the main thread signals cannot be
+    handled, and nothing is held.
+    """
+
+    SIGNALS = STOP_SIGNALS
+
+    def __init__(self) -> None:
+        self.holding = True
+        self.pending: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> DeferredSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        pending, self.pending = self.pending, None
+        if pending is not None and exc_type is None:
+            os.kill(os.getpid(), pending)
+
+    def hold(self) -> None:
+        self.holding = True
+        for signum in self._previous:
+            signal.signal(signum, self._on_signal)
+
+    def release(self) -> None:
+        self.holding = False
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self._deliver(pending, None)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.holding:
+            self.pending = self.pending or signum
+        else:
+            self._deliver(signum, frame)
+
+    def _deliver(self, signum: int, frame: FrameType | None) -> None:
+        handler = self._previous.get(signum)
+        if callable(handler):
+            handler(signum, frame)
+        elif handler != signal.SIG_IGN:  # the default action: end the process by that signal
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
