@@ -18,8 +18,6 @@ from trainflow.tracking.system_metrics import system_metrics
 
 # Each known row as its library words it (copied from the console of a real pipeline run).
 AS_EMITTED = {
-    "Add type hints": "\x1b[33mAdd type hints to the `predict` method to enable data validation and automatic "
-                      "signature inference during model logging.\x1b[0m",
     "CloudPickle": "Passing a Python object as `python_model` causes it to be serialized using CloudPickle, it "
                    "requires exercising caution",
     "pip version": "Failed to resolve installed pip version. ``pip`` will be added to conda.yaml environment spec",

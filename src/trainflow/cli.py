@@ -2,7 +2,9 @@
 
 `mlflow run -P key=value` passes a parameter the MLproject does not declare as
 `--key value` (both shell-quoted). Each such pair becomes exactly one Hydra
-override `key=value`; Hydra's own flags pass through untouched.
+override `key=value`; Hydra's own flags pass through untouched. MLflow
+refuses names that start with `+`, so `-P add.key=value` stands for Hydra's
+`+key=value` (trainflow.config.param_names).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from trainflow.config.compose import compose_error
+from trainflow.config.param_names import override_from_param
 from trainflow.tracking import tags as tag
 
 # Hydra's command-line flags (hydra/_internal/utils.py get_args_parser).
@@ -51,13 +54,16 @@ def force_step_overrides(overrides: list[str], step_prefixes: tuple[str, ...]) -
 
     The pipeline's per-step nodes start empty; `++` lets Hydra add the key,
     and the pipeline reads the override back as typed.
+
+    A user's own `+train.key=value` (or `-P add.train.key=value`) stays as
+    it is: it adds the key to the empty node just as well, and the pipeline
+    hands the step `+key=value`, so the step adds a key its schema lacks.
     """
     out = []
     for item in overrides:
-        bare = item.lstrip("+~")
-        head = bare.split("=", 1)[0].split(".", 1)[0]
-        if head in step_prefixes and "." in bare.split("=", 1)[0] and not item.startswith("~"):
-            out.append("++" + bare)
+        key = item.split("=", 1)[0]
+        if key.split(".", 1)[0] in step_prefixes and "." in key:
+            out.append("++" + item)
         else:
             out.append(item)
     return out
@@ -69,7 +75,7 @@ def accept_mlflow_params(step_prefixes: tuple[str, ...] = (), config_name: str |
     With `config_name`, the overrides are composed once first, so a bad one
     fails in one line naming the key instead of Hydra's multi-line report.
     """
-    argv = mlflow_params_to_overrides(sys.argv[1:])
+    argv = [override_from_param(item) for item in mlflow_params_to_overrides(sys.argv[1:])]
     sys.argv[1:] = force_step_overrides(argv, step_prefixes) if step_prefixes else argv
     if config_name is not None:
         precheck_overrides(config_name, sys.argv[1:])

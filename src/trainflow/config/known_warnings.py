@@ -28,9 +28,6 @@ class KnownWarning:
 
 
 KNOWN_HARMLESS = (
-    KnownWarning(WARNINGS, r"Add type hints to the `predict` method",
-                 "MLflow asks every untyped PythonModel; ours logs an explicit signature inferred from a real "
-                 "prediction (tracking/registry.py), which is what the hint would give"),
     KnownWarning("mlflow.pyfunc", r"serialized using CloudPickle",
                  "MLflow says this of every PythonModel instance; the pickled object is ours, loaded by its owner"),
     KnownWarning("mlflow.utils.environment", r"Failed to resolve installed pip version",

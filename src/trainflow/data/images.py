@@ -29,7 +29,9 @@ def open_image(data: bytes) -> Any:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError as exc:  # its message ends in the buffer's repr (`<_io.BytesIO object at 0x…>`)
+        raise BadImage("cannot identify image file") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage(str(exc) or type(exc).__name__) from exc
     return image
 

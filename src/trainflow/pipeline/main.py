@@ -6,7 +6,8 @@ of imports for the whole pipeline) unless it needs a process of its own or
 `in_process=false`; then through MLflow's project runner (env manager local)
 as a subprocess. Either way its run has the same tags, params and artifacts. Overrides reach
 the steps as typed: `-P key=value` goes to every step, `-P train.key=value`
-only to train (likewise `prepare_data.` and `evaluate.`).
+only to train (likewise `prepare_data.` and `evaluate.`); `-P add.key=value`
+and `-P add.train.key=value` add a key the config lacks (Hydra's `+`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from trainflow.config.extras import TREE_SHOWN_ENV
+from trainflow.config.param_names import param_name
 from trainflow.errors import TrainflowError
 from trainflow.pipeline.cache import cache_key, find_finished_run, source_inputs, step_code_digest
 from trainflow.pipeline.in_process import run_step_here, subprocess_reason
@@ -177,7 +179,7 @@ def _params(overrides: list[str]) -> dict[str, str]:
     params: dict[str, str] = {}
     for item in overrides:
         key, _, value = item.partition("=")
-        params[key] = value  # later overrides win, as on Hydra's command line
+        params[param_name(key)] = value  # later overrides win, as on Hydra's command line
     return params
 
 

@@ -23,6 +23,7 @@ from trainflow.tracking import tags as tag
 from trainflow.tracking.model_card import write_model_card
 
 if TYPE_CHECKING:
+    import pandas as pd
     from mlflow.entities.model_registry import ModelVersion
 
     from trainflow.data.task import ServingSpec
@@ -66,15 +67,17 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
         artifacts = {"weights": str(folder / "weights.pt"), "model_config": str(folder / "model.yaml"),
                      "meta": str(folder / "meta.json")}
         python_model = TaskModel(spec.served)
-        # The signature comes from a real prediction of the model being logged.
+        # The signature comes from a real prediction of the model being logged,
+        # on the example widened to what pandas and JSON give.
+        example = as_users_send(spec.example)
         python_model.load_context(_Context(artifacts))
-        output = python_model.predict(None, spec.example)
+        output = python_model.predict(None, example)
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=python_model,
             artifacts=artifacts,
-            signature=infer_signature(spec.example, output),
-            input_example=spec.example,
+            signature=infer_signature(example, output),
+            input_example=example,
             pip_requirements=locked_requirements(run.root / "uv.lock"),
             code_paths=code_paths(spec.served),
             tags=tags,
@@ -86,6 +89,23 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
         write_model_card(run.client, register_as, str(version.version), version)
         run.client.set_tag(run.run_id, tag.REGISTERED, f"models:/{register_as}/{version.version}")
     return LoggedModel(info.model_uri, getattr(info, "model_id", None), version)
+
+
+def as_users_send(example: pd.DataFrame) -> pd.DataFrame:
+    """`example` with the column types `pd.read_csv` and a JSON request give: float64 and int64.
+
+    MLflow enforces a signature by only widening: a float32 ("float") column
+    refuses the float64 that `pd.read_csv`, `mlflow models predict -t csv|json`
+    and JSON numbers all produce ("Can not safely convert float64 to
+    float32"). Declared as float64 ("double") and int64 ("long"), every
+    table a user has passes; the served model casts to what the network
+    takes. Other columns (bytes, strings, lists) are left as they are.
+    """
+    import numpy as np
+
+    widened = {name: np.float64 if example[name].dtype.kind == "f" else np.int64
+               for name in example.columns if example[name].dtype.kind in "fiu"}
+    return example.astype(widened) if widened else example
 
 
 def code_paths(served: type) -> list[str]:

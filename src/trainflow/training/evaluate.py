@@ -24,6 +24,7 @@ from trainflow.tracking.registry import Promotion, ResolvedModel, promote_if_bet
 from trainflow.tracking.run import StepRun
 from trainflow.training.checkpoints import resolve_checkpoint
 from trainflow.training.metrics import classification_report, confusion_figure, higher_is_better, scalar_metrics
+from trainflow.training.restore import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +100,42 @@ def _load_subject(cfg: DictConfig, run: StepRun) -> _Subject:
         return _Subject(module, cfg.model_uri, model.run_id, model, recorded_data=_served_data(artifacts))
     checkpoint = resolve_checkpoint(cfg.ckpt_path, run.output_dir / "checkpoint")
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    module = instantiate(cfg.model, _convert_="all", **unset_from_checkpoint(cfg.model, saved))
-    module.load_state_dict(saved["state_dict"])
-    run.set_tags({tag.EVALUATED: cfg.ckpt_path, tag.MODEL_DIGEST: file_digest(checkpoint)})
     run_id = cfg.ckpt_path.split("/")[1] if str(cfg.ckpt_path).startswith("runs:/") else None
+    model_cfg = trained_model_config(run.client, run_id) or cfg.model
+    module = instantiate(model_cfg, _convert_="all", **unset_from_checkpoint(model_cfg, saved))
+    load_weights(module, saved["state_dict"], cfg.ckpt_path)
+    run.set_tags({tag.EVALUATED: cfg.ckpt_path, tag.MODEL_DIGEST: file_digest(checkpoint)})
     return _Subject(module, cfg.ckpt_path, run_id, recorded_data=dict(saved.get("datamodule_hyper_parameters") or {}))
+
+
+def trained_model_config(client: Any, run_id: str | None) -> DictConfig | None:
+    """The `model` node the run that saved a checkpoint was trained with (its logged config.yaml).
+
+    A checkpoint holds weights, not the network's shape (the module keeps
+    `net` out of its hyperparameters so that loading never needs pickle), and
+    evaluate's own model config is composed afresh: a run trained with
+    `experiment=example` has other layer sizes than the default. The run
+    logged its resolved config, so the network is rebuilt from that. None
+    when the checkpoint names no run, or its run logged no trainflow config:
+    then the configured model is used, and a mismatch fails in one line.
+    """
+    import tempfile
+
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    if run_id is None:
+        return None
+    try:
+        with tempfile.TemporaryDirectory(prefix="trainflow-ckpt-config-") as tmp:
+            logged = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text())
+    except (MlflowException, OSError):
+        return None
+    model = logged.get("model") if isinstance(logged, dict) else None
+    if not isinstance(model, dict) or "_target_" not in model:
+        return None
+    log.info("Rebuilding the network from the model config run %s was trained with", run_id)
+    return OmegaConf.create(model)
 
 
 def trained_preprocessing(data_cfg: DictConfig, recorded: dict[str, Any]) -> DictConfig:

@@ -57,11 +57,23 @@ class LoadWeights(Callback):
         import torch
 
         state = torch.load(self.path, map_location="cpu", weights_only=True)["state_dict"]
-        try:
-            pl_module.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ConfigError(f"ckpt_path: {self.path} does not fit this model: "
-                              f"{str(exc).strip().splitlines()[0]}") from exc
+        load_weights(pl_module, state, str(self.path))
+
+
+def load_weights(module: Any, state: dict[str, Any], source: str) -> None:
+    """`module.load_state_dict(state)`, or one line naming the first key that does not fit and both shapes.
+
+    torch's own message starts with "Error(s) in loading state_dict for
+    ClassificationModule:" and lists every mismatched key after it; the
+    first of those says what differs.
+    """
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines()]
+        detail = next((line for line in lines[1:] if line), lines[0] if lines else type(exc).__name__)
+        raise ConfigError(f"ckpt_path: {source} does not fit the configured model ({detail.rstrip('.')}); "
+                          "pass the model overrides it was trained with (e.g. experiment=...)") from exc
 
 
 def fit_start(cfg: DictConfig, start: Path | None, trainer: Any) -> Path | None:
