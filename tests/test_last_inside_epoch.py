@@ -154,6 +154,15 @@ def test_a_signal_asks_for_last_at_the_end_of_the_step_it_lands_in(tmp_path: Pat
     assert signal.getsignal(signal.SIGUSR1) == before, "the fit's handler is gone with the fit"
 
 
+@pytest.mark.parametrize(("minutes", "steps"), [
+    (1e-9, list(range(1, 22))),  # due at every step: each step once, an epoch's last one by its boundary save
+    (60.0, [7, 14, 21]),  # never due in a short fit: the boundary saves only
+])
+def test_last_is_saved_by_the_clock(tmp_path: Path, minutes: float, steps: list[int]) -> None:
+    _, record = fit(tmp_path, last_saver(tmp_path, last_every_n_minutes=minutes))
+    assert [step for step, _ in record.saves] == steps
+
+
 @pytest.mark.parametrize(("key", "value", "says"), [
     ("last_every_n_steps", 0, "a number of steps >= 1"),
     ("last_every_n_minutes", -1.0, "minutes > 0"),
