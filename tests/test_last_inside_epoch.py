@@ -18,8 +18,10 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from trainflow.config.validate import check_targets
 from trainflow.data.resumable_loader import ResumableDataLoader
 from trainflow.errors import ConfigError
 from trainflow.training.model_checkpoint import ModelCheckpoint
@@ -172,3 +174,14 @@ def test_last_is_saved_by_the_clock(tmp_path: Path, minutes: float, steps: list[
 def test_a_bad_inside_epoch_setting_is_named(tmp_path: Path, key: str, value: Any, says: str) -> None:
     with pytest.raises(ConfigError, match=f"callbacks.model_checkpoint.{key}={value}: {says}"):
         last_saver(tmp_path, **{key: value})
+
+
+@pytest.mark.parametrize("imported", [True, False])  # the step's check, and the precheck that reads the source
+@pytest.mark.parametrize(("setting", "named"), [
+    ({"last_every_n_steps": "often"}, "callbacks.model_checkpoint.last_every_n_steps"),
+    ({"last_every_n_step": 5}, "callbacks.model_checkpoint.last_every_n_step: not a parameter"),
+])
+def test_the_config_check_knows_the_inside_epoch_keys(imported: bool, setting: dict[str, Any], named: str) -> None:
+    node = {"_target_": "trainflow.training.model_checkpoint.ModelCheckpoint", **setting}
+    with pytest.raises(ConfigError, match=named):
+        check_targets(OmegaConf.create({"callbacks": {"model_checkpoint": node}}), imported=imported)

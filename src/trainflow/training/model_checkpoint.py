@@ -42,8 +42,10 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from datetime import timedelta
+from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
@@ -57,11 +59,25 @@ class ModelCheckpoint(LightningModelCheckpoint):
     _saving_last = False  # a `last` save of ours is under way; Lightning's own are dropped
     _key: tuple[tuple[Any, ...], str] | None = None
 
-    def __init__(self, *args: Any, last_every_n_steps: int | None = None, last_every_n_minutes: float | None = None,
-                 last_on_signal: str | None = None, **kwargs: Any) -> None:
+    # Lightning's parameters spelt out, then ours: the config checks read this signature (from the
+    # source, before torch is imported), so a misspelt key is refused as it is for Lightning's class
+    def __init__(self, dirpath: str | Path | None = None, filename: str | None = None, monitor: str | None = None,
+                 verbose: bool = False, save_last: bool | Literal["link"] | None = None, save_top_k: int = 1,
+                 save_on_exception: bool = False, save_weights_only: bool = False, mode: str = "min",
+                 auto_insert_metric_name: bool = True, every_n_train_steps: int | None = None,
+                 train_time_interval: timedelta | None = None, every_n_epochs: int | None = None,
+                 save_on_train_epoch_end: bool | None = None, enable_version_counter: bool = True,
+                 last_every_n_steps: int | None = None, last_every_n_minutes: float | None = None,
+                 last_on_signal: str | None = None) -> None:
         """`last_*`: also save `last` inside an epoch, every n optimizer steps, every so many minutes
-        of training, or at the next step after the named signal (e.g. SIGUSR1, SLURM's warning)."""
-        super().__init__(*args, **kwargs)
+        of training, or at the end of the step a signal lands in (e.g. SIGUSR1, SLURM's warning)."""
+        super().__init__(dirpath=dirpath, filename=filename, monitor=monitor, verbose=verbose, save_last=save_last,
+                         save_top_k=save_top_k, save_on_exception=save_on_exception,
+                         save_weights_only=save_weights_only, mode=mode,
+                         auto_insert_metric_name=auto_insert_metric_name, every_n_train_steps=every_n_train_steps,
+                         train_time_interval=train_time_interval, every_n_epochs=every_n_epochs,
+                         save_on_train_epoch_end=save_on_train_epoch_end,
+                         enable_version_counter=enable_version_counter)
         key = "callbacks.model_checkpoint"
         if last_every_n_steps is not None and last_every_n_steps < 1:
             raise ConfigError(f"{key}.last_every_n_steps={last_every_n_steps}: a number of steps >= 1, or null")
