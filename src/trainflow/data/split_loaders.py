@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from trainflow.data.resumable_loader import ResumableDataLoader
+
 
 class SplitDataModule(LightningDataModule):
     """A LightningDataModule whose `splits` ({"train"|"val"|"test": map-style dataset}) feed its loaders."""
@@ -35,7 +37,7 @@ class SplitDataModule(LightningDataModule):
         return {}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        return (ResumableDataLoader if shuffle else DataLoader)(  # train: resumable mid-epoch
             self.splits[split],
             batch_size=self.batch_size,
             shuffle=shuffle,

@@ -1,8 +1,10 @@
 """Continuing an interrupted train run from its last logged checkpoint.
 
-The checkpoint holds weights, optimizer, scheduler, loop counters and
-callback state (Lightning), plus the RNG states (`RngState` below), so a
-deterministic run that is interrupted and resumed ends where an
+The checkpoint holds weights, optimizer, scheduler, loop counters, callback
+state and the train loader's position (Lightning; the loader is
+`trainflow.data.resumable_loader`), plus the RNG states (`RngState` below)
+and the module's metric sums (`MetricStates`), so a deterministic run that
+is interrupted and resumed, at an epoch's start or inside it, ends where an
 uninterrupted one would.
 """
 
@@ -23,6 +25,7 @@ from trainflow.errors import UriError
 log = logging.getLogger(__name__)
 
 _CKPT_KEY = "trainflow_rng"
+_METRICS_KEY = "trainflow_metric_states"
 
 
 class RngState(Callback):
@@ -57,12 +60,52 @@ class RngState(Callback):
         random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
 
 
+class MetricStates(Callback):
+    """Save and restore what every torchmetrics metric of the module has summed so far.
+
+    A module's metrics accumulate over an epoch (trainflow's classifiers log
+    the epoch's train loss and accuracy at its end) and are not part of its
+    state_dict unless made persistent. Restored from a checkpoint saved
+    inside an epoch without them, that epoch's train metrics would leave out
+    its first batches. They are kept beside the weights, not in them, so
+    `best.ckpt` and the logged model hold the module's own keys only.
+    """
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        from torchmetrics import Metric
+
+        checkpoint[_METRICS_KEY] = {
+            name: {"states": {key: _detached(value) for key, value in metric.metric_state.items()},
+                   "updates": int(metric._update_count)}
+            for name, metric in pl_module.named_modules() if isinstance(metric, Metric)
+        }
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        modules = dict(pl_module.named_modules())
+        for name, saved in checkpoint.get(_METRICS_KEY, {}).items():
+            metric = modules.get(name)
+            if metric is None:
+                continue
+            for key, value in saved["states"].items():
+                setattr(metric, key, value.to(metric.device) if isinstance(value, torch.Tensor)
+                        else [v.to(metric.device) for v in value])
+            metric._update_count = saved["updates"]
+            metric._computed = None
+
+
+def _detached(value: Any) -> Any:
+    """A metric state (a tensor or a list of them) as CPU tensors, so `weights_only` loads it."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    return [v.detach().cpu().clone() for v in value]
+
+
 def prepare_resume(client: Any, run_id: str, checkpoint_dir: Path, staging: Path) -> Path | None:
     """Download the run's `last` (and `best`) checkpoints, re-homed in this run's folder.
 
-    None when the run has no `last` yet (`last` is saved when an epoch ends;
-    the run was stopped in its first epoch or its sanity check): the resumed
-    fit then starts over, in the same run, from the same seed.
+    None when the run has no `last` yet (`last` is saved when an epoch ends,
+    and inside one only when configured; the run was stopped before the
+    first): the resumed fit then starts over, in the same run, from the same seed.
 
     ModelCheckpoint only restores its best score and paths when the
     checkpoint's dirpath equals its own; a resumed process has a new Hydra
@@ -98,7 +141,15 @@ def prepare_resume(client: Any, run_id: str, checkpoint_dir: Path, staging: Path
         pass
     resumed = staging / "resume.ckpt"
     torch.save(checkpoint, resumed)
+    log.info("resume: run %s continues %s", run_id, resume_point(checkpoint))
     return resumed
+
+
+def resume_point(checkpoint: dict[str, Any]) -> str:
+    """Where a fit restarted from `checkpoint` goes on: epoch, batch of the epoch, global step."""
+    loader = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or [{}]
+    batch = loader[0].get("batches", 0)
+    return f"at epoch {checkpoint.get('epoch', 0)}, batch {batch} (global step {checkpoint.get('global_step', 0)})"
 
 
 def _check_start_over(client: Any, run_id: str) -> None:

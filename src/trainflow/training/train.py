@@ -23,7 +23,7 @@ from trainflow.training.instantiate import instantiate_callbacks
 from trainflow.training.metrics import scalar_metrics
 from trainflow.training.profiler import profiler_kwargs
 from trainflow.training.restore import fit_start, restore_mode
-from trainflow.training.resume import RngState, prepare_resume
+from trainflow.training.resume import MetricStates, RngState, prepare_resume
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def train(cfg: DictConfig, run: StepRun, extra_callbacks: Sequence[Any] = ()) ->
     set_data_model_kwargs(cfg, datamodule)
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = instantiate(cfg.model, _convert_="all")
-    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), RngState(), RedactedHyperparameters(),
+    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), RngState(), MetricStates(), RedactedHyperparameters(),
                  *extra_callbacks]
     logger = RunLogger(run.client, run.run_id, cfg.tracking.flush_every_s, cfg.tracking.log_checkpoints,
                        cfg.tracking.outage_grace_s, run.output_dir / "unsynced")
