@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from trainflow.config.hashing import config_hash
 from trainflow.config.redact import REDACTED, is_secret_key, redact
-from trainflow.tracking.params import flatten, new_params
+from trainflow.errors import ConfigError
+from trainflow.tracking.params import flatten, new_params, same_value
 
 
 def test_flatten_uses_override_syntax_keys() -> None:
@@ -33,3 +36,25 @@ def test_config_hash_tells_types_apart_and_ignores_run_local_keys() -> None:
     a = config_hash({"trainer": {"max_epochs": 3}, "paths": {"output_dir": "/a"}})
     assert a == config_hash({"paths": {"output_dir": "/b"}, "trainer": {"max_epochs": 3}})
     assert a != config_hash({"trainer": {"max_epochs": "3"}, "paths": {"output_dir": "/a"}})
+
+
+def test_a_param_logged_with_another_value_is_an_error_naming_both() -> None:
+    with pytest.raises(ConfigError, match=r"^param trainer.max_epochs: the run already has trainer.max_epochs='1', "
+                                          r"this step has trainer.max_epochs='2'; MLflow params cannot change"):
+        new_params({"trainer.max_epochs": "2"}, {"trainer.max_epochs": "1"})
+    assert new_params({"paths.output_dir": "/b", "x": "1"}, {"paths.output_dir": "/a"},
+                      may_differ=["paths.output_dir"]) == {"x": "1"}
+
+
+@pytest.mark.parametrize(("logged", "resolved"), [
+    ("'1'", "1"),
+    ("2e-3", "0.002"),
+    ("false", "False"),
+    ("[smoke,'with space']", '["smoke", "with space"]'),
+    # what `mlflow run -P "tags=[smoke,'with space']"` logs: the typed value, shlex-quoted
+    ("'[smoke,'\"'\"'with space'\"'\"']'", '["smoke", "with space"]'),
+    ("my run: a/b@c", "my run: a/b@c"),
+])
+def test_a_value_as_mlflow_run_logged_it_is_the_same_value(logged: str, resolved: str) -> None:
+    assert same_value("k", logged, resolved)
+    assert not same_value("k", logged, resolved + "0")

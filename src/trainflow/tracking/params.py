@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -60,14 +61,27 @@ def new_params(flat: Mapping[str, str], logged: Mapping[str, str], may_differ: I
 
 
 def same_value(key: str, logged: str, resolved: str) -> bool:
-    """`logged` (as typed, maybe shell-quoted) names the same value as `resolved` (as `flatten` writes it)."""
-    if logged == resolved:
-        return True
+    """`logged` (as typed, maybe shell-quoted) names the same value as `resolved` (as `flatten` writes it).
+
+    `mlflow run` logs a `-P` value `shlex.quote`d (`'[a,'"'"'b c'"'"']'`):
+    unquoted, it is the Hydra override value the step was given.
+    """
+    typed = [logged]
+    try:
+        words = shlex.split(logged)
+    except ValueError:  # not shell syntax: only the text itself
+        words = []
+    if len(words) == 1:
+        typed.append(words[0])
+    return resolved in typed or any(_override_text(key, value) == resolved for value in typed)
+
+
+def _override_text(key: str, value: str) -> str | None:
+    """`value` as Hydra reads it in `key=value`, written as `flatten` writes params; None when it does not parse."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     try:
-        typed = OverridesParser.create().parse_override(f"{key}={logged}").value()
+        return _param_text(OverridesParser.create().parse_override(f"{key}={value}").value())
     except HydraException:
-        return False
-    return _param_text(typed) == resolved
+        return None
