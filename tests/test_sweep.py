@@ -18,11 +18,12 @@ from mlflow import MlflowClient
 
 from helpers import ROOT, TINY, all_runs
 from trainflow.errors import ConfigError
-from trainflow.sweep import driver
-from trainflow.sweep.driver import prewarm_workers, run_sweep, start_workers, sweep_plan
-from trainflow.sweep.recovery import ENDED, LEASE_PREFIX, Lease, end_lost_sweeps
+from trainflow.sweep import worker
+from trainflow.sweep.driver import run_sweep, start_workers, sweep_plan
+from trainflow.sweep.recovery import ENDED, Lease, end_lost_sweeps
 from trainflow.sweep.space import as_override, search_space
 from trainflow.sweep.study import StudySpec, build_storage, claim_trial, create_and_queue, open_study, queue_trials
+from trainflow.sweep.worker import prewarm_workers
 from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
 
@@ -109,7 +110,7 @@ def test_a_prewarmed_worker_is_handed_the_sweeps_run_and_works_the_queue(compose
     cfg = compose("sweep", [*TINY, "hparams_search=digits_optuna", "sweep.n_trials=2", "sweep.n_workers=2"],
                   output_dir=tmp_path / "out")
     prewarm_workers(cfg, tmp_path / "out")
-    warm = [w.proc for w in driver._WARM.values()]
+    warm = [w.proc for w in worker._WARM.values()]
     assert len(warm) == 1 and warm[0].poll() is None
     with step_run("sweep", cfg) as run:
         plan = sweep_plan(cfg, run.output_dir, run.run_id)
@@ -152,9 +153,9 @@ def test_the_next_sweep_ends_a_lost_machines_parent_failed_and_leaves_live_ones(
     study = open_study(StudySpec(name="leases", storage=url, direction="maximize"), build_storage(url))
     client = MlflowClient(sqlite_uri)
     lost, alive, ended = (client.create_run("0").info.run_id for _ in range(3))
-    study.set_user_attr(LEASE_PREFIX + lost, time.time() - 120)
+    study.set_user_attr(tag.STUDY_LEASE_PREFIX + lost, time.time() - 120)
     lease = Lease(study, alive, interval_s=1).start()
-    study.set_user_attr(LEASE_PREFIX + ended, time.time() - 120)
+    study.set_user_attr(tag.STUDY_LEASE_PREFIX + ended, time.time() - 120)
     client.set_terminated(ended, "FINISHED")
     try:
         assert sorted(end_lost_sweeps(study, client, grace_s=60)) == sorted([lost, ended])
@@ -165,7 +166,7 @@ def test_the_next_sweep_ends_a_lost_machines_parent_failed_and_leaves_live_ones(
     assert client.get_run(alive).info.status == "RUNNING", "a live lease is left alone"
     assert client.get_run(ended).info.status == "FINISHED", "a run that ended keeps its status"
     attrs = study.user_attrs
-    assert attrs[LEASE_PREFIX + lost] == attrs[LEASE_PREFIX + ended] == attrs[LEASE_PREFIX + alive] == ENDED
+    assert [attrs[tag.STUDY_LEASE_PREFIX + r] for r in (lost, ended, alive)] == [ENDED] * 3
     assert end_lost_sweeps(study, client, grace_s=60) == [], "a closed lease is not lost twice"
 
 
