@@ -5,6 +5,7 @@
 one trial as a train step (`capture` sends its output to its run), `loop`
 takes trials from the study (in the sweep's process and in worker processes,
 which `worker` starts and stops), `recovery` handles lost machines,
-`summary` writes the result, and `driver` is the sweep step itself. Importing this package imports nothing
-heavy: Optuna, torch and MLflow load when a sweep runs.
+`summary` writes the result, and `driver` is the sweep step itself.
+Importing this package imports nothing heavy: Optuna, torch and MLflow load
+when a sweep runs.
 """
