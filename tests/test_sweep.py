@@ -17,6 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow import MlflowClient
 
 from helpers import ROOT, TINY, all_runs
+from trainflow.config.run_paths import run_path_keys
 from trainflow.errors import ConfigError
 from trainflow.sweep import worker
 from trainflow.sweep.driver import run_sweep, start_workers, sweep_plan
@@ -101,6 +102,22 @@ def test_two_worker_processes_share_one_sqlite_study(compose, tmp_path, sqlite_u
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6 and result.states == {"COMPLETE": 6}
     assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {r.info.run_id for r in children}
     assert client.get_run(created).data.params[f"best.{LR}"] == str(study.best_params[LR])
+    # each trial writes under its own folder, but the params that differ between trials are swept ones only
+    keys = set().union(*(r.data.params for r in children))
+    differing = {k for k in keys if len({r.data.params.get(k) for r in children}) > 1}
+    assert differing and differing <= set(study.best_params), differing
+    assert not {k for k in keys if k.startswith("paths.") or k.endswith(("dirpath", "root_dir"))}
+
+
+def test_per_run_folders_are_the_paths_and_what_interpolates_the_run_folders(compose, tmp_path) -> None:
+    cfg = compose("sweep", [*TINY, "hparams_search=digits_optuna",
+                            "+extra.nested=${callbacks.model_checkpoint.dirpath}/x",
+                            "+extra.data_file=${paths.root_dir}/data.csv"], output_dir=tmp_path / "out")
+    keys = run_path_keys(cfg)
+    assert {"callbacks.model_checkpoint.dirpath", "trainer.default_root_dir", "paths.output_dir", "paths.cache_dir",
+            "extra.nested"} <= keys, "directly, through Hydra's runtime, and through another per-run key"
+    assert not {k for k in keys if k.startswith(("model.", "data.", "sweep.", "trainer.max"))}
+    assert "extra.data_file" not in keys, "a file under the project root says what the run read: a param"
 
 
 def test_a_prewarmed_worker_is_handed_the_sweeps_run_and_works_the_queue(compose, tmp_path, sqlite_uri,

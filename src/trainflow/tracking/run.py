@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from omegaconf import DictConfig, OmegaConf
 
 from trainflow.config.redact import is_secret_key, mask_secrets, redact, redact_overrides, secret_values
+from trainflow.config.run_paths import without_run_paths
 from trainflow.errors import TrackingError, TrainflowError
 from trainflow.project import project_root
 from trainflow.tracking import tags as tag
@@ -539,7 +540,8 @@ def _log_run_identity(ctx: StepRun, cfg: DictConfig, tree: str | None, logged: d
             if is_secret_key(key):
                 log.warning("param %s was logged by `mlflow run` before trainflow could redact it: "
                             "pass secrets through the environment, not -P", key)
-        params = new_params(flatten({k: v for k, v in resolved.items() if k != "hydra"}), logged)
+        params = new_params(without_run_paths(flatten({k: v for k, v in resolved.items() if k != "hydra"}), cfg),
+                            logged)
         _log_params(ctx, params)
     _log_text(ctx, OmegaConf.to_yaml(OmegaConf.create(resolved)), "config.yaml")
     _log_text(ctx, OmegaConf.to_yaml(OmegaConf.create(redact_overrides(overrides))), "overrides.yaml")
