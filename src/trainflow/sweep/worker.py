@@ -17,10 +17,11 @@ quietly on end of input (the sweep stopped before it needed the worker).
 
 What pre-warming saves (issue 21 item 6), measured with `bench/sweep.py
 --trials 4 --epochs 10 --rounds 3 --baseline <this checkout without the
-prewarm_workers call>` on the shared 2-core machine (load 10-13, 2026-12-07):
-worker 1 opened its first trial a median 14.3 s after the sweep's run with
-pre-warming and 27.3 s without; whole sweep 76.3 s against 96.2 s. Well over
-a second, so it stays.
+prewarm_workers call>` on the shared 2-core machine (2026-12-07, load 10-19,
+before and after the split into worker/loop/summary): worker 1 opened its
+first trial a median 14.3 s (before) and 19.8 s (after) after the sweep's run
+with pre-warming, 27.3 s and 41.0 s without; whole sweep 76.3 s against
+96.2 s, 142.7 s against 156.5 s. Well over a second, so it stays.
 """
 
 from __future__ import annotations
