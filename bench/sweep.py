@@ -10,7 +10,7 @@ the same machine), each against its own temporary sqlite tracking store:
 - `2`: `sweep.n_workers=2`: the sweep's process + one worker process, one
   torch thread each (the sweep sets that itself); steps/sweep.py starts the
   worker right after composing its config, so the worker's imports overlap
-  the sweep opening its run and study (trainflow.sweep.driver.prewarm_workers);
+  the sweep opening its run and study (trainflow.sweep.worker.prewarm_workers);
 - `1dt` (with `--default-threads`): `sweep.n_workers=1` at torch's default
   thread count (2 here). For this tiny MLP two threads are slower than one,
   and on a loaded machine far slower, so comparing `2` against it would
@@ -128,9 +128,13 @@ def phases(uri: str) -> dict[str, float]:
     client = MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     parent = next(r for r in runs if r.data.tags.get(tag.STEP) == "sweep")
-    trials = [(r.info.end_time - r.info.start_time) / 1000 for r in runs if r is not parent]
+    trial_runs = [r for r in runs if r is not parent]
+    trials = [(r.info.end_time - r.info.start_time) / 1000 for r in trial_runs]
+    # a worker process's start-up: how long after the sweep's run its first trial run opens
+    helpers = [r.info.start_time for r in trial_runs if r.data.tags.get(tag.TRIAL_WORKER, "0") != "0"]
+    lag = (min(helpers) - parent.info.start_time) / 1000 if helpers else float("nan")
     return {"trials_phase_s": parent.data.metrics.get("time/trials_s", float("nan")),
-            "trial_mean_s": statistics.mean(trials), "trials": float(len(trials))}
+            "trial_mean_s": statistics.mean(trials), "trials": float(len(trials)), "worker_lag_s": lag}
 
 
 def main() -> None:
@@ -146,8 +150,9 @@ def main() -> None:
         names.append("2base")
     walls: dict[str, list[float]] = {v: [] for v in names}
     trial_phases: dict[str, list[float]] = {v: [] for v in names}
+    lags: dict[str, list[float]] = {v: [] for v in names}
     print(f"{'round':<7}{'variant':>8}{'load':>6}{'wall s':>9}{'cores used':>12}{'trials phase s':>16}"
-          f"{'mean trial s':>14}")
+          f"{'mean trial s':>14}{'worker lag s':>14}")
     for index in range(args.rounds):
         shift = index % len(names)
         for variant in names[shift:] + names[:shift]:
@@ -159,8 +164,9 @@ def main() -> None:
             assert figures["trials"] == args.trials, figures
             walls[variant].append(wall)
             trial_phases[variant].append(figures["trials_phase_s"])
+            lags[variant].append(figures["worker_lag_s"])
             print(f"{index:<7}{variant:>8}{load:>6.1f}{wall:>9.1f}{cpu / wall:>12.2f}{figures['trials_phase_s']:>16.1f}"
-                  f"{figures['trial_mean_s']:>14.2f}", flush=True)
+                  f"{figures['trial_mean_s']:>14.2f}{figures['worker_lag_s']:>14.1f}", flush=True)
     median = {v: statistics.median(w) for v, w in walls.items()}
     print(f"median wall ({args.trials} trials, {args.epochs} epochs each): "
           + ", ".join(f"{v} {s:.1f}s" for v, s in median.items()))
@@ -169,6 +175,8 @@ def main() -> None:
     if "2base" in median:
         print(f"baseline ({args.baseline}) 2 workers / 1 worker: {median['2base'] / median['1']:.3f}; "
               f"this checkout's 2 workers / the baseline's: {median['2'] / median['2base']:.3f}")
+    print("worker 1's first trial, seconds after the sweep's run opened (median): "
+          + ", ".join(f"{v} {statistics.median(w):.1f}s" for v, w in lags.items() if v.startswith("2")))
     if "1dt" in median:
         print(f"2 workers / 1 worker at torch's default threads (breakdown): {median['2'] / median['1dt']:.3f}")
     floor = machine_floor()

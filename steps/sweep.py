@@ -21,7 +21,8 @@ register_configs()
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    from trainflow.sweep.driver import prewarm_workers, run_sweep  # after compose: config errors show at once
+    from trainflow.sweep.driver import run_sweep  # after compose: config errors show at once
+    from trainflow.sweep.worker import prewarm_workers
 
     # the worker processes import torch while this one opens its run and study
     prewarm_workers(cfg, Path(HydraConfig.get().runtime.output_dir))

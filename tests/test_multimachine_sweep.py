@@ -22,7 +22,6 @@ from mlflow import MlflowClient
 
 from helpers import ROOT, TINY, step_env
 from servers import PostgresServer
-from trainflow.sweep.recovery import LEASE_PREFIX
 from trainflow.sweep.study import StudySpec, create_and_queue
 from trainflow.tracking import tags as tag
 
@@ -169,7 +168,7 @@ def test_a_machine_killed_mid_trial_loses_nothing(postgres: PostgresServer, pg_m
     assert "RUNNING" not in statuses.values(), statuses
     assert statuses[victim_trial] == "FAILED"
     assert len(statuses) == 10 and sorted(statuses) == sorted(t.number for t in study.trials)
-    assert study.user_attrs[LEASE_PREFIX + parents[f"machine-{victim}"].info.run_id] == -1
+    assert study.user_attrs[tag.STUDY_LEASE_PREFIX + parents[f"machine-{victim}"].info.run_id] == -1
 
 
 def _stopped_mid_trial(procs: list[subprocess.Popen], victim: int, workdir: Path) -> list[int]:

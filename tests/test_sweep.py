@@ -17,12 +17,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow import MlflowClient
 
 from helpers import ROOT, TINY, all_runs
+from trainflow.config.run_paths import run_path_keys
 from trainflow.errors import ConfigError
-from trainflow.sweep import driver
-from trainflow.sweep.driver import prewarm_workers, run_sweep, start_workers, sweep_plan
-from trainflow.sweep.recovery import ENDED, LEASE_PREFIX, Lease, end_lost_sweeps
+from trainflow.sweep import worker
+from trainflow.sweep.driver import run_sweep, start_workers, sweep_plan
+from trainflow.sweep.recovery import ENDED, Lease, end_lost_sweeps
 from trainflow.sweep.space import as_override, search_space
 from trainflow.sweep.study import StudySpec, build_storage, claim_trial, create_and_queue, open_study, queue_trials
+from trainflow.sweep.worker import prewarm_workers
 from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
 
@@ -100,6 +102,22 @@ def test_two_worker_processes_share_one_sqlite_study(compose, tmp_path, sqlite_u
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6 and result.states == {"COMPLETE": 6}
     assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {r.info.run_id for r in children}
     assert client.get_run(created).data.params[f"best.{LR}"] == str(study.best_params[LR])
+    # each trial writes under its own folder, but the params that differ between trials are swept ones only
+    keys = set().union(*(r.data.params for r in children))
+    differing = {k for k in keys if len({r.data.params.get(k) for r in children}) > 1}
+    assert differing and differing <= set(study.best_params), differing
+    assert not {k for k in keys if k.startswith("paths.") or k.endswith(("dirpath", "root_dir"))}
+
+
+def test_per_run_folders_are_the_paths_and_what_interpolates_the_run_folders(compose, tmp_path) -> None:
+    cfg = compose("sweep", [*TINY, "hparams_search=digits_optuna",
+                            "+extra.nested=${callbacks.model_checkpoint.dirpath}/x",
+                            "+extra.data_file=${paths.root_dir}/data.csv"], output_dir=tmp_path / "out")
+    keys = run_path_keys(cfg)
+    assert {"callbacks.model_checkpoint.dirpath", "trainer.default_root_dir", "paths.output_dir", "paths.cache_dir",
+            "extra.nested"} <= keys, "directly, through Hydra's runtime, and through another per-run key"
+    assert not {k for k in keys if k.startswith(("model.", "data.", "sweep.", "trainer.max"))}
+    assert "extra.data_file" not in keys, "a file under the project root says what the run read: a param"
 
 
 def test_a_prewarmed_worker_is_handed_the_sweeps_run_and_works_the_queue(compose, tmp_path, sqlite_uri,
@@ -109,7 +127,7 @@ def test_a_prewarmed_worker_is_handed_the_sweeps_run_and_works_the_queue(compose
     cfg = compose("sweep", [*TINY, "hparams_search=digits_optuna", "sweep.n_trials=2", "sweep.n_workers=2"],
                   output_dir=tmp_path / "out")
     prewarm_workers(cfg, tmp_path / "out")
-    warm = [w.proc for w in driver._WARM.values()]
+    warm = [w.proc for w in worker._WARM.values()]
     assert len(warm) == 1 and warm[0].poll() is None
     with step_run("sweep", cfg) as run:
         plan = sweep_plan(cfg, run.output_dir, run.run_id)
@@ -152,9 +170,9 @@ def test_the_next_sweep_ends_a_lost_machines_parent_failed_and_leaves_live_ones(
     study = open_study(StudySpec(name="leases", storage=url, direction="maximize"), build_storage(url))
     client = MlflowClient(sqlite_uri)
     lost, alive, ended = (client.create_run("0").info.run_id for _ in range(3))
-    study.set_user_attr(LEASE_PREFIX + lost, time.time() - 120)
+    study.set_user_attr(tag.STUDY_LEASE_PREFIX + lost, time.time() - 120)
     lease = Lease(study, alive, interval_s=1).start()
-    study.set_user_attr(LEASE_PREFIX + ended, time.time() - 120)
+    study.set_user_attr(tag.STUDY_LEASE_PREFIX + ended, time.time() - 120)
     client.set_terminated(ended, "FINISHED")
     try:
         assert sorted(end_lost_sweeps(study, client, grace_s=60)) == sorted([lost, ended])
@@ -165,7 +183,7 @@ def test_the_next_sweep_ends_a_lost_machines_parent_failed_and_leaves_live_ones(
     assert client.get_run(alive).info.status == "RUNNING", "a live lease is left alone"
     assert client.get_run(ended).info.status == "FINISHED", "a run that ended keeps its status"
     attrs = study.user_attrs
-    assert attrs[LEASE_PREFIX + lost] == attrs[LEASE_PREFIX + ended] == attrs[LEASE_PREFIX + alive] == ENDED
+    assert [attrs[tag.STUDY_LEASE_PREFIX + r] for r in (lost, ended, alive)] == [ENDED] * 3
     assert end_lost_sweeps(study, client, grace_s=60) == [], "a closed lease is not lost twice"
 
 

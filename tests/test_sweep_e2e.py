@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -109,3 +111,40 @@ def test_prewarmed_workers_end_when_the_sweep_fails_before_needing_them(sqlite_u
     assert done.returncode == 1 and "sweep.grace_s" in done.stderr, done.stderr[-3000:]
     workers = subprocess.run(["pgrep", "-f", f"{tmp_path}/out/workers"], capture_output=True, text=True)
     assert workers.stdout == "", "no pre-warmed worker outlives the sweep"
+
+
+# Console lines a sweep may print besides its config tree and its trials' lines (store and study
+# creation, the summary table): the same for 3 trials as for 100.
+FIXED_LINES = 30
+TRIAL_LINE = re.compile(r"^trial (\d+) (COMPLETE|PRUNED|FAIL)\b")
+
+
+def test_a_sweep_prints_its_tree_once_and_one_line_per_trial_and_logs_each_trials_output(
+        sqlite_uri, tmp_path) -> None:
+    """Trials print their tree, model summary and Lightning's messages: all into their run's trial.log."""
+    noisy = [o for o in TINY if o not in ("extras.print_config=false", "callbacks.model_summary=null")]
+    overrides = [*noisy, "hparams_search=digits_optuna", "sweep.n_trials=3", "sweep.n_workers=2",
+                 f"hydra.run.dir={tmp_path / 'out'}"]
+    done = run_step(["steps/sweep.py", *overrides], sqlite_uri, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (done.stdout + done.stderr).splitlines()
+    print(f"the sweep's console ({len(lines)} lines):\n" + "\n".join(lines))
+
+    assert sum(line.startswith("CONFIG") for line in lines) == 1, "the sweep's tree, printed once"
+    tree = [line for line in lines if line[:1] in ("│", "├", "└", " ")]
+    trial_lines = [line for line in lines if TRIAL_LINE.match(line)]
+    assert sorted(int(TRIAL_LINE.match(line).group(1)) for line in trial_lines) == [0, 1, 2], "one line per trial"
+    other = [line for line in lines if line not in trial_lines and line not in tree]
+    assert len(other) <= FIXED_LINES, "\n".join(other)
+    assert not [line for line in lines if "Seed set to" in line or "Trainable params" in line], "a trial leaked"
+
+    client = MlflowClient(sqlite_uri)
+    parent = next(r for r in all_runs(sqlite_uri) if r.data.tags.get(tag.STEP) == "sweep")
+    assert "best 3 of 3 trials" in done.stdout, "the summary table of the best trials"
+    for number, run in trial_runs(sqlite_uri, parent.info.run_id).items():
+        line = next(line for line in trial_lines if TRIAL_LINE.match(line).group(1) == str(number))
+        assert run.info.run_id in line and run.data.tags[tag.TRIAL_STATE] in line
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"trial.log", "config_tree.log"} <= names, names
+        log = Path(client.download_artifacts(run.info.run_id, "trial.log", str(tmp_path / str(number)))).read_text()
+        assert "CONFIG" in log and "Seed set to" in log and "Trainable params" in log, log[-2000:]

@@ -18,8 +18,8 @@ import pytest
 from helpers import TINY
 from trainflow.sweep.driver import fail_orphans, start_workers, sweep_plan
 from trainflow.sweep.trial import ATTR_SWEEP_RUN
-from trainflow.sweep.worker import DeferredSignals
 from trainflow.tracking.run import step_run
+from trainflow.tracking.signals import DeferredSignals
 
 
 @pytest.fixture

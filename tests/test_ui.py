@@ -1,8 +1,9 @@
 """The MLflow UI in a real browser (Debian's chromium, driven by Playwright) after a pipeline and a sweep.
 
 What a user opens first: the runs table, where pipeline and sweep parents
-must carry `test/acc`, and the registry page, where the version must show
-`@champion` and its model card. Screenshots land in the test's tmp folder
+must carry `test/acc`; the registry page, where the version must show
+`@champion` and its model card; and the compare page of a sweep's trials,
+where what differs between them must be what the sweep varied. Screenshots land in the test's tmp folder
 (CI keeps them as artifacts). Playwright never downloads a browser here.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from helpers import TINY, mlflow_run
@@ -84,6 +86,45 @@ def test_the_runs_table_shows_test_acc_on_pipeline_and_sweep_parents(tracked, pa
         values = [float(x) for x in re.findall(r"\b\d+\.\d+\b", shown)]
         assert any(abs(v - run.data.metrics["test/acc"]) < 1e-4 for v in values), (step, shown)
     _keep(tmp_path / "runs_table.png")
+
+
+def test_comparing_a_sweeps_trials_shows_the_swept_params(tracked, page, mlflow_server, tmp_path) -> None:
+    """As a user does it: expand the sweep, tick its three trials, Compare; then "Show diff only"."""
+    client, sweep = tracked["client"], tracked["parents"]["sweep"]
+    trials = client.search_runs([tracked["experiment_id"]], f"tags.mlflow.parentRunId = '{sweep.info.run_id}'")
+    assert len(trials) == 3
+    config = Path(client.download_artifacts(sweep.info.run_id, "config.yaml", str(tmp_path)))
+    swept = set(yaml.safe_load(config.read_text())["sweep"]["params"])
+    # continuous keys always differ; two trials may draw the same batch size or layer width
+    differing = {k for k in swept if len({t.data.params[k] for t in trials}) > 1}
+    assert {"model.optimizer.lr", "model.optimizer.weight_decay"} <= differing
+
+    page.goto(f"{mlflow_server.uri}/#/experiments/{tracked['experiment_id']}/runs?workflowType=machine_learning")
+    page.get_by_role("button", name="Close").click()  # the assistant panel
+    sweep_row = page.get_by_role("row").filter(has=page.get_by_text(sweep.info.run_name, exact=True))
+    sweep_row.first.get_by_role("button").first.click()  # expand: the trials are nested under the sweep
+    for trial in trials:
+        page.get_by_text(trial.info.run_name, exact=True).wait_for()
+        row = page.get_by_role("row").filter(has=page.get_by_text(trial.info.run_name, exact=True))
+        row.first.get_by_role("checkbox").check()
+    page.get_by_role("button", name="Compare").click()
+
+    page.get_by_text("Comparing 3 Runs").wait_for()
+    page.locator(".axis-title").first.wait_for()  # the parallel-coordinates plot, drawn
+    axes = [t.text_content() for t in page.locator(".axis-title").all()]
+    params_axes = [a for a in axes if a and a not in trials[0].data.metrics]
+    shot = tmp_path / "compare.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"compare page screenshot: {shot}")
+    assert params_axes and set(params_axes) <= differing, f"default axes {axes}: swept params only"
+
+    switch = page.get_by_role("switch", name="Parameters - Show diff only")
+    switch.click()
+    table = page.locator(".du-bois-light-collapse-content-box").filter(has=switch).locator("table").first
+    rows = [r.locator("th, td").first.inner_text().strip() for r in table.locator("tr").all()]
+    page.screenshot(path=str(tmp_path / "compare_diff.png"), full_page=True)
+    assert sorted(rows) == sorted(differing), f"exactly the swept params whose values differ: {rows}"
+    _keep(shot, tmp_path / "compare_diff.png")
 
 
 def _row_text(page: Any, run_name: str) -> str:

@@ -10,31 +10,27 @@ watch the study until no trial is running anywhere (a lost machine's trial
 comes back to the queue) -> wait -> summarise the whole study on the parent
 run (best value and params, a trials table) -> register the best trial's
 model if asked, once per study whichever machine gets there first.
+
+This module plans and orders; the pieces live beside it: `worker` (worker
+processes), `loop` (what every worker runs), `summary` (the parent run's
+result and the best-trials table), `tracking.registry.register_best_trial`.
 """
 
 from __future__ import annotations
 
-import atexit
-import csv
-import io
-import json
 import logging
-import os
-import signal
 import subprocess
-import sys
-import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from trainflow.config.redact import mask_secrets, redact_overrides
+from trainflow.config.redact import mask_secrets
 from trainflow.errors import ConfigError, TrainflowError
-from trainflow.sweep.recovery import Lease, end_lost_sweeps, fail_stale, heartbeat_enabled
+from trainflow.sweep.loop import limit_threads, work
+from trainflow.sweep.optuna_adapter import heartbeat_enabled
+from trainflow.sweep.recovery import Lease, end_lost_sweeps, fail_stale
 from trainflow.sweep.space import SearchParam, as_override, first_values, search_space
 from trainflow.sweep.study import (
     DIRECTIONS,
@@ -44,20 +40,17 @@ from trainflow.sweep.study import (
     resolve_storage,
     study_lock,
 )
-from trainflow.sweep.trial import ATTR_ERROR, ATTR_RUN, ATTR_SWEEP_RUN, ATTR_WORKER, TAG_STATE, TrialSetup, trial_config
-from trainflow.sweep.worker import WAIT_FLAG, WorkerSpec, limit_threads, work
+from trainflow.sweep.summary import SweepResult, summarise, summarise_quietly
+from trainflow.sweep.trial import ATTR_RUN, ATTR_SWEEP_RUN, TrialSetup, trial_config
+from trainflow.sweep.worker import signal_of, start_processes, stop_workers, wait_workers, worker_env
 from trainflow.tracking import tags as tag
-from trainflow.tracking.headline import log_best_trial_headline
-from trainflow.tracking.model_card import write_model_card
+from trainflow.tracking.registry import register_best_trial
 from trainflow.tracking.run import StepRun, hydra_overrides
 
 if TYPE_CHECKING:
     import optuna
 
 log = logging.getLogger(__name__)
-
-# How long interrupted workers get to record their trial before they are killed.
-STOP_GRACE_S = 60.0
 
 
 @dataclass
@@ -79,17 +72,6 @@ class SweepPlan:
     def setup(self, sweep_run_id: str, worker: int) -> TrialSetup:
         return TrialSetup(sweep_run_id=sweep_run_id, study_name=self.study.name, overrides=self.overrides,
                           output_dir=self.output_dir, metric=self.metric, space=self.space, worker=worker)
-
-
-@dataclass
-class SweepResult:
-    study_name: str
-    best_value: float | None
-    best_params: dict[str, Any]
-    best_trial: int | None
-    best_run_id: str | None
-    states: dict[str, int]
-    registered: str | None = None
 
 
 def run_sweep(cfg: DictConfig, run: StepRun) -> SweepResult:
@@ -125,10 +107,18 @@ def _run_trials(study: optuna.Study, run: StepRun, plan: SweepPlan) -> SweepResu
     except BaseException as exc:
         stop_workers(workers, signal_of(exc))
         fail_orphans(study, run, plan.own_storage)
-        _summarise_quietly(study, run, plan)
+        summarise_quietly(study, run, plan.metric, plan.overrides)
         raise
     fail_orphans(study, run, plan.own_storage)
-    return summarise(study, run, plan)
+    return summarise(study, run, plan.metric, plan.overrides)
+
+
+def start_workers(plan: SweepPlan, run: StepRun) -> list[subprocess.Popen]:
+    """Workers 1..n-1 as processes, in the sweep's store and experiment; this process is worker 0."""
+    if plan.n_workers <= 1:
+        return []
+    return start_processes(plan.study, [plan.setup(run.run_id, i) for i in range(1, plan.n_workers)],
+                           run.output_dir / "workers", worker_env(run.tracking_uri, run.experiment_id, run.root))
 
 
 def sweep_plan(cfg: DictConfig, output_dir: Path, run_id: str) -> SweepPlan:
@@ -227,156 +217,6 @@ def _tag_sweep(run: StepRun, plan: SweepPlan, queued: int) -> None:
           f"queued, {plan.n_workers} worker(s)", flush=True)
 
 
-# -- worker processes ----------------------------------------------------------
-
-def start_workers(plan: SweepPlan, run: StepRun) -> list[subprocess.Popen]:
-    """Workers 1..n-1 as processes; this process is worker 0 (it starts training while they import).
-
-    Workers pre-warmed by `prewarm_workers` are handed their environment; the
-    rest start now. If starting one fails (or Ctrl-C lands meanwhile), those
-    already started are killed: nothing would stop them otherwise.
-    """
-    if plan.n_workers <= 1:
-        return []
-    folder = run.output_dir / "workers"
-    folder.mkdir(parents=True, exist_ok=True)
-    env = worker_env(run)
-    warm, procs = _take_warm_workers(), []
-    try:
-        for index in range(1, plan.n_workers):
-            procs.append(_start_worker(plan, run, index, folder / f"worker-{index}.json", env, warm))
-    except BaseException:
-        kill_workers([*procs, *(w.proc for w in warm.values())])
-        raise
-    kill_workers([w.proc for w in warm.values()])  # pre-warmed for a spec this sweep does not have
-    return procs
-
-
-def _start_worker(plan: SweepPlan, run: StepRun, index: int, spec_path: Path, env: dict[str, str],
-                  warm: dict[Path, WarmWorker]) -> subprocess.Popen:
-    spec = WorkerSpec(study=plan.study, setup=plan.setup(run.run_id, index), threads=1, parent_pid=os.getpid())
-    spec_path.write_text(spec.to_json())
-    ready = warm.pop(spec_path, None)
-    if ready is not None and ready.start(env):
-        return ready.proc
-    # Own session: a terminal's Ctrl-C reaches only the sweep, which forwards
-    # it once (stop_workers), so no worker sees two signals.
-    return subprocess.Popen([sys.executable, "-m", f"{__package__}.worker", str(spec_path)], env=env,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-@dataclass
-class WarmWorker:
-    """A worker process importing ahead of its sweep, and the environment it was started with."""
-
-    proc: subprocess.Popen
-    env: dict[str, str]
-
-    def start(self, env: dict[str, str]) -> bool:
-        """Send the worker what `env` changes of its own environment; False (and killed) if it is gone."""
-        if self.proc.poll() is not None or self.proc.stdin is None:
-            kill_workers([self.proc])
-            return False
-        changes = {"set": {k: v for k, v in env.items() if self.env.get(k) != v},
-                   "unset": [k for k in self.env if k not in env]}
-        try:
-            self.proc.stdin.write(json.dumps(changes) + "\n")
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            kill_workers([self.proc])
-            return False
-        return True
-
-
-# Pre-warmed workers by the spec path each will read; see prewarm_workers.
-_WARM: dict[Path, WarmWorker] = {}
-
-
-def prewarm_workers(cfg: DictConfig, output_dir: Path) -> None:
-    """Start workers 1..n-1 now, before this process imports MLflow and Optuna and opens its run.
-
-    A worker's start-up is its imports (torch, Lightning, MLflow: ~8 s here);
-    started only once the sweep's run and study exist, each began its first
-    trial that much after the sweep's own. Started here they import while the
-    sweep starts, and `start_workers` sends each its environment (the run's
-    tracking URI and experiment) on stdin. Workers this process never needs
-    (its config or run fails first) are killed at exit, or read end of input
-    and end.
-    """
-    n_workers = OmegaConf.select(cfg, "sweep.n_workers")
-    if not isinstance(n_workers, int) or n_workers <= 1 or _WARM:
-        return
-    from trainflow.tracking.ranks import LEADER_RUN_ENV
-
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    for key in ("MLFLOW_RUN_ID", LEADER_RUN_ENV):
-        env.pop(key, None)
-    atexit.register(_discard_warm_workers)
-    for index in range(1, n_workers):
-        spec_path = output_dir / "workers" / f"worker-{index}.json"
-        proc = subprocess.Popen([sys.executable, "-m", f"{__package__}.worker", WAIT_FLAG, str(spec_path)],
-                                env=env, stdin=subprocess.PIPE, text=True, start_new_session=True)
-        _WARM[spec_path] = WarmWorker(proc, env)
-
-
-def _take_warm_workers() -> dict[Path, WarmWorker]:
-    warm = dict(_WARM)
-    _WARM.clear()
-    return warm
-
-
-def _discard_warm_workers() -> None:
-    kill_workers([w.proc for w in _take_warm_workers().values()])
-
-
-def kill_workers(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        proc.kill()
-        proc.wait()
-
-
-def worker_env(run: StepRun) -> dict[str, str]:
-    """The sweep's store, experiment and project root; not its run (trials are new runs)."""
-    from trainflow.tracking.ranks import LEADER_RUN_ENV
-
-    env = dict(os.environ)
-    for key in ("MLFLOW_RUN_ID", LEADER_RUN_ENV):
-        env.pop(key, None)
-    env.update(MLFLOW_TRACKING_URI=run.tracking_uri, MLFLOW_EXPERIMENT_ID=run.experiment_id,
-               TRAINFLOW_ROOT=str(run.root), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return env
-
-
-def wait_workers(procs: list[subprocess.Popen]) -> None:
-    for index, proc in enumerate(procs, start=1):
-        code = proc.wait()
-        if code != 0:
-            log.warning("sweep worker %d exited with status %s; its unfinished trial is marked FAIL", index, code)
-
-
-def stop_workers(procs: list[subprocess.Popen], signum: int) -> None:
-    """Forward the interruption once; kill what has not ended within STOP_GRACE_S."""
-    alive = [p for p in procs if p.poll() is None]
-    for proc in alive:
-        proc.send_signal(signum)
-    deadline = time.monotonic() + STOP_GRACE_S
-    for proc in alive:
-        try:
-            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def signal_of(exc: BaseException) -> int:
-    """The signal that interrupted the sweep (step_run exits 128+signal); SIGTERM otherwise."""
-    if isinstance(exc, KeyboardInterrupt):
-        return signal.SIGINT
-    if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128:
-        return exc.code - 128
-    return signal.SIGTERM
-
-
 def fail_orphans(study: optuna.Study, run: StepRun, own_storage: bool = False) -> None:
     """Trials of this sweep still RUNNING after its workers ended (a worker died): FAIL, run FAILED.
 
@@ -395,113 +235,22 @@ def fail_orphans(study: optuna.Study, run: StepRun, own_storage: bool = False) -
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             trial_run = trial.user_attrs.get(ATTR_RUN)
             if trial_run and run.client.get_run(trial_run).info.status in ("RUNNING", "FINISHED"):
-                run.client.set_tag(trial_run, TAG_STATE, "FAIL")
+                run.client.set_tag(trial_run, tag.TRIAL_STATE, "FAIL")
                 run.client.set_terminated(trial_run, "FAILED")
     except Exception as exc:
         log.warning("could not fail orphaned trials: %s", exc)
 
 
-# -- the parent run's summary ----------------------------------------------------
-
-def summarise(study: optuna.Study, run: StepRun, plan: SweepPlan) -> SweepResult:
-    """Best value, best params and a trials table on the parent run, over the whole study."""
-    from mlflow.entities import Metric, Param, RunTag
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    states = Counter(t.state.name for t in trials)
-    run.client.log_text(run.run_id, trials_csv(trials), "sweep/trials.csv")
-    now = int(time.time() * 1000)
-    counts = [Metric(f"sweep/n_{s.name.lower()}", float(states.get(s.name, 0)), now, 0)
-              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
-    run.client.log_batch(run.run_id, metrics=counts)
-    if not states.get("COMPLETE"):
-        raise TrainflowError(f"sweep: no trial completed ({dict(states)}); see the trial runs under run {run.run_id}")
-    best = study.best_trial
-    assert best.value is not None
-    best_run = best.user_attrs.get(ATTR_RUN)
-    run.client.log_batch(
-        run.run_id,
-        metrics=[Metric(f"best/{plan.metric}", float(best.value), now, 0)],
-        params=[Param(f"best.{k}", str(v)) for k, v in best.params.items()],
-        tags=[RunTag(tag.SWEEP_BEST_TRIAL, str(best.number)),
-              RunTag(tag.SWEEP_BEST_RUN_ID, str(best_run or ""))],
-    )
-    log_best_trial_headline(run.client, run.run_id, best_run)
-    # a secret override would otherwise reach this artifact verbatim: pass secrets by the environment
-    reproduce = redact_overrides([o for o in plan.overrides if not o.startswith(("hparams_search=", "sweep."))])
-    best_params = {k: v for k, v in best.params.items()}
-    run.client.log_text(run.run_id, yaml.safe_dump({
-        "trial": best.number, "value": best.value, "run_id": best_run, "params": best_params,
-        "command": "python steps/train.py " + " ".join([*reproduce, *(as_override(k, v)
-                                                                     for k, v in best_params.items())]),
-    }, sort_keys=False), "sweep/best.yaml")
-    print(f"sweep: best trial {best.number} {plan.metric}={best.value:.6g} {best_params} (run {best_run})",
-          flush=True)
-    return SweepResult(plan.study.name, best.value, best_params, best.number, best_run,
-                       {k: int(v) for k, v in states.items()})
-
-
-def _summarise_quietly(study: optuna.Study, run: StepRun, plan: SweepPlan) -> None:
-    """An interrupted sweep still shows the best of its finished trials."""
-    try:
-        summarise(study, run, plan)
-    except Exception as exc:
-        log.info("no summary for the interrupted sweep: %s", exc)
-
-
-def trials_csv(trials: list[optuna.trial.FrozenTrial]) -> str:
-    """number, state, value, seconds, run id, worker, error, then one column per parameter."""
-    names = sorted({k for t in trials for k in t.params})
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["number", "state", "value", "duration_s", "run_id", "worker", "error", *names])
-    for t in trials:
-        duration = t.duration.total_seconds() if t.duration is not None else ""
-        writer.writerow([t.number, t.state.name, "" if t.value is None else t.value, duration,
-                         t.user_attrs.get(ATTR_RUN, ""), t.user_attrs.get(ATTR_WORKER, ""),
-                         t.user_attrs.get(ATTR_ERROR, ""), *(t.params.get(n, "") for n in names)])
-    return out.getvalue()
-
-
 def register_best(run: StepRun, result: SweepResult, plan: SweepPlan) -> str:
-    """A registry version of the best trial's logged model, tagged like the train step's versions."""
-    import mlflow
-
-    assert result.best_run_id and plan.model_name
-    tags = run.client.get_run(result.best_run_id).data.tags
-    model_uri = tags.get(tag.MODEL_URI)
-    if not model_uri:
-        raise TrainflowError(f"sweep.register_best: best trial run {result.best_run_id} logged no model")
-    version_tags = _logged_model_tags(run, model_uri)
-    version_tags.update({tag.SWEEP_RUN_ID: run.run_id, tag.SWEEP_STUDY: result.study_name,
-                         tag.TRIAL_NUMBER: str(result.best_trial)})
+    """The best trial's model as a registry version, once per study whichever machine gets here first."""
+    assert result.best_run_id and plan.model_name and result.best_trial is not None
     with study_lock(plan.study.storage, plan.study.name):
-        version = _registered_already(run, plan.model_name, result)
-        if version is None:
-            version = mlflow.register_model(model_uri, plan.model_name, tags=version_tags)
-            write_model_card(run.client, version.name, str(version.version), version)
+        version = register_best_trial(run.client, plan.model_name, result.best_run_id, run.run_id,
+                                      result.study_name, result.best_trial)
     uri = f"models:/{version.name}/{version.version}"
     run.client.set_tag(run.run_id, tag.REGISTERED, uri)
     print(f"registered {uri} (trial {result.best_trial})", flush=True)
     return uri
-
-
-def _registered_already(run: StepRun, model_name: str, result: SweepResult) -> Any:
-    """The version another machine of this study registered for the same best trial, if any."""
-    found = run.client.search_model_versions(
-        f"name = '{model_name}' and tags.`{tag.SWEEP_STUDY}` = '{result.study_name}' "
-        f"and tags.`{tag.TRIAL_NUMBER}` = '{result.best_trial}'")
-    return found[0] if found else None
-
-
-def _logged_model_tags(run: StepRun, model_uri: str) -> dict[str, str]:
-    """The train step's tags on the logged model (data digest, monitor, commit): versions need them."""
-    if not model_uri.startswith("models:/m-"):
-        return {}
-    model_id = model_uri.removeprefix("models:/").split("/")[0]
-    tags = run.client.get_logged_model(model_id).tags
-    return {k: v for k, v in tags.items() if k.startswith(tag.PREFIX)}
 
 
 def _output(run: StepRun, result: SweepResult) -> str:

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LEASE_PREFIX = tag.STUDY_LEASE_PREFIX  # a study user attr, not a run tag
 ENDED = -1.0  # a lease given back: the sweep ended on its own
 
 
@@ -42,7 +41,7 @@ class Lease:
 
     def __init__(self, study: optuna.Study, run_id: str, interval_s: float) -> None:
         self.study = study
-        self.key = LEASE_PREFIX + run_id
+        self.key = tag.STUDY_LEASE_PREFIX + run_id  # a study user attr, not a run tag
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="trainflow-lease", daemon=True)
@@ -107,11 +106,11 @@ def end_lost_sweeps(study: optuna.Study, client: Any, grace_s: float) -> list[st
     now = time.time()
     lost = []
     for key, beat in study.user_attrs.items():
-        if not key.startswith(LEASE_PREFIX) or not isinstance(beat, int | float) or beat == ENDED:
+        if not key.startswith(tag.STUDY_LEASE_PREFIX) or not isinstance(beat, int | float) or beat == ENDED:
             continue
         if now - float(beat) <= grace_s:
             continue
-        run_id = key.removeprefix(LEASE_PREFIX)
+        run_id = key.removeprefix(tag.STUDY_LEASE_PREFIX)
         end_failed(client, run_id, f"sweep machine lost: no heartbeat for {now - float(beat):.0f}s "
                                    f"(grace {grace_s:g}s); its trials were failed and queued again")
         study.set_user_attr(key, ENDED)
@@ -142,19 +141,6 @@ def fail_stale(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-
-
-def heartbeat_enabled(study: optuna.Study) -> bool:
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    return is_heartbeat_enabled(study._storage)
-
-
-def beating(study: optuna.Study, trial_id: int) -> Any:
-    """Optuna's heartbeat thread for one trial (a null one without a heartbeat), as `study.optimize` uses it."""
-    from optuna.storages._heartbeat import get_heartbeat_thread
-
-    return get_heartbeat_thread(trial_id, study._storage)
 
 
 def _client() -> Any:

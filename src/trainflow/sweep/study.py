@@ -228,17 +228,15 @@ def queue_trials(study: optuna.Study, n_trials: int, enqueue: list[dict[str, Any
 def claim_trial(study: optuna.Study, storage_url: str | None) -> optuna.Trial | None:
     """The next queued trial, now RUNNING in this worker; None when the queue is empty.
 
-    `Study.ask()` would create a trial when the queue is empty and overshoot
-    `n_trials`. Optuna's pop is a WAITING -> RUNNING change that only one
-    process wins on PostgreSQL/MySQL (SELECT ... FOR UPDATE); sqlite ignores
-    FOR UPDATE, so there workers on the machine take a file lock around it.
+    Popping is a WAITING -> RUNNING change that only one process wins on
+    PostgreSQL/MySQL (SELECT ... FOR UPDATE); sqlite ignores FOR UPDATE, so
+    there workers on the machine take a file lock around it. Why not
+    `Study.ask()`: see optuna_adapter.
     """
-    import optuna
+    from trainflow.sweep.optuna_adapter import pop_waiting_trial
 
     with _file_lock(storage_url):
-        study._thread_local.cached_all_trials = None
-        trial_id = study._pop_waiting_trial_id()
-    return None if trial_id is None else optuna.Trial(study, trial_id)
+        return pop_waiting_trial(study)
 
 
 @contextmanager

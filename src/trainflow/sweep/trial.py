@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, open_dict
 
 from trainflow.errors import TrainflowError
+from trainflow.sweep.capture import output_to
 from trainflow.sweep.space import SearchParam, as_override, suggest
 from trainflow.tracking import tags as tag
 
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TAG_STATE = tag.TRIAL_STATE
-TAG_NUMBER = tag.TRIAL_NUMBER
-TAG_STUDY = tag.SWEEP_STUDY
 # Optuna user attrs that tie a trial to its runs (the trials table, orphan clean-up).
 ATTR_RUN = "mlflow_run_id"
 ATTR_SWEEP_RUN = "mlflow_sweep_run_id"
@@ -39,6 +37,9 @@ ATTR_ERROR = "error"
 
 # One row per Optuna end state: the status its MLflow run ends with. A pruned
 # trial was stopped on purpose; KILLED keeps it out of `status = 'FINISHED'` searches.
+# The trial's whole console output, in its output folder and on its run.
+TRIAL_LOG = "trial.log"
+
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
@@ -63,6 +64,7 @@ class TrialOutcome:
     run_id: str | None
     params: dict[str, Any]
     error: str | None = None
+    link: str | None = None  # the run's page (or its id and store): the console line points there
 
 
 def tie_to_sweep(trial: optuna.Trial, setup: TrialSetup) -> None:
@@ -74,22 +76,36 @@ def tie_to_sweep(trial: optuna.Trial, setup: TrialSetup) -> None:
 def run_trial(trial: optuna.Trial, setup: TrialSetup, hold_signals: Callable[[], None] = lambda: None) -> TrialOutcome:
     """Run one trial to an outcome; only an interruption (Ctrl-C, SIGTERM) escapes.
 
-    `hold_signals` is called the moment training stops, however it stops,
-    before the run ends: from there until the study has the outcome, an
-    interrupt must wait, or the run and the study would disagree.
+    Its output goes to `trial.log`, logged with its run however it ends
+    (capture.output_to). `hold_signals` is called the moment training stops,
+    however it stops, before the run ends: from there until the study has the
+    outcome, an interrupt must wait, or the run and the study would disagree.
     """
+    output_dir = setup.output_dir / "trials" / f"{trial.number:04d}"
+    runs: list[StepRun] = []  # the trial's run, once step_run has made it
+    try:
+        with output_to(output_dir / TRIAL_LOG):
+            return _run_trial(trial, setup, output_dir, hold_signals, runs)
+    finally:
+        if runs:
+            _log_trial_output(runs[0], output_dir / TRIAL_LOG)
+
+
+def _run_trial(trial: optuna.Trial, setup: TrialSetup, output_dir: Path, hold_signals: Callable[[], None],
+               runs: list[StepRun]) -> TrialOutcome:
     from trainflow.config.redact import mask_secrets
+    from trainflow.tracking.console import run_link
     from trainflow.tracking.run import step_run
 
     params: dict[str, Any] = {}
     run: StepRun | None = None
     state, value, error = "FAIL", None, None
-    output_dir = setup.output_dir / "trials" / f"{trial.number:04d}"
     try:
         params = suggest(trial, setup.space)
         overrides = [*setup.overrides, *(as_override(k, v) for k, v in params.items())]
         with trial_config(overrides, output_dir, trial.number) as cfg, \
                 step_run("train", cfg, output_dir=output_dir, parent_run_id=setup.sweep_run_id) as run:
+            runs.append(run)
             try:
                 _tag_trial(run, trial, setup, params)
                 state, value = fit_trial(cfg, run, trial, setup.metric)
@@ -103,12 +119,21 @@ def run_trial(trial: optuna.Trial, setup: TrialSetup, hold_signals: Callable[[],
     except Exception as exc:
         error = mask_secrets(f"{type(exc).__name__}: {exc}", setup.overrides)  # reaches trials.csv
         log.warning("trial %d failed: %s", trial.number, error)
-    outcome = TrialOutcome(trial.number, state, value, run.run_id if run else None, params, error)
+    link = run_link(run.tracking_uri, run.experiment_id, run.run_id) if run else None
+    outcome = TrialOutcome(trial.number, state, value, run.run_id if run else None, params, error, link)
     if error:
         trial.set_user_attr(ATTR_ERROR, error[:1000])
     if run is not None:
         record_outcome(run, outcome)
     return outcome
+
+
+def _log_trial_output(run: StepRun, path: Path) -> None:
+    """The trial's captured output as `trial.log` on its run (the run has ended; artifacts may still come)."""
+    try:
+        run.client.log_artifact(run.run_id, str(path))
+    except Exception as exc:
+        log.warning("could not log %s with run %s: %s", path, run.run_id, exc)
 
 
 def fit_trial(cfg: DictConfig, run: StepRun, trial: optuna.Trial, metric: str) -> tuple[str, float | None]:
@@ -167,13 +192,14 @@ def trial_config(overrides: list[str], output_dir: Path, number: int) -> Iterato
 
 def _tag_trial(run: StepRun, trial: optuna.Trial, setup: TrialSetup, params: dict[str, Any]) -> None:
     from mlflow.entities import RunTag
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
     trial.set_user_attr(ATTR_RUN, run.run_id)
     tags = {
-        "mlflow.runName": f"trial-{trial.number}",
-        TAG_NUMBER: str(trial.number),
-        TAG_STATE: "RUNNING",
-        TAG_STUDY: setup.study_name,
+        MLFLOW_RUN_NAME: f"trial-{trial.number}",
+        tag.TRIAL_NUMBER: str(trial.number),
+        tag.TRIAL_STATE: "RUNNING",
+        tag.SWEEP_STUDY: setup.study_name,
         tag.TRIAL_PARAMS: json.dumps(params),
         tag.TRIAL_WORKER: str(setup.worker),
     }
@@ -194,7 +220,7 @@ def _tag_interrupted(run: StepRun | None) -> None:
     if run is None:
         return
     try:
-        run.client.set_tag(run.run_id, TAG_STATE, "FAIL")
+        run.client.set_tag(run.run_id, tag.TRIAL_STATE, "FAIL")
     except Exception as exc:
         log.warning("could not tag interrupted run %s: %s", run.run_id, exc)
 
@@ -202,7 +228,7 @@ def _tag_interrupted(run: StepRun | None) -> None:
 def record_outcome(run: StepRun, outcome: TrialOutcome) -> None:
     """The trial's end state on its run: a tag, and the run status the table above maps it to."""
     try:
-        run.client.set_tag(run.run_id, TAG_STATE, outcome.state)
+        run.client.set_tag(run.run_id, tag.TRIAL_STATE, outcome.state)
         if outcome.value is not None:
             run.client.set_tag(run.run_id, tag.TRIAL_VALUE, repr(outcome.value))
         status = RUN_STATUS[outcome.state]

@@ -1,47 +1,57 @@
-"""A worker: take trials from the study until its queue is empty.
+"""Worker processes: `python -m trainflow.sweep.worker <spec.json>` takes trials from the study.
 
-The sweep's own process is worker 0; with `sweep.n_workers > 1` it starts the
-others as `python -m trainflow.sweep.worker <spec.json>`. Each worker process
-imports torch once (~8 s here) and then runs many trials, so a trial costs
-only its config composition and its training.
+The sweep's own process is worker 0; with `sweep.n_workers > 1` it starts
+workers 1..n-1 as processes (`start_processes`), each with one torch thread,
+in a session of its own so that a terminal's Ctrl-C reaches only the sweep,
+which forwards it once (`stop_workers`). Each imports torch once and then
+runs many trials (loop.work), so a trial costs only its composition and its
+training.
 
 `python -m trainflow.sweep.worker --wait <spec.json>` is a pre-warmed worker:
-the sweep starts it before opening its own run and study, so its imports
-overlap the sweep's start-up; it waits for one line on stdin (JSON: the
-changes to its environment that the sweep's run decides, such as tracking URI,
-experiment and project root) before reading the spec, and ends quietly on end of input (the sweep stopped
-before it needed the worker).
+steps/sweep.py starts it right after composing its config (`prewarm_workers`),
+before it opens its run and study, so the worker's imports overlap the
+sweep's start-up. It imports what every trial needs, then waits for one line
+on stdin (JSON: the changes to its environment that the sweep's run decides:
+tracking URI, experiment, project root) before reading its spec, and ends
+quietly on end of input (the sweep stopped before it needed the worker).
+
+What pre-warming saves (issue 21 item 6), measured with `bench/sweep.py
+--trials 4 --epochs 10 --rounds 3 --baseline <this checkout without the
+prewarm_workers call>` on the shared 2-core machine (2026-12-07, load 10-19,
+before and after the split into worker/loop/summary): worker 1 opened its
+first trial a median 14.3 s (before) and 19.8 s (after) after the sweep's run
+with pre-warming, 27.3 s and 41.0 s without; whole sweep 76.3 s against
+96.2 s, 142.7 s against 156.5 s. Well over a second, so it stays.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from trainflow.sweep.recovery import beating, fail_stale, heartbeat_enabled
+from omegaconf import DictConfig, OmegaConf
+
+from trainflow.sweep.loop import limit_threads, work
 from trainflow.sweep.space import SearchParam
-from trainflow.sweep.study import StudySpec, claim_trial, open_storage, open_study
-from trainflow.sweep.trial import TrialOutcome, TrialSetup, run_trial, tie_to_sweep
-from trainflow.tracking.signals import DeferredSignals, exit_status, raise_interrupt
-
-if TYPE_CHECKING:
-    import optuna
+from trainflow.sweep.study import StudySpec, open_storage, open_study
+from trainflow.sweep.trial import TrialOutcome, TrialSetup
+from trainflow.tracking.signals import exit_status, raise_interrupt
 
 log = logging.getLogger(__name__)
 
-# How often a sweep with an empty queue looks at trials still running elsewhere.
-WATCH_S = 1.0
-
+# How long interrupted workers get to record their trial before they are killed.
+STOP_GRACE_S = 60.0
 _PACKAGE = (__package__ or "trainflow").split(".")[0]  # __name__ is __main__ under -m
+_MODULE = f"{_PACKAGE}.sweep.worker"
 # argv[0] of a pre-warmed worker: import first, then wait for the sweep's word on stdin.
 WAIT_FLAG = "--wait"
 # What every trial of a classification sweep imports: what a pre-warmed worker imports while it waits.
@@ -73,77 +83,149 @@ class WorkerSpec:
                    parent_pid=data["parent_pid"])
 
 
-def work(study: optuna.Study, setup: TrialSetup, storage_url: str | None,
-         stop: Callable[[], bool] = lambda: False, watch: bool = False) -> list[TrialOutcome]:
-    """Claim, run, tell, until the queue is empty (or `stop()`); an interrupted trial fails in Optuna.
+def start_processes(study: StudySpec, setups: list[TrialSetup], folder: Path,
+                    env: dict[str, str]) -> list[subprocess.Popen]:
+    """One worker process per setup (workers 1..n-1; the sweep's process is worker 0).
 
-    With a heartbeat, stale trials (a lost machine's) are failed and queued
-    again before every claim. `watch` (the sweep's own process) keeps going
-    while any machine still runs a trial, so a trial its machine loses comes
-    back to a machine that is still there.
+    Workers pre-warmed by `prewarm_workers` are handed their environment; the
+    rest start now. If starting one fails (or Ctrl-C lands meanwhile), those
+    already started are killed: nothing would stop them otherwise.
     """
-    outcomes = []
-    while not stop():
-        fail_stale(study)
-        # Held from the claim until the trial is tied to this sweep, and from the
-        # end of training until the study has the outcome (see run_and_tell).
-        with DeferredSignals() as signals:
-            trial = claim_trial(study, storage_url)
-            if trial is not None:
-                with beating(study, trial._trial_id):
-                    outcomes.append(run_and_tell(study, trial, setup, signals))
-                continue
-        if not (watch and _running_elsewhere(study)):
-            break
-        time.sleep(WATCH_S)
-    return outcomes
-
-
-def _running_elsewhere(study: optuna.Study) -> bool:
-    """Trials still running on some machine, which may yet come back to the queue (heartbeat only)."""
-    from optuna.trial import TrialState
-
-    if not heartbeat_enabled(study):
-        return False
-    study._thread_local.cached_all_trials = None
-    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-
-
-def run_and_tell(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup,
-                 signals: DeferredSignals) -> TrialOutcome:
-    """One claimed trial, told to the study.
-
-    A trial's run ends FINISHED before the study hears COMPLETE; a Ctrl-C in
-    between would fail a finished trial, so it waits until the study is told.
-    """
-    from optuna.trial import TrialState
-
+    folder.mkdir(parents=True, exist_ok=True)
+    warm, procs = _take_warm_workers(), []
     try:
-        tie_to_sweep(trial, setup)
-        signals.release()
-        outcome = run_trial(trial, setup, hold_signals=signals.hold)
+        for setup in setups:
+            spec = WorkerSpec(study=study, setup=setup, threads=1, parent_pid=os.getpid())
+            procs.append(_start_worker(spec, folder / f"worker-{setup.worker}.json", env, warm))
     except BaseException:
-        signals.hold()
-        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        kill_workers([*procs, *(w.proc for w in warm.values())])
         raise
-    state = TrialState[outcome.state]
-    study.tell(trial, outcome.value if state == TrialState.COMPLETE else None, state=state)
-    print(describe(outcome, setup), flush=True)
-    return outcome
+    kill_workers([w.proc for w in warm.values()])  # pre-warmed for a spec this sweep does not have
+    return procs
 
 
-def describe(outcome: TrialOutcome, setup: TrialSetup) -> str:
-    value = f" {setup.metric}={outcome.value:.6g}" if outcome.value is not None else ""
-    why = f" ({outcome.error})" if outcome.error else ""
-    return f"trial {outcome.number} {outcome.state}{value} run {outcome.run_id} worker {setup.worker}{why}"
+def _start_worker(spec: WorkerSpec, spec_path: Path, env: dict[str, str],
+                  warm: dict[Path, WarmWorker]) -> subprocess.Popen:
+    spec_path.write_text(spec.to_json())
+    ready = warm.pop(spec_path, None)
+    if ready is not None and ready.start(env):
+        return ready.proc
+    # Own session: a terminal's Ctrl-C reaches only the sweep, which forwards
+    # it once (stop_workers), so no worker sees two signals.
+    return subprocess.Popen([sys.executable, "-m", _MODULE, str(spec_path)], env=env,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def limit_threads(threads: int | None) -> None:
-    """One torch thread per worker when workers share the cores: no oversubscription."""
-    if threads:
-        import torch
+@dataclass
+class WarmWorker:
+    """A worker process importing ahead of its sweep, and the environment it was started with."""
 
-        torch.set_num_threads(threads)
+    proc: subprocess.Popen
+    env: dict[str, str]
+
+    def start(self, env: dict[str, str]) -> bool:
+        """Send the worker what `env` changes of its own environment; False (and killed) if it is gone."""
+        if self.proc.poll() is not None or self.proc.stdin is None:
+            kill_workers([self.proc])
+            return False
+        changes = {"set": {k: v for k, v in env.items() if self.env.get(k) != v},
+                   "unset": [k for k in self.env if k not in env]}
+        try:
+            self.proc.stdin.write(json.dumps(changes) + "\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            kill_workers([self.proc])
+            return False
+        return True
+
+
+# Pre-warmed workers by the spec path each will read; see prewarm_workers.
+_WARM: dict[Path, WarmWorker] = {}
+
+
+def prewarm_workers(cfg: DictConfig, output_dir: Path) -> None:
+    """Start workers 1..n-1 now, before this process imports MLflow and Optuna and opens its run.
+
+    A worker's start-up is its imports (torch, Lightning, MLflow); started
+    only once the sweep's run and study exist, each began its first trial that
+    much after the sweep's own. Started here they import while the sweep
+    starts, and `start_processes` sends each its environment (the run's
+    tracking URI and experiment) on stdin. Workers this process never needs
+    (its config or run fails first) are killed at exit, or read end of input
+    and end.
+    """
+    n_workers = OmegaConf.select(cfg, "sweep.n_workers")
+    if not isinstance(n_workers, int) or n_workers <= 1 or _WARM:
+        return
+    from trainflow.tracking.ranks import LEADER_RUN_ENV
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    for key in ("MLFLOW_RUN_ID", LEADER_RUN_ENV):
+        env.pop(key, None)
+    atexit.register(_discard_warm_workers)
+    for index in range(1, n_workers):
+        spec_path = output_dir / "workers" / f"worker-{index}.json"
+        proc = subprocess.Popen([sys.executable, "-m", _MODULE, WAIT_FLAG, str(spec_path)],
+                                env=env, stdin=subprocess.PIPE, text=True, start_new_session=True)
+        _WARM[spec_path] = WarmWorker(proc, env)
+
+
+def _take_warm_workers() -> dict[Path, WarmWorker]:
+    warm = dict(_WARM)
+    _WARM.clear()
+    return warm
+
+
+def _discard_warm_workers() -> None:
+    kill_workers([w.proc for w in _take_warm_workers().values()])
+
+
+def kill_workers(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def worker_env(tracking_uri: str, experiment_id: str, root: Path) -> dict[str, str]:
+    """The sweep's store, experiment and project root; not its run (trials are new runs)."""
+    from trainflow.tracking.ranks import LEADER_RUN_ENV
+
+    env = dict(os.environ)
+    for key in ("MLFLOW_RUN_ID", LEADER_RUN_ENV):
+        env.pop(key, None)
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_EXPERIMENT_ID=experiment_id,
+               TRAINFLOW_ROOT=str(root), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return env
+
+
+def wait_workers(procs: list[subprocess.Popen]) -> None:
+    for index, proc in enumerate(procs, start=1):
+        code = proc.wait()
+        if code != 0:
+            log.warning("sweep worker %d exited with status %s; its unfinished trial is marked FAIL", index, code)
+
+
+def stop_workers(procs: list[subprocess.Popen], signum: int) -> None:
+    """Forward the interruption once; kill what has not ended within STOP_GRACE_S."""
+    alive = [p for p in procs if p.poll() is None]
+    for proc in alive:
+        proc.send_signal(signum)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in alive:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def signal_of(exc: BaseException) -> int:
+    """The signal that interrupted the sweep (step_run exits 128+signal); SIGTERM otherwise."""
+    if isinstance(exc, KeyboardInterrupt):
+        return signal.SIGINT
+    if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128:
+        return exc.code - 128
+    return signal.SIGTERM
 
 
 def run_worker(spec: WorkerSpec) -> list[TrialOutcome]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainflow.errors import UriError
+from trainflow.errors import TrainflowError, UriError
 from trainflow.tracking import tags as tag
 from trainflow.tracking.model_card import write_model_card
 
@@ -245,3 +245,36 @@ def promote_if_better(client: Any, name: str, version: str, metric: str, value: 
     if result.decision == "promoted":
         client.set_registered_model_alias(name, CHAMPION, version)
     return result
+
+
+def register_best_trial(client: Any, model_name: str, best_run_id: str, sweep_run_id: str, study_name: str,
+                        trial_number: int) -> ModelVersion:
+    """A registry version of a sweep's best trial's logged model, tagged like the train step's versions.
+
+    Once per study and trial: a version another machine of the same study
+    registered for the same best trial is returned, not registered again (the
+    caller holds the study's lock around this).
+    """
+    import mlflow
+
+    model_uri = client.get_run(best_run_id).data.tags.get(tag.MODEL_URI)
+    if not model_uri:
+        raise TrainflowError(f"sweep.register_best: best trial run {best_run_id} logged no model")
+    found = client.search_model_versions(f"name = '{model_name}' and tags.`{tag.SWEEP_STUDY}` = '{study_name}' "
+                                         f"and tags.`{tag.TRIAL_NUMBER}` = '{trial_number}'")
+    if found:
+        return found[0]
+    version_tags = _logged_model_tags(client, model_uri)
+    version_tags.update({tag.SWEEP_RUN_ID: sweep_run_id, tag.SWEEP_STUDY: study_name,
+                         tag.TRIAL_NUMBER: str(trial_number)})
+    version = mlflow.register_model(model_uri, model_name, tags=version_tags)
+    write_model_card(client, version.name, str(version.version), version)
+    return version
+
+
+def _logged_model_tags(client: Any, model_uri: str) -> dict[str, str]:
+    """The train step's tags on the logged model (data digest, monitor, commit): versions need them."""
+    if not model_uri.startswith("models:/m-"):
+        return {}
+    model_id = model_uri.removeprefix("models:/").split("/")[0]
+    return {k: v for k, v in client.get_logged_model(model_id).tags.items() if k.startswith(tag.PREFIX)}

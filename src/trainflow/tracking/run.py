@@ -46,6 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainflow.config.hashing import VOLATILE_KEYS
 from trainflow.config.redact import is_secret_key, mask_secrets, redact, redact_overrides, secret_values
+from trainflow.config.run_paths import without_run_paths
 from trainflow.errors import TrainflowError
 from trainflow.project import project_root
 from trainflow.tracking import tags as tag
@@ -229,7 +230,7 @@ def _params(cfg: DictConfig, resolved: dict[str, Any]) -> dict[str, str]:
         return {}
     plain = redact(resolved)
     assert isinstance(plain, dict)
-    return flatten({k: v for k, v in plain.items() if k != "hydra"})
+    return without_run_paths(flatten({k: v for k, v in plain.items() if k != "hydra"}), cfg)
 
 
 def _run_local(key: str, value: str, output_dir: Path) -> bool:
