@@ -1,6 +1,6 @@
 """A step that only checks its config, or a pipeline that only looks up cached runs, imports no torch.
 
-Importing torch and Lightning costs ~9 s here: a user with a typo paid it
+Importing torch and Lightning takes seconds: a user with a typo paid it
 before seeing one line, and a fully cached pipeline paid it for nothing.
 Each check runs in a fresh interpreter that reports `sys.modules` as it
 leaves (tests/probes/sitecustomize.py, through `helpers.probed`), so nothing

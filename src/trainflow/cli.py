@@ -90,8 +90,9 @@ def precheck_overrides(config_name: str, overrides: list[str]) -> None:
     Hydra's other flags (--cfg, --help, ...) are left to Hydra itself; under
     `-m` the sweep overrides (`a=1,2`) are left out and the rest checked.
     `_target_`s are read from their source files, not imported: this runs
-    before every step, and importing them (torch, Lightning) cost a user with
-    a typo, and a pipeline that only finds cached runs, ~9 s.
+    before every step, and importing them (torch, Lightning) would make a user
+    with a typo, and a pipeline that only finds cached runs, wait for imports
+    (figures: README, Speed).
     """
     args = [arg for arg in overrides if arg not in _MULTIRUN]
     if any(arg.startswith("-") for arg in args):
@@ -159,7 +160,7 @@ def run_and_exit(main: Callable[[], object]) -> NoReturn:
 
     Everything a step writes is done when its run has ended (the run status,
     artifacts, the logger's queue), yet finalising torch, Lightning, MLflow
-    and SQLAlchemy modules still takes 2-3 s here: a pipeline of three steps
+    and SQLAlchemy modules still takes seconds: a pipeline of three steps
     paid that three times. Exit handlers run and every log handler and
     standard stream is flushed first; then the process exits with the code
     the step chose. An exception that is not a SystemExit propagates as

@@ -2,7 +2,7 @@
 
 Under `--env-manager local` a step's subprocess is this same interpreter in
 this same environment: all a new process buys is importing torch, Lightning
-and MLflow again (~8 s each time on a small machine, for a 1 s fit). So main
+and MLflow again, which costs more than a small fit (bench/pipeline.py). So main
 runs the step's own script here, through the machinery that runs it alone:
 MLflow's project runner makes its run (the tags and params of
 `mlflow run -e <step>`), Hydra's runner composes its config and sets up its

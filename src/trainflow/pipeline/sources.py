@@ -152,8 +152,8 @@ def declared_strings(target: str, attribute: str) -> tuple[str, ...]:
     """A class's tuple-of-strings attribute (a data module's `preprocessing_keys`), read from its source.
 
     The pipeline needs what a data module declares before any step starts,
-    in a process that must not import the module (torch and Lightning: ~9 s
-    on a cached run that needs neither); `config.static_targets` finds the
+    in a process that must not import the module (torch and Lightning, on a
+    cached run that needs neither); `config.static_targets` finds the
     class and its bases as the precheck does. A class whose source cannot be
     read declares nothing here, which makes cache keys stricter, never stale.
     """

@@ -272,7 +272,7 @@ def await_start() -> bool:
 
 
 def exit_now(code: int) -> None:
-    """Skip the interpreter's teardown of torch, Lightning and MLflow (3-5 s here): the sweep waits on it.
+    """Skip the interpreter's teardown of torch, Lightning and MLflow: the sweep waits on it.
 
     Everything a worker writes is synchronous (runs ended, trials told), so
     flushing the streams and logging is all that is left.

@@ -2,7 +2,7 @@
 
 Kept apart from the network (timm_backbone) so that checking a config needs
 no torch: the override precheck runs `check_pretrained_source` before every
-step, and importing the network's module would cost torch's ~4 s there.
+step, and importing the network's module would import torch there.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ class TIMMBackbone(nn.Module):
         if num_classes is None:
             raise ConfigError("model.net.num_classes: not set; the train step takes it from the dataset "
                               "(model.num_classes), or set it in the config")
-        import timm  # here, not at module level: ~8 s of imports the digits path never pays
+        import timm  # here, not at module level: imports the digits path never pays
 
         try:
             self.model = timm.create_model(model_name, pretrained=False, num_classes=num_classes,
