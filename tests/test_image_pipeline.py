@@ -202,4 +202,4 @@ def test_the_model_loads_in_a_new_interpreter_from_its_own_code(trained, tmp_pat
     import mlflow
 
     shipped = load_in_fresh_process(f"models:/{MODEL}/1", mlflow.get_tracking_uri(), tmp_path)
-    assert {"code/trainflow/tracking/pyfunc.py", "code/trainflow/models/components/timm_backbone.py"} <= shipped
+    assert {"code/trainflow/registry/pyfunc.py", "code/trainflow/models/components/timm_backbone.py"} <= shipped

@@ -9,8 +9,8 @@ import pytest
 from mlflow import MlflowClient
 
 from helpers import TINY, compose_config, new_sqlite_store, using_store
+from trainflow.registry.versions import CHAMPION, promote_if_better
 from trainflow.tracking import tags as tag
-from trainflow.tracking.registry import CHAMPION, promote_if_better
 from trainflow.tracking.run import step_run
 
 MODEL = "promotion-digits"

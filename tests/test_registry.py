@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 
 from helpers import TINY
 from trainflow.data.digits import FEATURES
+from trainflow.registry.versions import resolve_model
 from trainflow.tracking import tags as tag
-from trainflow.tracking.registry import resolve_model
 from trainflow.tracking.run import step_run
 from trainflow.training.train import train
 

@@ -23,7 +23,7 @@ import pytest
 
 from helpers import TINY, new_sqlite_store, run_step, step_env
 from servers import VENV_BIN, free_port, wait_http
-from trainflow.tracking.registry import as_users_send
+from trainflow.registry.versions import as_users_send
 
 MODEL = "signature-digits"
 ROWS = 12

@@ -53,7 +53,7 @@ def test_train_reads_the_prepared_dataset_and_logs_the_sizes_it_took_from_it(tag
     for key in ("train/acc", "val/acc", "val/f1", "test/acc", "test/f1", "test/loss"):
         assert key in run.data.metrics, key
     # the model config logged with the weights carries the sizes the data module gave
-    from trainflow.tracking.registry import resolve_model
+    from trainflow.registry.versions import resolve_model
 
     model = resolve_model(f"models:/{MODEL}/1", client, tagged["tmp"] / "model")
     logged = yaml.safe_load((model.local_dir / "artifacts" / "model.yaml").read_text())
@@ -100,4 +100,4 @@ def test_the_model_loads_in_a_new_interpreter_from_its_own_code(tagged, tmp_path
     import mlflow
 
     shipped = load_in_fresh_process(f"models:/{MODEL}/1", mlflow.get_tracking_uri(), tmp_path)
-    assert {"code/trainflow/tracking/pyfunc.py", "code/trainflow/models/tagger.py"} <= shipped
+    assert {"code/trainflow/registry/pyfunc.py", "code/trainflow/models/tagger.py"} <= shipped

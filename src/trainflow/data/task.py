@@ -30,7 +30,7 @@ LOADER_KEYS = ("batch_size", "num_workers", "pin_memory", "persistent_workers", 
 class ServedModel:
     """A task's serving side: requests in, answers out, beside the data module whose data it decodes.
 
-    The registry wraps it in one MLflow PythonModel (tracking.pyfunc), so a
+    The registry wraps it in one MLflow PythonModel (registry.pyfunc), so a
     task never touches MLflow; `meta` is what `serving_spec` recorded
     (labels, vocabularies, transforms), `module` the trained LightningModule
     in eval mode.

@@ -20,9 +20,9 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from trainflow.errors import ConfigError, DataError, UriError
+from trainflow.registry.versions import resolve_model
 from trainflow.tracking import tags as tag
 from trainflow.tracking.datasets import is_remote
-from trainflow.tracking.registry import resolve_model
 from trainflow.tracking.run import StepRun
 
 log = logging.getLogger(__name__)

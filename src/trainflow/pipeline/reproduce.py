@@ -184,7 +184,7 @@ def model_drift(original: Original, now: dict[str, Any], client: Any) -> list[st
     import tempfile
 
     from trainflow.fetch import file_digest, single_file
-    from trainflow.tracking.registry import resolve_model
+    from trainflow.registry.versions import resolve_model
 
     then = original.tags.get(tag.MODEL_DIGEST)
     uri = now.get("model_uri") or now.get("ckpt_path")

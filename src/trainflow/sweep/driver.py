@@ -13,7 +13,7 @@ model if asked, once per study whichever machine gets there first.
 
 This module plans and orders; the pieces live beside it: `worker` (worker
 processes), `loop` (what every worker runs), `summary` (the parent run's
-result and the best-trials table), `tracking.registry.register_best_trial`.
+result and the best-trials table), `registry.versions.register_best_trial`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainflow.config.redact import mask_secrets
 from trainflow.errors import ConfigError, TrainflowError
+from trainflow.registry.versions import register_best_trial
 from trainflow.sweep.loop import limit_threads, work
 from trainflow.sweep.optuna_adapter import heartbeat_enabled
 from trainflow.sweep.recovery import Lease, end_lost_sweeps, fail_stale
@@ -44,7 +45,6 @@ from trainflow.sweep.summary import SweepResult, summarise, summarise_quietly
 from trainflow.sweep.trial import ATTR_RUN, ATTR_SWEEP_RUN, TrialSetup, trial_config
 from trainflow.sweep.worker import signal_of, start_processes, stop_workers, wait_workers, worker_env
 from trainflow.tracking import tags as tag
-from trainflow.tracking.registry import register_best_trial
 from trainflow.tracking.run import StepRun, hydra_overrides
 
 if TYPE_CHECKING:

@@ -15,12 +15,12 @@ from trainflow.config.validate import check_targets
 from trainflow.data.task import task_data_module
 from trainflow.errors import ConfigError, DataError
 from trainflow.fetch import file_digest
+from trainflow.registry.model_card import write_model_card
+from trainflow.registry.versions import Promotion, ResolvedModel, promote_if_better, resolve_model
 from trainflow.tracking import tags as tag
 from trainflow.tracking.datasets import FetchedDataset, dataset_for_step, lineage_data_uri
 from trainflow.tracking.lightning import RunLogger
 from trainflow.tracking.metrics import metric_entities
-from trainflow.tracking.model_card import write_model_card
-from trainflow.tracking.registry import Promotion, ResolvedModel, promote_if_better, resolve_model
 from trainflow.tracking.run import StepRun
 from trainflow.training.checkpoints import resolve_checkpoint
 from trainflow.training.metrics import classification_report, confusion_figure, higher_is_better, scalar_metrics
@@ -278,7 +278,7 @@ def _promote(cfg: DictConfig, run: StepRun, subject: _Subject, metrics: dict[str
 
     def champion_value_on(champion: Any) -> float:
         # The champion was measured on other data: measure it on this digest.
-        from trainflow.tracking.registry import resolve_model
+        from trainflow.registry.versions import resolve_model
 
         champ = resolve_model(f"models:/{model.name}/{champion.version}", run.client, run.output_dir / "champion")
         return _score(champ, dataset, metric, cfg)

@@ -147,7 +147,7 @@ def _log_model(cfg: DictConfig, run: StepRun, model: Any, datamodule: TaskDataMo
     """The best weights as a pyfunc; a registry version when a name is configured."""
     import torch
 
-    from trainflow.tracking.registry import log_trained_model
+    from trainflow.registry.versions import log_trained_model
 
     if result.best_checkpoint is not None:
         weights = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]

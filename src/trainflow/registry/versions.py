@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from trainflow.errors import TrainflowError, UriError
+from trainflow.registry.model_card import write_model_card
 from trainflow.tracking import tags as tag
-from trainflow.tracking.model_card import write_model_card
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,8 +54,8 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
     from mlflow.models import infer_signature
 
     from trainflow.config.redact import redact
+    from trainflow.registry.pyfunc import TaskModel
     from trainflow.tracking.lockfile import locked_requirements
-    from trainflow.tracking.pyfunc import TaskModel
 
     tags = redact(tags)
 
