@@ -66,7 +66,8 @@ def ensure_installed(needed: tuple[SystemPackages, ...] = NEEDED, say: Callable[
     if apt is None:
         raise InstallError(f"missing system packages {' '.join(names)} and no root or passwordless sudo to "
                            f"install them: run `sudo apt-get install -y {' '.join(names)}`")
-    say(f"installing system packages the tests need: {', '.join(f'{g.packages} ({g.why})' for g in missing)}")
+    say("installing system packages the tests need: "
+        + "; ".join(f"{' '.join(g.packages)} ({g.why})" for g in missing))
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     _apt(apt, ["update", "-qq"], env, names)
     for recommends in (True, False):
