@@ -176,8 +176,7 @@ class SlurmCluster:
     The node claims 4 CPUs on a 2-core box (`SlurmdParameters=config_overrides`)
     so that a 2-rank job and a 2-task array can run side by side; the partition
     over-subscribes for the same reason. The scheduler starts a batch job at
-    once (`batch_sched_delay=0`): its default waits seconds. A requeued job is
-    held back for `MinJobAge`-unrelated `BeginTime` of 0 (`requeue` tests).
+    once (`batch_sched_delay=0`): its default waits seconds.
     """
 
     PARTITION = "debug"

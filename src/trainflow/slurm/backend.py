@@ -92,7 +92,9 @@ class SlurmBackend(AbstractBackend):
                                        env_manager))
         log = log_dir / "slurm-%j.out"
         try:
-            job_id = jobs.submit(script, [f"--job-name=mlflow-{entry_point}", f"--output={log}", *flags])
+            # append: a requeued job's second start must not erase the first one's log
+            job_id = jobs.submit(script, [f"--job-name=mlflow-{entry_point}", f"--output={log}", "--open-mode=append",
+                                          *flags])
         except SlurmError as e:
             client.set_terminated(run_id, "FAILED")
             raise _refused(str(e)) from None
