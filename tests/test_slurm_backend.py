@@ -18,6 +18,7 @@ import pytest
 
 from helpers import ROOT, TINY, all_runs, new_sqlite_store, step_env
 from servers import VENV_BIN, SlurmCluster
+from trainflow.slurm import jobs
 from trainflow.slurm.backend import JOB_ID_TAG
 
 pytestmark = pytest.mark.slow
@@ -149,3 +150,10 @@ def test_the_python_api_submits_without_waiting_and_wait_status_and_cancel_work(
     assert short.wait() is True
     assert short.get_status() == "FINISHED"
     assert client.get_run(short.run_id).info.status == "FINISHED"
+
+
+def test_backend_config_keys_become_sbatch_flags_and_a_typo_is_named() -> None:
+    assert jobs.sbatch_flags({"partition": "gpu", "time": "01:00:00", "requeue": True, "gres": None}) == [
+        "--partition=gpu", "--time=01:00:00", "--requeue"]
+    with pytest.raises(jobs.SlurmError, match=r"unknown SLURM option.* partiton"):
+        jobs.sbatch_flags({"partiton": "gpu"})

@@ -27,8 +27,8 @@ from trainflow.slurm.backend import JOB_ID_TAG
 pytestmark = pytest.mark.slow
 
 EPOCHS = 5
-PARAMS = [*[p for p in TINY if not p.startswith("trainer.max_epochs")], f"trainer.max_epochs={EPOCHS}",
-          "trainer.limit_train_batches=10", "trainer.deterministic=true"]
+PARAMS = [*[p for p in TINY if not p.startswith(("trainer.max_epochs", "trainer.limit_train"))],
+          f"trainer.max_epochs={EPOCHS}", "trainer.limit_train_batches=10", "trainer.deterministic=true"]
 
 
 def submit(tmp_path: Path, slurm: SlurmCluster, uri: str, name: str) -> subprocess.Popen:
@@ -47,7 +47,7 @@ def test_a_requeued_job_resumes_its_run_from_the_last_checkpoint(slurm: SlurmClu
     uri = new_sqlite_store(tmp_path)
     client = MlflowClient(uri)
     preempted, alone = submit(tmp_path, slurm, uri, "preempted"), submit(tmp_path, slurm, uri, "alone")
-    run = _wait_for_a_logged_epoch(client, "preempted")
+    run = _wait_for_a_logged_epoch(client, "preempted", preempted)
     job = run.data.tags[JOB_ID_TAG]
     env = slurm.client_env()
     subprocess.run(["scontrol", "requeue", job], env=env, check=True, timeout=30)
@@ -71,10 +71,13 @@ def test_a_requeued_job_resumes_its_run_from_the_last_checkpoint(slurm: SlurmClu
         assert got.keys() == want.keys() and all(abs(got[s] - want[s]) <= 1e-6 for s in got), (key, got, want)
 
 
-def _wait_for_a_logged_epoch(client: MlflowClient, experiment: str, timeout_s: float = 400) -> Any:
+def _wait_for_a_logged_epoch(client: MlflowClient, experiment: str, submitter: subprocess.Popen,
+                             timeout_s: float = 400) -> Any:
     """The run once its first epoch's checkpoint is logged and it is still training."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if submitter.poll() is not None:
+            raise AssertionError(f"mlflow run ended first: {submitter.communicate()[0][-3000:]}")
         found = client.get_experiment_by_name(experiment)
         for run in client.search_runs([found.experiment_id]) if found else []:
             epochs = len(client.get_metric_history(run.info.run_id, "val/acc"))
