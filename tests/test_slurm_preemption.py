@@ -5,8 +5,8 @@ it (`scontrol requeue`, what preemption does) once an epoch's checkpoint is
 logged. SLURM holds a requeued job back (BeginTime) for a while; the test
 releases it at once, as an operator would. The job's script sees
 `SLURM_RESTART_COUNT` and starts the step again with `resume=<its run>`:
-one run, resumed from `checkpoints/last`, the epochs' metrics once each and
-equal to those of the same job left alone.
+one run, resumed from `checkpoints/last`, every epoch's metrics equal to
+those of the same job left alone.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from trainflow.slurm.backend import JOB_ID_TAG
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 5
+EPOCHS = 4
 PARAMS = [*[p for p in TINY if not p.startswith(("trainer.max_epochs", "trainer.limit_train"))],
           f"trainer.max_epochs={EPOCHS}", "trainer.limit_train_batches=10", "trainer.deterministic=true"]
 
@@ -64,11 +64,13 @@ def test_a_requeued_job_resumes_its_run_from_the_last_checkpoint(slurm: SlurmClu
     log = Path(resumed.data.tags["trainflow.slurm.log"]).read_text()
     assert log.count("Running command") == 2, "the job ran twice: before and after its requeue"
     [other] = [r for r in runs.values() if r.info.run_id != run.info.run_id]
-    for key in ("val/acc", "val/loss"):
-        got = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+    for key in ("val/acc", "val/loss", "train/loss"):
+        got = client.get_metric_history(run.info.run_id, key)
         want = {m.step: m.value for m in client.get_metric_history(other.info.run_id, key)}
-        assert len(client.get_metric_history(run.info.run_id, key)) == EPOCHS == len(got), key
-        assert got.keys() == want.keys() and all(abs(got[s] - want[s]) <= 1e-6 for s in got), (key, got, want)
+        assert len(want) == EPOCHS and {m.step for m in got} == want.keys(), key
+        # every value equals the uninterrupted run's at its step; the epoch the requeue cut short may have
+        # logged its metrics before its checkpoint was uploaded: it is logged again, with the same values
+        assert all(abs(m.value - want[m.step]) <= 1e-6 for m in got), (key, got, want)
 
 
 def _wait_for_a_logged_epoch(client: MlflowClient, experiment: str, submitter: subprocess.Popen,
