@@ -90,6 +90,7 @@ class SlurmBackend(AbstractBackend):
         script = log_dir / f"mlflow-{run_id}.sh"
         script.write_text(batch_script(work_dir, entry_point, params, run_id, experiment_id, tracking_uri,
                                        env_manager))
+        script.chmod(0o600)  # it names the tracking URI, which may carry credentials
         log = log_dir / "slurm-%j.out"
         try:
             # append: a requeued job's second start must not erase the first one's log
@@ -100,11 +101,18 @@ class SlurmBackend(AbstractBackend):
             raise _refused(str(e)) from None
         client.set_tag(run_id, JOB_ID_TAG, job_id)
         client.set_tag(run_id, JOB_LOG_TAG, str(log).replace("%j", job_id))
-        client.set_tag(run_id, MLFLOW_PROJECT_ENV, env_manager or "conda")
+        if env_manager:
+            client.set_tag(run_id, MLFLOW_PROJECT_ENV, env_manager)
         print(f"submitted SLURM job {job_id} for MLflow run {run_id}", file=sys.stderr, flush=True)
         submitted = SlurmSubmittedRun(run_id, job_id, client, float(backend_config.get("poll_s", 5)))
-        if _waits(backend_config) and not submitted.wait():
-            raise _refused(submitted.failure or f"job {job_id} failed") from None
+        if _waits(backend_config):
+            try:
+                succeeded = submitted.wait()
+            except KeyboardInterrupt:  # Ctrl-C on `mlflow run` ends the job too, as it ends a local run
+                submitted.cancel()
+                raise
+            if not succeeded:
+                raise _refused(submitted.failure or f"job {job_id} failed") from None
         return submitted
 
 
