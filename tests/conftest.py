@@ -82,8 +82,6 @@ def compose() -> Iterator[Callable[..., DictConfig]]:
     GlobalHydra.instance().clear()
 
 
-
-
 # --- System packages and the SLURM cluster (issue 23; owned by the SLURM work) ---------------------------
 
 
@@ -103,7 +101,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def slurm() -> Iterator[SlurmCluster]:
-    """A one-node SLURM cluster (munged, slurmctld, slurmd) for this test process; its clients need `slurm.env`."""
+    """A one-node SLURM cluster (munged, slurmctld, slurmd) for this test process; clients use `slurm.client_env()`."""
     cluster = SlurmCluster()
     try:
         cluster.start()
