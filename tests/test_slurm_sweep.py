@@ -54,10 +54,12 @@ def test_an_array_of_three_runs_exactly_n_trials_and_recovers_a_cancelled_task(
     victim = _cancel_a_task_mid_trial(client, storage, study, job, env)
     _wait_for_array(job, env)
 
-    log = "\n".join(p.read_text()[-2000:] for p in sorted(tmp_path.glob("slurm-*.out")))
+    # what the tasks said about the study (claims, lost machines, interruptions), for a failure's message
+    log = "\n".join(f"{p.name}: {line[:200]}" for p in sorted(tmp_path.glob("slurm-*.out"))
+                    for line in p.read_text().splitlines() if line.startswith(("sweep:", "trial ", "error:", "slurm")))
     trials = optuna.load_study(study_name=study, storage=storage).trials
     states = [t.state.name for t in trials]
-    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == N_TRIALS, (states, log)
+    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == N_TRIALS, f"{states}\n{log}"
     assert "RUNNING" not in states and "WAITING" not in states
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, f"tags.`{tag.SWEEP_STUDY}` = '{study}'", max_results=1000)
@@ -68,7 +70,7 @@ def test_an_array_of_three_runs_exactly_n_trials_and_recovers_a_cancelled_task(
     assert sorted(parents) == ["task-0", "task-1", "task-2"]
     assert parents[f"task-{victim}"].info.status == "FAILED"
     assert "machine lost" in parents[f"task-{victim}"].data.tags[tag.ERROR]
-    assert [p.info.status for k, p in sorted(parents.items()) if k != f"task-{victim}"] == ["FINISHED"] * 2, log
+    assert [p.info.status for k, p in sorted(parents.items()) if k != f"task-{victim}"] == ["FINISHED"] * 2, f"{log}"
     for run in runs:
         assert PostgresServer.PASSWORD not in str(run.data.params) + str(run.data.tags)
 
