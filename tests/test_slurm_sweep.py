@@ -3,18 +3,22 @@
 `sbatch --array=0-2` of the sweep command, as docs/scaling.md gives it, on
 the PostgreSQL-backed `mlflow server`; the study's URL reaches the tasks
 through the environment (`${oc.env:OPTUNA_URL}`), never the job's command
-line. One task is killed while its trial trains (`scancel --full --signal=KILL`,
-what a node failure or a task that outlives KillWait gets): a lost machine,
-so the others run its trial again and nothing stays RUNNING.
+line. One task's processes are SIGKILLed while its trial trains (what a
+node failure does): a lost machine, so the others run its trial again and
+nothing stays RUNNING.
 
-Plain `scancel` (SIGTERM first) is not recovered that way today: the sweep
-treats SIGTERM as an interruption, fails its trial and ends, and the study
-finishes one trial short (trainflow/sweep/worker.py `run_and_tell` does not
-queue an interrupted trial again).
+`scancel` is not that: it always sends SIGTERM first (even
+`--signal=KILL`), the sweep takes SIGTERM as an interruption, fails its
+trial and ends, and the study finishes one trial short
+(trainflow/sweep/worker.py `run_and_tell` does not queue an interrupted
+trial again).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,7 +41,7 @@ SWEEP = [*TINY, "hparams_search=digits_optuna", "sweep.n_workers=1", "sweep.prun
          "sweep.heartbeat_s=1", "sweep.grace_s=4"]
 
 
-def test_an_array_of_three_runs_exactly_n_trials_and_recovers_a_cancelled_task(
+def test_an_array_of_three_runs_exactly_n_trials_and_recovers_a_killed_task(
         slurm: SlurmCluster, postgres: PostgresServer, pg_mlflow_server, tmp_path: Path) -> None:
     storage = postgres.create_database("study_array")
     study = "array"
@@ -51,7 +55,7 @@ def test_an_array_of_three_runs_exactly_n_trials_and_recovers_a_cancelled_task(
                                timeout=60, check=True)
     job = submitted.stdout.strip()
     client = MlflowClient(pg_mlflow_server.uri)
-    victim = _cancel_a_task_mid_trial(client, storage, study, job, env)
+    victim = _kill_a_task_mid_trial(client, storage, study, job, env)
     _wait_for_array(job, env)
 
     # what the tasks said about the study (claims, lost machines, interruptions), for a failure's message
@@ -75,8 +79,8 @@ def test_an_array_of_three_runs_exactly_n_trials_and_recovers_a_cancelled_task(
         assert PostgresServer.PASSWORD not in str(run.data.params) + str(run.data.tags)
 
 
-def _cancel_a_task_mid_trial(client: MlflowClient, storage: str, study: str, job: str, env: dict[str, str]) -> int:
-    """Kill the array task of a trial still in its first epoch (no val/acc yet); its index."""
+def _kill_a_task_mid_trial(client: MlflowClient, storage: str, study: str, job: str, env: dict[str, str]) -> int:
+    """SIGKILL the array task of a trial still in its first epoch (no val/acc yet); its index."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
@@ -91,10 +95,22 @@ def _cancel_a_task_mid_trial(client: MlflowClient, storage: str, study: str, job
             if run and run.info.status == "RUNNING" and "val/acc" not in run.data.metrics:
                 parent = client.get_run(run.data.tags["mlflow.parentRunId"])
                 task = int(next(k for k in parent.data.tags if k.startswith("tag.task-")).removeprefix("tag.task-"))
-                subprocess.run(["scancel", "--full", "--signal=KILL", f"{job}_{task}"], env=env, check=True, timeout=30)
+                _kill_task(job, task, env)
                 return task
         time.sleep(0.2)
     raise AssertionError("no trial was seen training")
+
+
+def _kill_task(job: str, task: int, env: dict[str, str]) -> None:
+    """Every process of one array task, SIGKILLed at once as a dying node would (SLURM's own pids)."""
+    listed = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%A %K"], env=env, capture_output=True,
+                            text=True, timeout=30, check=True).stdout.split("\n")
+    job_id = next(line.split()[0] for line in listed if line.split()[1:] == [str(task)])
+    pids = subprocess.run(["scontrol", "listpids", job_id], env=env, capture_output=True, text=True, timeout=30,
+                          check=True).stdout.splitlines()[1:]
+    for pid in (int(line.split()[0]) for line in pids if line.split()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _wait_for_array(job: str, env: dict[str, str], timeout_s: float = 500) -> None:
