@@ -77,8 +77,10 @@ def _slurm(args: Sequence[str], env: Mapping[str, str] | None = None, timeout_s:
     except subprocess.TimeoutExpired:
         raise SlurmError(f"`{args[0]}` got no answer from the SLURM controller within {timeout_s:g}s") from None
     if done.returncode != 0:
-        lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-        raise SlurmError(f"`{args[0]}` failed: {lines[-1].strip() if lines else f'exit {done.returncode}'}")
+        lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        # `sbatch: error: invalid partition specified: gpu` names the culprit; the summary after it does not
+        said = [line for line in lines if " error: " in line] or lines
+        raise SlurmError(f"`{args[0]}` failed: {said[-1] if said else f'exit {done.returncode}'}")
     return done.stdout
 
 
