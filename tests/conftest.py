@@ -9,6 +9,7 @@ the servers the fixtures start in servers.py.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import pytest
 from omegaconf import DictConfig
 
 from helpers import compose_config, drop_store_template, new_sqlite_store
-from servers import MlflowServer, PostgresServer
+from servers import MlflowServer, PostgresServer, SlurmCluster
+from system_packages import InstallError, ensure_installed
 
 # Nothing downloads at test time; MLflow must not print its telemetry banner.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -93,3 +95,29 @@ def compose() -> Iterator[Callable[..., DictConfig]]:
     GlobalHydra.instance().clear()
 
 
+# --- System packages and the SLURM cluster (issue 23; owned by the SLURM work) ---------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Install chromium, PostgreSQL's server and SLURM where missing, once per session (tests/system_packages.py).
+
+    Only the controlling process does it: xdist workers start after this
+    returns, and two apt-gets at once would fight over dpkg's lock.
+    """
+    if hasattr(config, "workerinput"):
+        return
+    try:
+        ensure_installed(say=lambda line: print(line, file=sys.stderr, flush=True))
+    except InstallError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[SlurmCluster]:
+    """A one-node SLURM cluster (munged, slurmctld, slurmd) for this test process; clients use `slurm.client_env()`."""
+    cluster = SlurmCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 VENV_BIN = str(Path(sys.executable).parent)
@@ -148,3 +149,156 @@ class PostgresServer:
                               cwd=self.folder, timeout=120)
         if check and done.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[:1])} failed ({done.returncode}): {done.stderr[-2000:]}")
+
+
+SLURM_DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd")
+
+
+def slurm_bindir() -> dict[str, str]:
+    """Where munge's and SLURM's daemons are (Debian puts them in /usr/sbin, often not on a user's PATH)."""
+    found = {}
+    for name in SLURM_DAEMONS:
+        path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
+        if path is None:
+            raise RuntimeError(f"no {name}: apt-get install --no-install-recommends slurmctld slurmd "
+                               "slurm-client munge")
+        found[name] = path
+    return found
+
+
+class SlurmCluster:
+    """A one-node SLURM cluster on 127.0.0.1: munged, slurmctld and slurmd, everything in a temporary folder.
+
+    No systemd: each daemon runs in the foreground (`-F`/`-D`) in a session
+    of its own, so a test's timeout that kills its process group leaves them
+    alone, and `stop` ends them by pid. Clients (`sbatch`, `srun`, `scancel`,
+    `sinfo`) find the cluster through `SLURM_CONF`, which `env` gives.
+    The node claims 4 CPUs on a 2-core box (`SlurmdParameters=config_overrides`)
+    so that a 2-rank job and a 2-task array can run side by side; the partition
+    over-subscribes for the same reason. The scheduler starts a batch job at
+    once (`batch_sched_delay=0`): its default waits seconds.
+    """
+
+    PARTITION = "debug"
+
+    def __init__(self, cpus: int = 4) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="trainflow-slurm-"))
+        self.conf = self.folder / "slurm.conf"
+        self.cpus = cpus
+        self.ctld_port, self.slurmd_port = free_port(), free_port()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.bin = slurm_bindir()
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client process needs beside the usual environment."""
+        return {"SLURM_CONF": str(self.conf)}
+
+    def client_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ if base is None else base)
+        env.update(self.env)
+        # a test run inside a SLURM job must not hand its own job's variables to the jobs it submits
+        for key in [k for k in env if k.startswith(("SLURM_", "SBATCH_", "SRUN_")) and k != "SLURM_CONF"]:
+            env.pop(key)
+        return env
+
+    def _write_conf(self) -> None:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        f = self.folder
+        for sub in ("state", "spool", "log", "run"):
+            (f / sub).mkdir(exist_ok=True)
+        for folder in (f, f / "run"):  # munged refuses a socket whose folders others cannot search
+            folder.chmod(0o755)
+        lines = [
+            "ClusterName=trainflow-test",
+            "SlurmctldHost=localhost",
+            f"SlurmctldPort={self.ctld_port}",
+            f"SlurmdPort={self.slurmd_port}",
+            f"SlurmUser={user}",
+            f"SlurmdUser={user}",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"AuthInfo=socket={f / 'run' / 'munge.socket.2'}",
+            f"StateSaveLocation={f / 'state'}",
+            f"SlurmdSpoolDir={f / 'spool'}",
+            f"SlurmctldPidFile={f / 'run' / 'slurmctld.pid'}",
+            f"SlurmdPidFile={f / 'run' / 'slurmd.pid'}",
+            f"SlurmctldLogFile={f / 'log' / 'slurmctld.log'}",
+            f"SlurmdLogFile={f / 'log' / 'slurmd.log'}",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "MpiDefault=none",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "MailProg=/bin/true",
+            "KillWait=5",
+            "ReturnToService=2",
+            "SlurmdParameters=config_overrides",
+            "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0",
+            f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} Sockets=1 CoresPerSocket={self.cpus} "
+            "ThreadsPerCore=1 RealMemory=20000 State=UNKNOWN",
+            f"PartitionName={self.PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4",
+        ]
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout_s: float = 60) -> None:
+        f = self.folder
+        self._write_conf()
+        key_dir = f / "munge"
+        key_dir.mkdir(mode=0o700, exist_ok=True)
+        key = key_dir / "munge.key"
+        subprocess.run([self.bin["mungekey"], "-c", "-k", str(key)], check=True, capture_output=True)
+        self._spawn("munged", [self.bin["munged"], "-F", f"--key-file={key}",
+                               f"--socket={f / 'run' / 'munge.socket.2'}", f"--pid-file={f / 'run' / 'munged.pid'}",
+                               f"--log-file={f / 'log' / 'munged.log'}", f"--seed-file={key_dir / 'munged.seed'}"])
+        self._wait_for(lambda: (f / "run" / "munge.socket.2").exists(), "munged's socket", timeout_s)
+        self._spawn("slurmctld", [self.bin["slurmctld"], "-D", "-i", "-f", str(self.conf)])
+        self._spawn("slurmd", [self.bin["slurmd"], "-D", "-f", str(self.conf)])
+        self._wait_for(self.idle, "sinfo to show the node idle", timeout_s)
+
+    def idle(self) -> bool:
+        done = subprocess.run(["sinfo", "-h", "-o", "%T"], env=self.client_env(), capture_output=True, text=True,
+                              timeout=30)
+        return done.returncode == 0 and done.stdout.strip() == "idle"
+
+    def _spawn(self, name: str, cmd: list[str]) -> None:
+        log = open(self.folder / "log" / f"{name}.out", "ab")  # noqa: SIM115 - lives as long as the daemon
+        self.procs[name] = subprocess.Popen(cmd, cwd=self.folder, env=self.client_env(), stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
+
+    def _wait_for(self, ready: Callable[[], bool], what: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode} before {what}: {self.logs(name)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} within {timeout_s}s: {self.logs()}")
+            time.sleep(0.1)
+
+    def logs(self, *names: str) -> str:
+        """The daemons' own logs' tails, for a failure message."""
+        text = []
+        for name in names or tuple(self.procs):
+            for path in (self.folder / "log").glob(f"{name}*"):
+                text.append(f"--- {path.name}\n{path.read_text(errors='replace')[-1500:]}")
+        return "\n".join(text)
+
+    def stop(self) -> None:
+        """End the daemons by pid, last started first; then the folder."""
+        if "slurmctld" in self.procs:  # jobs still running are the tests' own: end them with the cluster
+            subprocess.run(["scancel", "--full", "--user", pwd.getpwuid(os.geteuid()).pw_name],
+                           env=self.client_env(), capture_output=True, timeout=30, check=False)
+        for name in reversed(list(self.procs)):
+            proc = self.procs.pop(name)
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=15)
+        shutil.rmtree(self.folder, ignore_errors=True)

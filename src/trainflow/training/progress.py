@@ -10,6 +10,10 @@ finished epoch shows its full count). A clock, not a batch count: every 10th
 batch is 30 ms on a small model and 10 s on a large one. The epoch's batch
 count is read once when the epoch starts, as the bar's own total is: asking
 for it per batch walks five trainer properties.
+
+On every rank but zero Lightning disables the bar, and a disabled bar never
+learns which evaluation dataloader is current, so asking it for that
+loader's total fails: a disabled bar returns before counting anything.
 """
 
 from __future__ import annotations
@@ -35,17 +39,17 @@ class ThrottledRichProgressBar(RichProgressBar):
         self._train_total = self.total_train_batches
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._due(batch_idx, self._train_total):
+        if not self.is_disabled and self._due(batch_idx, self._train_total):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
-        if self._due(batch_idx, self.total_val_batches_current_dataloader):
+        if not self.is_disabled and self._due(batch_idx, self.total_val_batches_current_dataloader):
             super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
-        if self._due(batch_idx, self.total_test_batches_current_dataloader):
+        if not self.is_disabled and self._due(batch_idx, self.total_test_batches_current_dataloader):
             super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     def _due(self, batch_idx: int, total: int | float) -> bool:

@@ -1,0 +1,1 @@
+"""Running trainflow's steps on a SLURM cluster: the `mlflow run --backend slurm` project backend."""
