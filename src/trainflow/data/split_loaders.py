@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler, Sampler
 
 
 class SplitDataModule(LightningDataModule):
@@ -34,11 +34,23 @@ class SplitDataModule(LightningDataModule):
         """A task whose model needs nothing from its dataset adds nothing to the model config."""
         return {}
 
+    def train_sampler(self, dataset: Any) -> Sampler[int]:
+        """The order of training items: the one place it is decided (mid-epoch resume makes it stateful).
+
+        A uniform permutation of the whole split each epoch, drawn from
+        torch's global generator (what `shuffle=True` does, so seeded runs keep
+        their batches). Splits are memory-mapped, so a random row costs a page
+        lookup, not a read of its neighbours: a global shuffle stays cheap at
+        any size, and no randomness is traded for locality (no shuffle buffer).
+        """
+        return RandomSampler(dataset)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.splits[split]
         return DataLoader(
-            self.splits[split],
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=self.train_sampler(dataset) if shuffle else None,
             collate_fn=self.collate_fn,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

@@ -19,9 +19,9 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
+from trainflow.data.dataset_cache import is_remote
 from trainflow.errors import ConfigError, DataError, UriError
 from trainflow.tracking import tags as tag
-from trainflow.tracking.datasets import is_remote
 from trainflow.tracking.registry import resolve_model
 from trainflow.tracking.run import StepRun
 
