@@ -185,7 +185,8 @@ class DatasetWriter:
             raise ValueError("shard_bytes and row_group_bytes must be positive")
         folder.mkdir(parents=True, exist_ok=True)
         self.folder, self.schema = folder, schema
-        self.shard_bytes, self.row_group_bytes = shard_bytes, row_group_bytes
+        # shards are cut between row groups: several row groups to a shard keep shards near their size
+        self.shard_bytes, self.row_group_bytes = shard_bytes, min(row_group_bytes, max(1, shard_bytes // 8))
         self.splits: dict[str, _SplitWriter] = {}
         self.other_files: list[dict[str, Any]] = []
 

@@ -149,8 +149,13 @@ class PackStats:
 
 def pack_images(root: DataRoot, files: list[ImageFile], classes: dict[str, int], split: str,
                 writer: DatasetWriter, on_bad_image: str, stats: PackStats, batch_rows: int = 256) -> None:
-    """Read, fully decode (a corrupt file fails here, named, not mid-epoch) and write `files`, a batch at a time."""
+    """Read, fully decode (a corrupt file fails here, named, not mid-epoch) and write `files`, a batch at a time.
+
+    A batch ends at `batch_rows` images or at the writer's row-group size,
+    whichever comes first: memory stays bounded for images of any size.
+    """
     batch: dict[str, list[Any]] = {"file": [], "image": [], "label": []}
+    batch_bytes = 0
     for file in files:
         try:
             data = root.read(file.name)
@@ -164,9 +169,10 @@ def pack_images(root: DataRoot, files: list[ImageFile], classes: dict[str, int],
             batch["file"].append(file.name)
             batch["image"].append(data)
             batch["label"].append(classes[file.label])
-            if len(batch["file"]) >= batch_rows:
+            batch_bytes += len(data)
+            if len(batch["file"]) >= batch_rows or batch_bytes >= writer.row_group_bytes:
                 writer.write(split, batch)
-                batch = {"file": [], "image": [], "label": []}
+                batch, batch_bytes = {"file": [], "image": [], "label": []}, 0
             continue
         if on_bad_image == "raise":
             raise DataError(f"{root.where(file.name)}: {problem}; data.on_bad_image=skip leaves such files out")
