@@ -74,13 +74,7 @@ def open_root(uri: str) -> DataRoot:
             raise DataError(f"data.root: no such folder: {uri}")
         return DataRoot(str(local), pafs.LocalFileSystem(), str(local))
     try:
-        fs, path = pafs.FileSystem.from_uri(uri)
+        fs, path = pafs.FileSystem.from_uri(uri)  # a store that is down fails at the first listing, named there
     except (OSError, ValueError) as exc:
         raise DataError(f"data.root: cannot open {uri}: {_first_line(exc)}") from exc
-    try:
-        info = fs.get_file_info(path)
-    except OSError as exc:
-        raise DataError(f"data.root: cannot reach {uri}: {_first_line(exc)}") from exc
-    if info.type == pafs.FileType.NotFound and not path.count("/"):
-        raise DataError(f"data.root: no such bucket or folder: {uri}")
     return DataRoot(uri, fs, path)
