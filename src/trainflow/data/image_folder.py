@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -380,26 +381,29 @@ class ImageClassifier(ServedModel):
                 probs.append(torch.softmax(self.module(torch.stack(tensors)), dim=-1).numpy())
         return probabilities_frame(np.concatenate(probs), self.label_names)
 
-    def read_folder(self, folder: Path, on_bad_image: str) -> FolderRows:
-        """Every image under `folder`, decoded once here, so a bad file is named instead of failing a batch."""
+    def iter_folder(self, folder: Path, on_bad_image: str, batch_size: int) -> Iterator[FolderRows]:
+        """Every image under `folder`, `batch_size` at a time, each decoded once here so a bad file is named."""
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                        and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-        names, images, skipped = [], [], []
-        for path in files:
-            name = path.relative_to(folder).as_posix()
-            try:
-                data = path.read_bytes()
-                open_image(data)
-            except (OSError, BadImage) as exc:
-                if on_bad_image == "raise":
-                    raise DataError(f"{path}: not a readable PNG/JPEG image ({exc}); on_bad_image=skip leaves "
-                                    "such files out") from exc
-                skipped.append(name)
-                continue
-            names.append(name)
-            images.append(data)
-        if skipped:
-            log.warning("skipped %d unreadable image(s) under %s: %s", len(skipped), folder, ", ".join(skipped[:5]))
-        if not images:
+        read = 0
+        for start in range(0, len(files), batch_size):
+            batch = FolderRows([], pd.DataFrame(), [])
+            images = []
+            for path in files[start:start + batch_size]:
+                name = path.relative_to(folder).as_posix()
+                try:
+                    data = path.read_bytes()
+                    open_image(data)
+                except (OSError, BadImage) as exc:
+                    if on_bad_image == "raise":
+                        raise DataError(f"{path}: not a readable PNG/JPEG image ({exc}); on_bad_image=skip leaves "
+                                        "such files out") from exc
+                    batch.skipped.append(name)
+                    continue
+                batch.names.append(name)
+                images.append(data)
+            batch.rows = pd.DataFrame({self.column: images})
+            read += len(images)
+            yield batch
+        if not read:
             raise DataError(f"input: no readable .png/.jpg/.jpeg images under {folder}")
-        return FolderRows(names, pd.DataFrame({self.column: images}), skipped)
