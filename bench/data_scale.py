@@ -24,7 +24,11 @@ decode_only   the same images' bytes held in a list (read before timing),
               the ceiling of any storage, a loop that only decodes.
 
 Memory is sampled every 0.2 s from /proc (psutil); USS reads smaps, so the
-sampler costs a little CPU in every variant alike. The last line is
+sampler costs a little CPU in every variant alike.
+
+Speed is compared at the middle scale in interleaved rounds (fresh processes,
+order rotated, `--limit` batches each, medians), because the shared machine's
+speed drifts by a factor of two within minutes. The last line is
 `data_scale_growth_mb <pack growth> <loader growth>` (1x -> largest scale,
 main-process peak RSS, MB).
 """
@@ -36,6 +40,7 @@ import contextlib
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,18 +118,20 @@ class Sampler:
         self.sample()
 
 
-def epoch(loader: Any) -> tuple[int, float]:
-    """(images, seconds) of one epoch after its first batch: worker start-up is the same for every
-    variant and would weigh more on a smaller split, so the clock starts when the first batch arrives."""
+def epoch(loader: Any, limit: int | None = None) -> tuple[int, float]:
+    """(images, seconds) of one epoch (or its first `limit` batches) after its first batch: worker
+    start-up is the same for every variant, so the clock starts when the first batch arrives."""
     batches = iter(loader)
     next(batches)
     start, images = time.perf_counter(), 0
-    for x, _ in batches:
+    for count, (x, _) in enumerate(batches, start=1):
         images += len(x)
+        if limit is not None and count >= limit:
+            break
     return images, time.perf_counter() - start
 
 
-def phase(name: str, root: Path, dataset: Path, workers: int, batch: int) -> dict[str, Any]:
+def phase(name: str, root: Path, dataset: Path, workers: int, batch: int, limit: int | None) -> dict[str, Any]:
     """One measurement, in this (fresh) process."""
     import torch
     from torch.utils.data import DataLoader
@@ -146,7 +153,7 @@ def phase(name: str, root: Path, dataset: Path, workers: int, batch: int) -> dic
                                    train_transform=TRANSFORM, eval_transform=TRANSFORM)
         with Sampler() as sampler:
             dm.setup("fit")
-            result["images"], result["seconds"] = epoch(dm.train_dataloader())
+            result["images"], result["seconds"] = epoch(dm.train_dataloader(), limit)
     else:
         from torchvision.datasets import ImageFolder
 
@@ -169,18 +176,32 @@ def phase(name: str, root: Path, dataset: Path, workers: int, batch: int) -> dic
         loader = DataLoader(source, batch_size=batch, shuffle=True, num_workers=workers,
                             persistent_workers=workers > 0)
         with Sampler() as sampler:
-            result["images"], result["seconds"] = epoch(loader)
+            result["images"], result["seconds"] = epoch(loader, limit)
     result.update({key: value / 2**20 for key, value in sampler.peak.items()})
     return result
 
 
-def run_phase(name: str, root: Path, dataset: Path, workers: int, batch: int) -> dict[str, Any]:
+def run_phase(name: str, root: Path, dataset: Path, workers: int, batch: int,
+              limit: int | None = None) -> dict[str, Any]:
+    extra = ["--limit", str(limit)] if limit else []
     out = subprocess.run([sys.executable, __file__, "--phase", name, "--root", str(root), "--dataset", str(dataset),
-                          "--workers", str(workers), "--batch", str(batch)],
+                          "--workers", str(workers), "--batch", str(batch), *extra],
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def interleaved(root: Path, dataset: Path, args: argparse.Namespace) -> dict[str, list[float]]:
+    """img/s of each loader, rounds interleaved (order rotated each round): the machine's drift hits all alike."""
+    names = ["ours", "imagefolder", "decode_only"]
+    speeds: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(args.rounds):
+        for name in names[round_ % 3:] + names[:round_ % 3]:
+            result = run_phase(name, root, dataset, args.workers, args.batch, args.limit)
+            speeds[name].append(result["images"] / result["seconds"])
+            print(f"  speed round {round_ + 1} {name}: {speeds[name][-1]:.0f} img/s", flush=True)
+    return speeds
 
 
 def main() -> None:
@@ -189,37 +210,46 @@ def main() -> None:
     parser.add_argument("--scales", default="1,4,16")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved speed rounds (at the middle scale)")
+    parser.add_argument("--limit", type=int, default=60, help="batches per speed round")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
-        print(json.dumps(phase(args.phase, Path(args.root), Path(args.dataset), args.workers, args.batch)))
+        print(json.dumps(phase(args.phase, Path(args.root), Path(args.dataset), args.workers, args.batch,
+                               args.limit)))
         return
     scales = [int(s) for s in args.scales.split(",")]
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     rows = []
+    speeds: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="data-scale-") as tmp:
         for scale in scales:
             root, dataset = Path(tmp) / f"images-{scale}", Path(tmp) / f"dataset-{scale}"
             folder_mb = write_folder(root, args.base * scale) / 2**20
             row: dict[str, Any] = {"scale": scale, "images": args.base * scale, "folder_mb": folder_mb}
-            for name in ("pack", "ours", "imagefolder", "decode_only"):
+            for name in ("pack", "ours"):
                 row[name] = run_phase(name, root, dataset, args.workers, args.batch)
                 print(f"  {scale}x {name}: {json.dumps(row[name])}", flush=True)
             rows.append(row)
+            if scale == scales[len(scales) // 2]:
+                speeds = interleaved(root, dataset, args)
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
-    print("\n| scale | images | folder MB | pack peak RSS MB | pack s | loader main peak RSS MB (anon) "
-          "| loader main+workers peak USS MB | ours img/s | ImageFolder img/s | decode-only img/s "
-          "| ours / ImageFolder | ours / decode-only |")
-    print("| --- " * 12 + "|")
+    print("\n| scale | images | folder MB | pack peak RSS MB (anon) | pack s | loader main peak RSS MB (anon) "
+          "| loader main+workers peak USS MB | ours img/s (whole epoch) |")
+    print("| --- " * 8 + "|")
     for row in rows:
-        speed = {name: row[name]["images"] / row[name]["seconds"] for name in ("ours", "imagefolder", "decode_only")}
         print(f"| {row['scale']}x | {row['images']} | {row['folder_mb']:.0f} | {row['pack']['rss']:.0f} "
-              f"| {row['pack']['seconds']:.0f} | {row['ours']['rss']:.0f} ({row['ours']['rss_anon']:.0f}) "
-              f"| {row['ours']['uss_all']:.0f} | {speed['ours']:.0f} | {speed['imagefolder']:.0f} "
-              f"| {speed['decode_only']:.0f} | {speed['ours'] / speed['imagefolder']:.2f} "
-              f"| {speed['ours'] / speed['decode_only']:.2f} |")
+              f"({row['pack']['rss_anon']:.0f}) | {row['pack']['seconds']:.0f} | {row['ours']['rss']:.0f} "
+              f"({row['ours']['rss_anon']:.0f}) | {row['ours']['uss_all']:.0f} "
+              f"| {row['ours']['images'] / row['ours']['seconds']:.0f} |")
+    median = {name: statistics.median(values) for name, values in speeds.items()}
+    print(f"\nimg/s at {scales[len(scales) // 2]}x, {args.rounds} interleaved rounds of {args.limit} batches "
+          f"(median; each round): " + ", ".join(f"{name} {median[name]:.0f} ({', '.join(f'{v:.0f}' for v in vals)})"
+                                              for name, vals in speeds.items()))
+    print(f"ours / ImageFolder {median['ours'] / median['imagefolder']:.2f}, "
+          f"ours / decode-only {median['ours'] / median['decode_only']:.2f}")
     first, last = rows[0], rows[-1]
     print(f"data_scale_growth_mb {last['pack']['rss'] - first['pack']['rss']:.0f} "
           f"{last['ours']['rss'] - first['ours']['rss']:.0f}")

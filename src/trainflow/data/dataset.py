@@ -31,7 +31,8 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
 SPLITS = ("train", "val", "test")
 SHARD_BYTES = 256 * 2**20  # a split file larger than this is cut: a download retries one shard, not the split
-ROW_GROUP_BYTES = 32 * 2**20  # rows buffered per split before they are written: what packing holds in memory
+ROW_GROUP_BYTES = 8 * 2**20  # rows buffered per split before they are written: what packing (and a reader
+# converting a row group) holds in memory
 _SHARD = re.compile(r"^(?P<split>[^/]+?)(-(?P<index>\d{5}))?\.parquet$")
 
 

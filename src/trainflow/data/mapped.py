@@ -16,6 +16,7 @@ it (uploads list the manifest's files).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from bisect import bisect_right
@@ -41,8 +42,6 @@ def _twin_folder(parquet: Path) -> Path:
             return folder
     except OSError:
         pass
-    import hashlib
-
     key = hashlib.sha256(str(parquet.resolve().parent).encode()).hexdigest()[:16]
     fallback = Path(tempfile.gettempdir()) / "trainflow-mapped" / key
     fallback.mkdir(parents=True, exist_ok=True)
