@@ -198,7 +198,7 @@ def interleaved(root: Path, dataset: Path, args: argparse.Namespace) -> dict[str
     speeds: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(args.rounds):
         for name in names[round_ % 3:] + names[:round_ % 3]:
-            result = run_phase(name, root, dataset, args.workers, args.batch, args.limit)
+            result = run_phase(name, root, dataset, args.workers, args.batch, args.limit or 60)
             speeds[name].append(result["images"] / result["seconds"])
             print(f"  speed round {round_ + 1} {name}: {speeds[name][-1]:.0f} img/s", flush=True)
     return speeds
@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved speed rounds (at the middle scale)")
-    parser.add_argument("--limit", type=int, default=60, help="batches per speed round")
+    parser.add_argument("--limit", type=int, default=None, help="batches per speed round (default 60)")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -233,7 +233,7 @@ def main() -> None:
                 row[name] = run_phase(name, root, dataset, args.workers, args.batch)
                 print(f"  {scale}x {name}: {json.dumps(row[name])}", flush=True)
             rows.append(row)
-            if scale == scales[len(scales) // 2]:
+            if scale == scales[len(scales) // 2] and args.rounds:
                 speeds = interleaved(root, dataset, args)
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
     print("\n| scale | images | folder MB | pack peak RSS MB (anon) | pack s | loader main peak RSS MB (anon) "
@@ -244,12 +244,14 @@ def main() -> None:
               f"({row['pack']['rss_anon']:.0f}) | {row['pack']['seconds']:.0f} | {row['ours']['rss']:.0f} "
               f"({row['ours']['rss_anon']:.0f}) | {row['ours']['uss_all']:.0f} "
               f"| {row['ours']['images'] / row['ours']['seconds']:.0f} |")
-    median = {name: statistics.median(values) for name, values in speeds.items()}
-    print(f"\nimg/s at {scales[len(scales) // 2]}x, {args.rounds} interleaved rounds of {args.limit} batches "
-          f"(median; each round): " + ", ".join(f"{name} {median[name]:.0f} ({', '.join(f'{v:.0f}' for v in vals)})"
-                                              for name, vals in speeds.items()))
-    print(f"ours / ImageFolder {median['ours'] / median['imagefolder']:.2f}, "
-          f"ours / decode-only {median['ours'] / median['decode_only']:.2f}")
+    if speeds:
+        median = {name: statistics.median(values) for name, values in speeds.items()}
+        each = ", ".join(f"{name} {median[name]:.0f} ({', '.join(f'{v:.0f}' for v in values)})"
+                         for name, values in speeds.items())
+        print(f"\nimg/s at {scales[len(scales) // 2]}x, {args.rounds} interleaved rounds of {args.limit or 60} "
+              f"batches (median; each round): {each}")
+        print(f"ours / ImageFolder {median['ours'] / median['imagefolder']:.2f}, "
+              f"ours / decode-only {median['ours'] / median['decode_only']:.2f}")
     first, last = rows[0], rows[-1]
     print(f"data_scale_growth_mb {last['pack']['rss'] - first['pack']['rss']:.0f} "
           f"{last['ours']['rss'] - first['ours']['rss']:.0f}")
