@@ -10,17 +10,17 @@ import pyarrow as pa
 import pytest
 
 from helpers import ROOT
-from trainflow.data.dataset import read_split, store_in_cache, verify_dataset, write_dataset
+from trainflow.data.dataset import read_split, verify_dataset, write_dataset
+from trainflow.data.dataset_cache import fetch_dataset, store_in_cache, upstream_run_id
 from trainflow.data.digits import DigitsDataModule
 from trainflow.errors import DataError, UriError
-from trainflow.tracking.datasets import fetch_dataset, upstream_run_id
 from trainflow.tracking.lockfile import locked_requirements
 
 
-def small_dataset(folder: Path) -> None:
+def small_dataset(folder: Path):
     table = pa.table({"x": pa.array([0.0, 1.0, 2.0], pa.float32()), "label": pa.array([0, 1, 0])})
-    write_dataset(folder, {"train": table, "test": table.slice(0, 1)}, task="toy", source="test",
-                  label_names=["a", "b"])
+    return write_dataset(folder, {"train": table, "test": table.slice(0, 1)}, task="toy", source="test",
+                         label_names=["a", "b"])
 
 
 def test_digits_dataset_is_stratified_seeded_and_reproducible(tmp_path: Path) -> None:
@@ -56,10 +56,8 @@ def test_missing_manifest_and_corrupt_parquet_are_named(tmp_path: Path) -> None:
 
 
 def test_cache_is_content_addressed(tmp_path: Path) -> None:
-    small_dataset(tmp_path / "one")
-    small_dataset(tmp_path / "two")
-    first = store_in_cache(tmp_path / "one", tmp_path / "cache")
-    second = store_in_cache(tmp_path / "two", tmp_path / "cache")
+    first = store_in_cache(tmp_path / "one", tmp_path / "cache", small_dataset(tmp_path / "one"))
+    second = store_in_cache(tmp_path / "two", tmp_path / "cache", small_dataset(tmp_path / "two"))
     assert first == second and first.name == verify_dataset(first).digest
     assert not (tmp_path / "two").exists()
 

@@ -202,14 +202,20 @@ def download(uri: str, dst: Path, key: str) -> Path:
     return local
 
 
-def load_treebank(uri: str, key: str, tag_column: str = "upos", max_sentences: int | None = None) -> list[Sentence]:
-    """Every sentence of one file (or the first `max_sentences`); an empty file is an error."""
+def iter_treebank(uri: str, key: str, tag_column: str = "upos", max_sentences: int | None = None
+                  ) -> Iterator[Sentence]:
+    """The sentences of one file (or the first `max_sentences`), streamed; an empty file is an error."""
     with local_file(uri, key) as (path, origin):
-        sentences: list[Sentence] = []
+        count = 0
         for sentence in read_sentences(path, tag_column, origin):
-            sentences.append(sentence)
-            if max_sentences is not None and len(sentences) >= max_sentences:
-                break  # before the next sentence is read: the rest of the file is never touched
-    if not sentences:
+            yield sentence
+            count += 1
+            if max_sentences is not None and count >= max_sentences:
+                return  # before the next sentence is read: the rest of the file is never touched
+    if not count:
         raise DataError(f"{key}: {uri} holds no sentence with words")
-    return sentences
+
+
+def load_treebank(uri: str, key: str, tag_column: str = "upos", max_sentences: int | None = None) -> list[Sentence]:
+    """Every sentence of one file as a list (tests, small files); packing streams with `iter_treebank`."""
+    return list(iter_treebank(uri, key, tag_column, max_sentences))

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
-from trainflow.data.dataset import Manifest, read_manifest, read_split, write_dataset
+from trainflow.config.redact import mask_url_passwords
+from trainflow.data.dataset import SHARD_BYTES, DatasetWriter, Manifest, read_manifest
 from trainflow.data.images import (
     IMAGE_SUFFIXES,
     BadImage,
@@ -36,6 +38,8 @@ from trainflow.data.images import (
     reseed,
     transform_image,
 )
+from trainflow.data.mapped import MappedTable, open_split
+from trainflow.data.roots import DataRoot, open_root
 from trainflow.data.split_loaders import SplitDataModule
 from trainflow.data.task import FolderRows, ServedModel, ServingSpec, probabilities_frame
 from trainflow.errors import ConfigError, DataError
@@ -52,44 +56,52 @@ SKIPPED_LISTED = 100  # skipped file names kept in the manifest; the count is al
 
 @dataclass(frozen=True)
 class ImageFile:
-    path: Path
-    name: str  # relative to the data root, with forward slashes: stable across machines
+    name: str  # relative to the data root, with forward slashes: stable across machines and stores
     label: str  # its class folder
 
 
-def _visible(path: Path, base: Path) -> bool:
-    return not any(part.startswith(".") for part in path.relative_to(base).parts)
+def _visible(relative: str) -> bool:
+    return not any(part.startswith(".") for part in relative.split("/"))
 
 
-def scan_classes(folder: Path, root: Path) -> list[ImageFile]:
-    """Every image under `folder/<class>/`, sorted, so the same folder always gives the same rows."""
-    classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+def _children(folders: set[str], parent: str) -> list[str]:
+    """Visible folders directly below `parent` ("" for the root), sorted."""
+    depth = parent.count("/") + 1 if parent else 0
+    prefix = f"{parent}/" if parent else ""
+    return sorted(f for f in folders if f.startswith(prefix) and f.count("/") == depth
+                  and not f.rsplit("/", 1)[-1].startswith("."))
+
+
+def scan_classes(files: list[str], folders: set[str], parent: str, where: str) -> list[ImageFile]:
+    """Every image under `parent/<class>/`, sorted, so the same folder always gives the same rows."""
+    classes = _children(folders, parent)
     if not classes:
-        raise DataError(f"{folder}: no class folders (expected {folder}/<class>/*.png|jpg|jpeg)")
-    files: list[ImageFile] = []
+        raise DataError(f"{where}: no class folders (expected {where}/<class>/*.png|jpg|jpeg)")
+    found: list[ImageFile] = []
     for class_dir in classes:
-        images = sorted(p for p in class_dir.rglob("*")
-                        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and _visible(p, class_dir))
+        prefix = class_dir + "/"
+        images = [ImageFile(f, class_dir.rsplit("/", 1)[-1]) for f in files if f.startswith(prefix)
+                  and f.lower().endswith(IMAGE_SUFFIXES) and _visible(f[len(prefix):])]
         if not images:
-            raise DataError(f"{class_dir}: class folder without .png/.jpg/.jpeg images")
-        files += [ImageFile(p, p.relative_to(root).as_posix(), class_dir.name) for p in images]
-    return files
+            raise DataError(f"{where.rstrip('/')}/{class_dir.rsplit('/', 1)[-1]}: class folder without "
+                            ".png/.jpg/.jpeg images")
+        found += images
+    return found
 
 
-def scan_root(root: Path) -> dict[str, list[ImageFile]]:
-    """{"train": …, "val": …, "test": …} for a split layout (splits it has), else {"all": …}."""
-    if not root.is_dir():
-        raise DataError(f"data.root: no such folder: {root}")
+def scan_root(root: DataRoot) -> dict[str, list[ImageFile]]:
+    """{"train": …, "val": …, "test": …} for a split layout (splits it has), else {"all": …}; file names only."""
+    files, folders = root.entries()
     found = {}
     for split, names in SPLIT_DIRS.items():
-        folder = next((root / n for n in names if (root / n).is_dir()), None)
+        folder = next((n for n in names if n in folders), None)
         if folder is not None:
             found[split] = folder
     if found and "train" not in found:
-        raise DataError(f"data.root: {root} has {', '.join(p.name for p in found.values())}/ but no train/")
+        raise DataError(f"data.root: {root.uri} has {', '.join(found.values())}/ but no train/")
     if found:
-        return {split: scan_classes(folder, root) for split, folder in found.items()}
-    return {"all": scan_classes(root, root)}
+        return {split: scan_classes(files, folders, folder, root.where(folder)) for split, folder in found.items()}
+    return {"all": scan_classes(files, folders, "", root.uri)}
 
 
 def check_fractions(fractions: dict[str, float]) -> None:
@@ -122,49 +134,74 @@ def split_by_class(labels: list[str], fractions: dict[str, float], seed: int) ->
 
 
 @dataclass
-class _Read:
-    """Images that decoded, and what did not."""
+class PackStats:
+    """What packing saw, summed as it streams: files left out, modes, smallest and largest sizes."""
 
-    files: list[ImageFile]
-    data: list[bytes]
-    skipped: list[str]
-    modes: Counter[str]
-    sizes: list[tuple[int, int]]
+    skipped: list[str] = field(default_factory=list)
+    modes: Counter[str] = field(default_factory=Counter)
+    min_size: list[int] = field(default_factory=list)
+    max_size: list[int] = field(default_factory=list)
+
+    def add(self, mode: str, size: tuple[int, int]) -> None:
+        self.modes[mode] += 1
+        self.min_size = list(map(min, zip(self.min_size or size, size, strict=True)))
+        self.max_size = list(map(max, zip(self.max_size or size, size, strict=True)))
 
 
-def read_images(files: list[ImageFile], on_bad_image: str) -> _Read:
-    """Read and fully decode every file once: a corrupt image fails here, naming it, not mid-epoch."""
-    read = _Read([], [], [], Counter(), [])
+def pack_images(root: DataRoot, files: list[ImageFile], classes: dict[str, int], split: str,
+                writer: DatasetWriter, on_bad_image: str, stats: PackStats, batch_rows: int = 256) -> None:
+    """Read, fully decode (a corrupt file fails here, named, not mid-epoch) and write `files`, a batch at a time.
+
+    A batch ends at `batch_rows` images or at the writer's row-group size,
+    whichever comes first: memory stays bounded for images of any size.
+    """
+    batch: dict[str, list[Any]] = {"file": [], "image": [], "label": []}
+    batch_bytes = 0
     for file in files:
         try:
-            data = file.path.read_bytes()
+            data = root.read(file.name)
             image = open_image(data)
         except OSError as exc:
             problem = f"unreadable: {exc.strerror or exc}"
         except BadImage as exc:
             problem = f"not a readable PNG/JPEG image ({exc})"
         else:
-            read.files.append(file)
-            read.data.append(data)
-            read.modes[image.mode] += 1
-            read.sizes.append(image.size)
+            stats.add(image.mode, image.size)
+            batch["file"].append(file.name)
+            batch["image"].append(data)
+            batch["label"].append(classes[file.label])
+            batch_bytes += len(data)
+            if len(batch["file"]) >= batch_rows or batch_bytes >= writer.row_group_bytes:
+                writer.write(split, batch)
+                batch, batch_bytes = {"file": [], "image": [], "label": []}, 0
             continue
         if on_bad_image == "raise":
-            raise DataError(f"{file.path}: {problem}; data.on_bad_image=skip leaves such files out")
-        read.skipped.append(file.name)
-    return read
+            raise DataError(f"{root.where(file.name)}: {problem}; data.on_bad_image=skip leaves such files out")
+        stats.skipped.append(file.name)
+    if batch["file"]:
+        writer.write(split, batch)
 
 
 class EncodedImages(Dataset):
-    """Encoded images decoded and transformed per item, in whichever DataLoader worker asks."""
+    """Encoded images of a mapped split, decoded and transformed per item, in whichever DataLoader worker asks.
 
-    def __init__(self, images: list[bytes], labels: list[int], names: list[str], transform: Any) -> None:
-        self.images, self.labels, self.names = images, labels, names
+    The rows stay in the memory-mapped split (`MappedTable`): a worker copies
+    out only the image it is decoding, and every worker shares the pages.
+    """
+
+    def __init__(self, rows: MappedTable, transform: Any) -> None:
+        self.rows = rows
         self.transform = transform
         self._seed: int | None = None
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.rows)
+
+    def encoded(self, index: int) -> bytes:
+        return bytes(self.rows.value("image", index))
+
+    def name(self, index: int) -> str:
+        return str(self.rows.value("file", index)) if "file" in self.rows.column_names else f"row {index}"
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         seed = torch.initial_seed()  # per worker and epoch in a worker; fixed in the main process
@@ -172,9 +209,9 @@ class EncodedImages(Dataset):
             reseed(self.transform, seed)
             self._seed = seed
         try:
-            return transform_image(self.transform, self.images[index]), self.labels[index]
+            return transform_image(self.transform, self.encoded(index)), int(self.rows.value("label", index))
         except BadImage as exc:  # checked by prepare_data; a dataset edited by hand fails its digest first
-            raise DataError(f"{self.names[index]}: {exc}") from exc
+            raise DataError(f"{self.name(index)}: {exc}") from exc
 
 
 class ImageFolderDataModule(SplitDataModule):
@@ -195,12 +232,15 @@ class ImageFolderDataModule(SplitDataModule):
                  seed: int = 12345, on_bad_image: str = "raise", image_size: int = 224,
                  train_transform: dict[str, Any] | None = None, eval_transform: dict[str, Any] | None = None,
                  batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
-                 uri: str | None = None) -> None:
+                 uri: str | None = None, shard_mb: float = SHARD_BYTES / 2**20) -> None:
         super().__init__(batch_size, num_workers, pin_memory)
         self.save_hyperparameters(logger=False)
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ConfigError(f"data.on_bad_image={on_bad_image!r}: expected one of {', '.join(BAD_IMAGE_POLICIES)}")
+        if shard_mb <= 0:
+            raise ConfigError(f"data.shard_mb={shard_mb}: must be positive")
         self.root, self.seed, self.on_bad_image = root, seed, on_bad_image
+        self.shard_bytes = int(shard_mb * 2**20)
         self.fractions = {"val": val_fraction, "test": test_fraction}
         self.train_transform = train_transform or default_transform(image_size)
         self.eval_transform = eval_transform or default_transform(image_size)
@@ -212,54 +252,55 @@ class ImageFolderDataModule(SplitDataModule):
         return len(self.label_names)
 
     def build_dataset(self, folder: Path) -> Manifest:
+        """Scan names, assign splits, then read, check and write the images batch by batch (bounded memory)."""
         if not self.root:
             raise ConfigError("data.root: not set; point it at a folder of class folders")
-        root = Path(self.root).expanduser().resolve()
+        root = open_root(str(self.root))
         scanned = scan_root(root)
         layout = "split_folders" if "train" in scanned else "class_folders"
         classes = sorted({f.label for f in scanned.get("train", scanned.get("all", []))})
         for split, files in scanned.items():
             unknown = sorted({f.label for f in files} - set(classes))
             if unknown:
-                raise DataError(f"{root}/{split}: class folder(s) {', '.join(unknown)} not in train/")
-        reads = {split: read_images(files, self.on_bad_image) for split, files in scanned.items()}
-        splits = self._assign_splits(reads)
+                raise DataError(f"{root.where(split)}: class folder(s) {', '.join(unknown)} not in train/")
         index = {name: i for i, name in enumerate(classes)}
-        tables = {split: pa.table({"file": [f.name for f, _ in rows], "image": [d for _, d in rows],
-                                   "label": [index[f.label] for f, _ in rows]}, schema=SCHEMA)
-                  for split, rows in splits.items()}
-        for split, table in tables.items():
-            if table.num_rows == 0:
-                raise DataError(f"{root}: the {split} split is empty; add images or raise data.{split}_fraction")
-        skipped = [name for read in reads.values() for name in read.skipped]
-        if skipped:
-            log.warning("skipped %d unreadable image(s) under %s (data.on_bad_image=skip): %s", len(skipped), root,
-                        ", ".join(skipped[:5]) + (" …" if len(skipped) > 5 else ""))
-        sizes = [size for read in reads.values() for size in read.sizes]
-        modes: Counter[str] = sum((read.modes for read in reads.values()), Counter())
-        return write_dataset(
-            folder, tables, task=TASK, source=str(root), label_names=classes,
+        writer = DatasetWriter(folder, SCHEMA, shard_bytes=self.shard_bytes)
+        stats = PackStats()
+        for split, files in self._assign_splits(scanned).items():
+            pack_images(root, files, index, split, writer, self.on_bad_image, stats)
+        for split in ("train", "val", "test"):
+            if writer.rows(split) == 0:
+                raise DataError(f"{root.uri}: the {split} split is empty; add images or raise data.{split}_fraction")
+        if stats.skipped:
+            log.warning("skipped %d unreadable image(s) under %s (data.on_bad_image=skip): %s", len(stats.skipped),
+                        root.uri, ", ".join(stats.skipped[:5]) + (" …" if len(stats.skipped) > 5 else ""))
+        return writer.close(
+            task=TASK, source=mask_url_passwords(root.uri), label_names=classes,
             extra={"layout": layout, "seed": self.seed, "on_bad_image": self.on_bad_image,
                    "val_fraction": self.fractions["val"], "test_fraction": self.fractions["test"],
-                   "skipped_images": len(skipped), "skipped_files": skipped[:SKIPPED_LISTED],
-                   "modes": dict(sorted(modes.items())), "min_size": list(map(min, zip(*sizes, strict=True))),
-                   "max_size": list(map(max, zip(*sizes, strict=True))),
+                   "skipped_images": len(stats.skipped), "skipped_files": stats.skipped[:SKIPPED_LISTED],
+                   "modes": dict(sorted(stats.modes.items())), "min_size": stats.min_size,
+                   "max_size": stats.max_size,
                    # logged as run metrics by the step that reads the dataset (data modules never import MLflow)
-                   "metrics": {"data/skipped_images": len(skipped)}},
+                   "metrics": {"data/skipped_images": len(stats.skipped)}},
         )
 
-    def _assign_splits(self, reads: dict[str, _Read]) -> dict[str, list[tuple[ImageFile, bytes]]]:
-        """Given split folders as they are; the fractions cut what is missing from train (or from everything)."""
-        source = reads.get("train") or reads["all"]
-        missing = {split: f for split, f in self.fractions.items() if split not in reads}
+    def _assign_splits(self, scanned: dict[str, list[ImageFile]]) -> dict[str, list[ImageFile]]:
+        """Given split folders as they are; the fractions cut what is missing from train (or from everything).
+
+        Splits are drawn from file names, before any file is read: an image
+        that turns out unreadable (`on_bad_image=skip`) leaves its split one
+        image short instead of shifting every other image's split.
+        """
+        source = scanned.get("train") or scanned["all"]
+        missing = {split: f for split, f in self.fractions.items() if split not in scanned}
         if missing:
             check_fractions(missing)
-        rows = split_by_class([f.label for f in source.files], missing, self.seed)
-        paired = list(zip(source.files, source.data, strict=True))
-        splits = {split: [paired[i] for i in idx] for split, idx in rows.items()}
+        rows = split_by_class([f.label for f in source], missing, self.seed)
+        splits = {split: [source[i] for i in idx] for split, idx in rows.items()}
         for split in ("val", "test"):
-            if split in reads:
-                splits[split] = list(zip(reads[split].files, reads[split].data, strict=True))
+            if split in scanned:
+                splits[split] = scanned[split]
         return {split: splits[split] for split in ("train", "val", "test")}
 
     def _manifest(self) -> tuple[Path, Manifest]:
@@ -283,21 +324,19 @@ class ImageFolderDataModule(SplitDataModule):
         self.label_names = list(manifest.label_names)
         transforms = {"train": build_transform(self.train_transform), "eval": build_transform(self.eval_transform)}
         for split in manifest.splits:
-            table = read_split(folder, split)
-            missing = [c for c in ("image", "label") if c not in table.column_names]
+            rows = open_split(folder, split, manifest)
+            missing = [c for c in ("image", "label") if c not in rows.column_names]
             if missing:
-                raise DataError(f"{folder}/{split}.parquet: not an image dataset (no column {missing[0]})")
-            if table.num_rows == 0:
-                raise DataError(f"{folder}/{split}.parquet: the {split} split is empty")
-            names = table.column("file").to_pylist() if "file" in table.column_names else [
-                f"{split}[{i}]" for i in range(table.num_rows)]
-            self.splits[split] = EncodedImages(table.column("image").to_pylist(), table.column("label").to_pylist(),
-                                               names, transforms["train" if split == "train" else "eval"])
+                raise DataError(f"{folder}/{split}: not an image dataset (no column {missing[0]})")
+            if len(rows) == 0:
+                raise DataError(f"{folder}/{split}: the {split} split is empty")
+            self.splits[split] = EncodedImages(rows, transforms["train" if split == "train" else "eval"])
 
     def serving_spec(self, rows: int = 3) -> ServingSpec:
         """Image bytes in, decoded with the eval transform (in meta.json); the example is test images."""
         meta = {"label_names": self.label_names, "eval_transform": self.eval_transform, "image_column": "image"}
-        example = pd.DataFrame({"image": self.splits["test"].images[:rows]})
+        test = self.splits["test"]
+        example = pd.DataFrame({"image": [test.encoded(i) for i in range(min(rows, len(test)))]})
         return ServingSpec(ImageClassifier, meta, example)
 
 
@@ -342,26 +381,29 @@ class ImageClassifier(ServedModel):
                 probs.append(torch.softmax(self.module(torch.stack(tensors)), dim=-1).numpy())
         return probabilities_frame(np.concatenate(probs), self.label_names)
 
-    def read_folder(self, folder: Path, on_bad_image: str) -> FolderRows:
-        """Every image under `folder`, decoded once here, so a bad file is named instead of failing a batch."""
+    def iter_folder(self, folder: Path, on_bad_image: str, batch_size: int) -> Iterator[FolderRows]:
+        """Every image under `folder`, `batch_size` at a time, each decoded once here so a bad file is named."""
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                        and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-        names, images, skipped = [], [], []
-        for path in files:
-            name = path.relative_to(folder).as_posix()
-            try:
-                data = path.read_bytes()
-                open_image(data)
-            except (OSError, BadImage) as exc:
-                if on_bad_image == "raise":
-                    raise DataError(f"{path}: not a readable PNG/JPEG image ({exc}); on_bad_image=skip leaves "
-                                    "such files out") from exc
-                skipped.append(name)
-                continue
-            names.append(name)
-            images.append(data)
-        if skipped:
-            log.warning("skipped %d unreadable image(s) under %s: %s", len(skipped), folder, ", ".join(skipped[:5]))
-        if not images:
+        read = 0
+        for start in range(0, len(files), batch_size):
+            batch = FolderRows([], pd.DataFrame(), [])
+            images = []
+            for path in files[start:start + batch_size]:
+                name = path.relative_to(folder).as_posix()
+                try:
+                    data = path.read_bytes()
+                    open_image(data)
+                except (OSError, BadImage) as exc:
+                    if on_bad_image == "raise":
+                        raise DataError(f"{path}: not a readable PNG/JPEG image ({exc}); on_bad_image=skip leaves "
+                                        "such files out") from exc
+                    batch.skipped.append(name)
+                    continue
+                batch.names.append(name)
+                images.append(data)
+            batch.rows = pd.DataFrame({self.column: images})
+            read += len(images)
+            yield batch
+        if not read:
             raise DataError(f"input: no readable .png/.jpg/.jpeg images under {folder}")
-        return FolderRows(names, pd.DataFrame({self.column: images}), skipped)

@@ -37,7 +37,12 @@ class SplitDataModule(LightningDataModule):
         return {}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return (ResumableDataLoader if shuffle else DataLoader)(  # train: resumable mid-epoch
+        # Train: a uniform permutation of the whole split each epoch
+        # (`EpochShuffle`), resumable mid-epoch. Splits are memory-mapped, so a
+        # random row costs a page lookup, not a read of its neighbours: a global
+        # shuffle stays cheap at any size, and no randomness is traded for
+        # locality (no shuffle buffer).
+        return (ResumableDataLoader if shuffle else DataLoader)(
             self.splits[split],
             batch_size=self.batch_size,
             shuffle=shuffle,

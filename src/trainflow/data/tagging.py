@@ -16,16 +16,18 @@ from __future__ import annotations
 import random
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import torch
+from torch.utils.data import Dataset
 
-from trainflow.data.conllu import Sentence, check_tag_column, load_treebank
-from trainflow.data.dataset import Manifest, read_manifest, read_split, write_dataset
+from trainflow.data.conllu import Sentence, check_tag_column, iter_treebank
+from trainflow.data.dataset import SHARD_BYTES, DatasetWriter, Manifest, read_manifest
+from trainflow.data.mapped import MappedTable, open_split
 from trainflow.data.split_loaders import SplitDataModule
 from trainflow.data.task import ServedModel, ServingSpec
 from trainflow.errors import ConfigError, DataError
@@ -44,6 +46,7 @@ SCHEMA = pa.schema([
 ])
 
 Example = tuple[list[int], list[list[int]], list[int]]  # word ids, char ids per word, tag ids
+WRITE_BATCH = 1024  # sentences encoded and written at a time: what packing holds of a treebank
 
 
 def build_vocab(counts: Counter[str], min_freq: int = 1) -> list[str]:
@@ -81,13 +84,19 @@ def pad_batch(examples: Sequence[Example]) -> tuple[dict[str, torch.Tensor], tor
     return {"words": words, "chars": chars}, targets
 
 
-def split_sentences(sentences: list[Sentence], fraction: float, seed: int) -> tuple[list[Sentence], list[Sentence]]:
-    """(train, val): a seeded `fraction` of the sentences is held out, order kept within each."""
+def held_out(count: int, fraction: float, seed: int) -> set[int]:
+    """Ordinals of the training sentences held out for validation: a seeded `fraction` of `count`."""
     if not 0 < fraction < 1:
         raise ConfigError(f"data.val_fraction={fraction}: must be in (0, 1) when data.val_file is not given")
-    held = set(random.Random(seed).sample(range(len(sentences)), max(1, round(fraction * len(sentences)))))
-    if len(held) >= len(sentences):
-        raise ConfigError(f"data.val_fraction={fraction} leaves no training sentences ({len(sentences)} in all)")
+    held = set(random.Random(seed).sample(range(count), max(1, round(fraction * count))))
+    if len(held) >= count:
+        raise ConfigError(f"data.val_fraction={fraction} leaves no training sentences ({count} in all)")
+    return held
+
+
+def split_sentences(sentences: list[Sentence], fraction: float, seed: int) -> tuple[list[Sentence], list[Sentence]]:
+    """(train, val): a seeded `fraction` of the sentences is held out, order kept within each."""
+    held = held_out(len(sentences), fraction, seed)
     return ([s for i, s in enumerate(sentences) if i not in held], [s for i, s in enumerate(sentences) if i in held])
 
 
@@ -131,14 +140,6 @@ def copy_licences(licences: list[Path], folder: Path) -> list[str]:
     return names
 
 
-def tag_vocab(train: Iterable[Sentence], others: Iterable[Sentence]) -> list[str]:
-    """Training tags sorted by name; `<unk>` last, only if a val/test tag is unseen in training."""
-    seen = sorted({tag for s in train for tag in s.tags})
-    known = set(seen)
-    unseen = any(tag not in known for s in others for tag in s.tags)
-    return [*seen, UNK] if unseen else seen
-
-
 def to_table(sentences: list[Sentence], word_index: dict[str, int], tag_index: dict[str, int],
              lowercase: bool) -> pa.Table:
     unk_tag = tag_index.get(UNK, -1)
@@ -150,6 +151,24 @@ def to_table(sentences: list[Sentence], word_index: dict[str, int], tag_index: d
         "word_ids": [encode_words(s.words, word_index, lowercase) for s in sentences],
         "tag_ids": [[tag_index.get(t, unk_tag) for t in s.tags] for s in sentences],
     }, schema=SCHEMA)
+
+
+class TaggedSentences(Dataset):
+    """A mapped split's sentences as (word ids, char ids, tag ids), encoded per item in whichever process asks."""
+
+    def __init__(self, rows: MappedTable, char_index: dict[str, int], max_word_chars: int) -> None:
+        self.rows, self.char_index, self.max_word_chars = rows, char_index, max_word_chars
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def words(self, index: int) -> list[str]:
+        return list(self.rows.value("words", index))
+
+    def __getitem__(self, index: int) -> Example:
+        return (list(self.rows.value("word_ids", index)),
+                encode_chars(self.words(index), self.char_index, self.max_word_chars),
+                list(self.rows.value("tag_ids", index)))
 
 
 class ConlluDataModule(SplitDataModule):
@@ -164,7 +183,7 @@ class ConlluDataModule(SplitDataModule):
     def __init__(self, train_file: str, test_file: str, val_file: str | None = None, val_fraction: float = 0.1,
                  tag_column: str = "upos", lowercase: bool = True, min_freq: int = 2, max_word_chars: int = 20,
                  max_sentences: int | None = None, seed: int = 12345, batch_size: int = 32, num_workers: int = 0,
-                 pin_memory: bool = False, uri: str | None = None) -> None:
+                 pin_memory: bool = False, uri: str | None = None, shard_mb: float = SHARD_BYTES / 2**20) -> None:
         super().__init__(batch_size, num_workers, pin_memory, collate_fn=pad_batch)
         self.save_hyperparameters(logger=False)
         check_tag_column(tag_column)
@@ -174,45 +193,72 @@ class ConlluDataModule(SplitDataModule):
         self.val_fraction, self.seed, self.max_sentences = val_fraction, seed, max_sentences
         self.tag_column, self.lowercase, self.min_freq = tag_column, lowercase, min_freq
         self.max_word_chars = max_word_chars
+        self.shard_bytes = int(shard_mb * 2**20)
         self.uri = uri
         self.vocab: dict[str, list[str]] = {}
-        self.words: dict[str, list[list[str]]] = {}
 
     @property
     def label_names(self) -> list[str]:
         return list(self.vocab.get("tags", []))
 
-    def read_sentences(self) -> dict[str, list[Sentence]]:
-        """train/val/test sentences; val is a seeded slice of train when no val_file is given."""
-        def load(split: str) -> list[Sentence]:
-            return load_treebank(str(self.files[split]), f"data.{split}_file", self.tag_column, self.max_sentences)
+    def sentences(self, split: str, held: set[int] | None) -> Iterator[Sentence]:
+        """One split's sentences, streamed from its file; without a val file, val is `held` ordinals of train."""
+        def stream(name: str) -> Iterator[Sentence]:
+            return iter_treebank(str(self.files[name]), f"data.{name}_file", self.tag_column, self.max_sentences)
 
-        train = load("train")
+        if held is None or split == "test":
+            yield from stream(split)
+            return
+        for ordinal, sentence in enumerate(stream("train")):
+            if (ordinal in held) == (split == "val"):
+                yield sentence
+
+    def read_sentences(self) -> dict[str, list[Sentence]]:
+        """train/val/test sentences as lists (small treebanks, tests); packing streams them instead."""
+        held = self._held_out()
+        return {split: list(self.sentences(split, held)) for split in ("train", "val", "test")}
+
+    def _held_out(self) -> set[int] | None:
         if self.files["val"]:
-            val = load("val")
-        else:
-            train, val = split_sentences(train, self.val_fraction, self.seed)
-        return {"train": train, "val": val, "test": load("test")}
+            return None
+        count = sum(1 for _ in iter_treebank(str(self.files["train"]), "data.train_file", self.tag_column,
+                                             self.max_sentences))
+        return held_out(count, self.val_fraction, self.seed)
 
     def build_dataset(self, folder: Path) -> Manifest:
-        sentences = self.read_sentences()
-        train = sentences["train"]
-        words = build_vocab(Counter(normalise(w, self.lowercase) for s in train for w in s.words), self.min_freq)
-        chars = build_vocab(Counter(c for s in train for w in s.words for c in w))
-        tags = tag_vocab(train, [*sentences["val"], *sentences["test"]])
+        """Vocabularies from one streamed pass over train (and the tags of val/test), then the splits in batches."""
+        held = self._held_out()
+        word_counts: Counter[str] = Counter()
+        char_counts: Counter[str] = Counter()
+        seen_tags: set[str] = set()
+        for sentence in self.sentences("train", held):
+            word_counts.update(normalise(w, self.lowercase) for w in sentence.words)
+            char_counts.update(c for w in sentence.words for c in w)
+            seen_tags.update(sentence.tags)
+        other_tags = {t for split in ("val", "test") for s in self.sentences(split, held) for t in s.tags}
+        words, chars = build_vocab(word_counts, self.min_freq), build_vocab(char_counts)
+        tags = [*sorted(seen_tags), UNK] if other_tags - seen_tags else sorted(seen_tags)
         word_index, tag_index = {w: i for i, w in enumerate(words)}, {t: i for i, t in enumerate(tags)}
-        tables = {split: to_table(rows, word_index, tag_index, self.lowercase) for split, rows in sentences.items()}
-        folder.mkdir(parents=True, exist_ok=True)
-        licences = copy_licences(source_licences(self.files.values()), folder)  # before the manifest that lists them
-        return write_dataset(
-            folder, tables, task=f"{TASK}/{self.tag_column}", source=str(self.files["train"]), label_names=tags,
+        writer = DatasetWriter(folder, SCHEMA, shard_bytes=self.shard_bytes)
+        for split in ("train", "val", "test"):
+            batch: list[Sentence] = []
+            for sentence in self.sentences(split, held):
+                batch.append(sentence)
+                if len(batch) >= WRITE_BATCH:
+                    writer.write(split, to_table(batch, word_index, tag_index, self.lowercase))
+                    batch = []
+            writer.write(split, to_table(batch, word_index, tag_index, self.lowercase))
+        for name in copy_licences(source_licences(self.files.values()), folder):  # listed in the manifest
+            writer.add_file(name)
+        return writer.close(
+            task=f"{TASK}/{self.tag_column}", source=str(self.files["train"]), label_names=tags,
             extra={"vocab": {"words": words, "chars": chars, "tags": tags}, "pad_index": PAD_INDEX,
                    "unk_index": UNK_INDEX, "ignore_tag": IGNORE_TAG, "tag_column": self.tag_column,
                    "lowercase": self.lowercase, "min_freq": self.min_freq, "files": self.files,
                    "val_fraction": None if self.files["val"] else self.val_fraction, "seed": self.seed,
                    "max_sentences": self.max_sentences,
                    # the source's terms, copied beside the splits (empty: none found beside the files)
-                   "licence_files": licences},
+                   "licence_files": [f["name"] for f in writer.other_files]},
         )
 
     def _manifest(self) -> tuple[Path, Manifest]:
@@ -242,25 +288,20 @@ class ConlluDataModule(SplitDataModule):
         self.tag_column = str(manifest.extra.get("tag_column", self.tag_column))
         char_index = {c: i for i, c in enumerate(self.vocab["chars"])}
         for split in manifest.splits:
-            table = read_split(folder, split)
-            missing = [c for c in ("words", "word_ids", "tag_ids") if c not in table.column_names]
+            rows = open_split(folder, split, manifest)
+            missing = [c for c in ("words", "word_ids", "tag_ids") if c not in rows.column_names]
             if missing:
-                raise DataError(f"{folder}/{split}.parquet: not a tagging dataset (no column {missing[0]})")
-            words = table.column("words").to_pylist()
-            if not words:
-                raise DataError(f"{folder}/{split}.parquet: the {split} split is empty")
-            self.words[split] = words
-            self.splits[split] = [
-                (word_ids, encode_chars(ws, char_index, self.max_word_chars), tag_ids)
-                for ws, word_ids, tag_ids in zip(words, table.column("word_ids").to_pylist(),
-                                                  table.column("tag_ids").to_pylist(), strict=True)
-            ]
+                raise DataError(f"{folder}/{split}: not a tagging dataset (no column {missing[0]})")
+            if len(rows) == 0:
+                raise DataError(f"{folder}/{split}: the {split} split is empty")
+            self.splits[split] = TaggedSentences(rows, char_index, self.max_word_chars)
 
     def serving_spec(self, rows: int = 3) -> ServingSpec:
         """Token lists in, read with the vocabularies (in meta.json); the example is test sentences."""
         meta = {"words": self.vocab["words"], "chars": self.vocab["chars"], "label_names": self.label_names,
                 "lowercase": self.lowercase, "max_word_chars": self.max_word_chars, "tag_column": self.tag_column}
-        example = pd.DataFrame({"tokens": self.words["test"][:rows]})
+        test = self.splits["test"]
+        example = pd.DataFrame({"tokens": [test.words(i) for i in range(min(rows, len(test)))]})
         return ServingSpec(TokenTagger, meta, example)
 
 

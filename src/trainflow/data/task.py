@@ -11,6 +11,7 @@ holds a task defined entirely outside this package, as a user's would be.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -51,6 +52,15 @@ class ServedModel:
     def read_folder(self, folder: Path, on_bad_image: str) -> FolderRows | None:
         """How the predict step turns a folder of raw files into request rows; None: this task reads no folders."""
         return None
+
+    def iter_folder(self, folder: Path, on_bad_image: str, batch_size: int) -> Iterator[FolderRows] | None:
+        """The folder's request rows a batch at a time, so predict holds one batch of files, not the folder.
+
+        By default `read_folder`'s rows as one batch; a task whose files are
+        large (images) yields batches of `batch_size` itself.
+        """
+        rows = self.read_folder(folder, on_bad_image)
+        return None if rows is None else iter([rows])
 
 
 @dataclass

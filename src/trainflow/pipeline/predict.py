@@ -12,17 +12,19 @@ for classifiers).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
+from trainflow.data.dataset_cache import is_remote
 from trainflow.errors import ConfigError, DataError, UriError
 from trainflow.registry.versions import resolve_model
 from trainflow.tracking import tags as tag
-from trainflow.tracking.datasets import is_remote
 from trainflow.tracking.run import StepRun
 
 log = logging.getLogger(__name__)
@@ -60,15 +62,14 @@ def predict(cfg: DictConfig, run: StepRun) -> PredictResult:
     pyfunc = mlflow.pyfunc.load_model(str(model.local_dir))
     local = local_input(str(cfg.input), run.output_dir / "input")
     skipped: list[str] = []
-    if local.is_dir():
-        ids, frame, skipped = read_folder(local, pyfunc, cfg)
-    else:
-        ids, frame = read_parquet(local, str(cfg.input), pyfunc)
-
-    with run.timed("predict"):
-        answers = [_as_frame(pyfunc.predict(frame.iloc[start:start + cfg.batch_size].reset_index(drop=True)))
-                   for start in range(0, len(frame), cfg.batch_size)]
-    predictions = pd.concat([ids.reset_index(drop=True), pd.concat(answers, ignore_index=True)], axis=1)
+    batches = (read_folder(local, pyfunc, cfg, skipped) if local.is_dir()
+               else read_parquet(local, str(cfg.input), pyfunc, cfg.batch_size))
+    with run.timed("predict"):  # reading included: input is read a batch at a time, as the model answers
+        answers = [pd.concat([ids.reset_index(drop=True), _as_frame(pyfunc.predict(frame.reset_index(drop=True)))],
+                             axis=1) for ids, frame in batches]
+    if skipped:
+        log.warning("skipped %d unreadable image(s) under %s: %s", len(skipped), local, ", ".join(skipped[:5]))
+    predictions = pd.concat(answers, ignore_index=True)
     folder = run.output_dir / ARTIFACT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     parquet, csv = folder / "predictions.parquet", folder / "predictions.csv"
@@ -100,36 +101,53 @@ def local_input(uri: str, dst: Path) -> Path:
     return path
 
 
-def read_folder(folder: Path, pyfunc: Any, cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(file names, the model's input rows, skipped files), read the way the model's task reads a folder."""
+def read_folder(folder: Path, pyfunc: Any, cfg: DictConfig,
+                skipped: list[str]) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """(file names, the model's input rows) a batch at a time, read the way the model's task reads a folder.
+
+    Files left out (`on_bad_image=skip`) are added to `skipped` as they are met.
+    """
     served = getattr(pyfunc.unwrap_python_model(), "served", None)
-    read = served.read_folder(folder, cfg.on_bad_image) if served is not None else None
-    if read is None:
+    if served is not None and hasattr(served, "iter_folder"):
+        batches = served.iter_folder(folder, cfg.on_bad_image, cfg.batch_size)
+    else:  # a model logged before tasks read folders in batches
+        read = served.read_folder(folder, cfg.on_bad_image) if served is not None else None
+        batches = None if read is None else iter([read])
+    if batches is None:
         schema = pyfunc.metadata.get_input_schema()
         columns = [c for c in (schema.inputs if schema is not None else []) if getattr(c, "name", None)]
         takes = ", ".join(c.name for c in columns[:5]) + (" …" if len(columns) > 5 else "")
         raise ConfigError(f"input: {cfg.input} is a folder, but {cfg.model_uri} does not read folders "
                           f"(its input columns: {takes or 'not declared'}); pass a .parquet file")
-    return pd.DataFrame({"file": read.names}), read.rows, read.skipped
+    for read in batches:
+        skipped.extend(read.skipped)
+        if read.names:
+            yield pd.DataFrame({"file": read.names}), read.rows
 
 
-def read_parquet(path: Path, origin: str, pyfunc: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(row ids, the model's input columns); a `file` column, as in dataset splits, names the rows too."""
+def read_parquet(path: Path, origin: str, pyfunc: Any, batch_size: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """(row ids, the model's input columns) a batch of rows at a time; a `file` column names the rows too."""
     try:
-        frame = pd.read_parquet(path)
+        source = pq.ParquetFile(path)
     except Exception as exc:
         raise DataError(f"input: {origin}: unreadable parquet: {str(exc).strip().splitlines()[0]}") from exc
-    if frame.empty:
+    if source.metadata.num_rows == 0:
         raise DataError(f"input: {origin} has no rows")
-    ids = pd.DataFrame({"row_id": range(len(frame))})
-    if "file" in frame.columns:
-        ids["file"] = frame["file"].astype(str).to_numpy()
+    names = source.schema_arrow.names
     schema = pyfunc.metadata.get_input_schema()
     wanted = [c.name for c in schema.inputs if getattr(c, "name", None)] if schema is not None else []
-    missing = [c for c in wanted if c not in frame.columns]
+    missing = [c for c in wanted if c not in names]
     if missing:
         raise DataError(f"input: {origin} lacks the model's input column(s) {', '.join(missing[:5])}")
-    return ids, frame[wanted] if wanted else frame
+    columns = (wanted + (["file"] if "file" in names and "file" not in wanted else [])) if wanted else None
+    start = 0
+    for batch in source.iter_batches(batch_size=batch_size, columns=columns):
+        frame = batch.to_pandas()
+        ids = pd.DataFrame({"row_id": range(start, start + len(frame))})
+        if "file" in frame.columns:
+            ids["file"] = frame["file"].astype(str).to_numpy()
+        start += len(frame)
+        yield ids, frame[wanted] if wanted else frame
 
 
 def _as_frame(answer: Any) -> pd.DataFrame:

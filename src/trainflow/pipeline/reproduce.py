@@ -163,7 +163,7 @@ def config_drift(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 def data_drift(original: Original, now: dict[str, Any]) -> list[str]:
     """The dataset a `data.uri` names, against the digest the run read."""
-    from trainflow.tracking.datasets import fetch_dataset
+    from trainflow.data.dataset_cache import fetch_dataset
 
     uri = (now.get("data") or {}).get("uri")
     then = original.tags.get(tag.DATA_DIGEST)

@@ -1,0 +1,80 @@
+"""Where a task's raw files live: a local folder, `file://` or `s3://bucket/prefix`, read through `pyarrow.fs`.
+
+pyarrow's file systems are already what the dataset files are written with,
+so object storage costs no new dependency. Credentials, region and endpoint
+come from the environment the way every AWS client reads them
+(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+`AWS_ENDPOINT_URL`), never from the config: the config is logged as params,
+and a key written into `data.root` would be too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainflow.errors import DataError
+
+_REMOTE = ("s3://", "file://", "gs://", "hdfs://")
+
+
+@dataclass
+class DataRoot:
+    """A folder on some file system; paths below it are relative, with forward slashes."""
+
+    uri: str  # as the user wrote it: what errors name
+    fs: Any  # pyarrow.fs.FileSystem
+    base: str  # the folder's path on `fs`
+
+    def entries(self) -> tuple[list[str], set[str]]:
+        """(every file, every folder) below the root, relative and sorted; one listing call for object stores."""
+        import pyarrow.fs as pafs
+
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.base, recursive=True))
+        except FileNotFoundError as exc:
+            raise DataError(f"data.root: no such folder: {self.uri}") from exc
+        except OSError as exc:
+            raise DataError(f"data.root: cannot list {self.uri}: {_first_line(exc)}") from exc
+        prefix = self.base.rstrip("/") + "/"
+        files, folders = [], set()
+        for info in infos:
+            relative = info.path[len(prefix):] if info.path.startswith(prefix) else info.path
+            if info.type == pafs.FileType.Directory:
+                folders.add(relative)
+            elif info.type == pafs.FileType.File:
+                files.append(relative)
+        for name in files:  # object stores have no folders, only keys with slashes
+            parts = name.split("/")[:-1]
+            folders.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+        return sorted(files), folders
+
+    def read(self, relative: str) -> bytes:
+        with self.fs.open_input_stream(f"{self.base.rstrip('/')}/{relative}") as stream:
+            return bytes(stream.read())
+
+    def where(self, relative: str) -> str:
+        """A file's name for errors: the path a user can look at."""
+        return f"{self.uri.rstrip('/')}/{relative}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def open_root(uri: str) -> DataRoot:
+    """The root named by `data.root`; an unreachable store or a missing folder is one line naming it."""
+    import pyarrow.fs as pafs
+
+    if not uri.startswith(_REMOTE):
+        local = Path(uri).expanduser().resolve()
+        if not local.is_dir():
+            raise DataError(f"data.root: no such folder: {uri}")
+        return DataRoot(str(local), pafs.LocalFileSystem(), str(local))
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)  # a store that is down fails at the first listing, named there
+    except (OSError, ValueError) as exc:
+        raise DataError(f"data.root: cannot open {uri}: {_first_line(exc)}") from exc
+    return DataRoot(uri, fs, path)
