@@ -101,14 +101,14 @@ def _load_subject(cfg: DictConfig, run: StepRun) -> _Subject:
     checkpoint = resolve_checkpoint(cfg.ckpt_path, run.output_dir / "checkpoint")
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     run_id = cfg.ckpt_path.split("/")[1] if str(cfg.ckpt_path).startswith("runs:/") else None
-    model_cfg = trained_model_config(run.client, run_id) or cfg.model
+    model_cfg = trained_model_config(run.client, run_id, cfg.model) or cfg.model
     module = instantiate(model_cfg, _convert_="all", **unset_from_checkpoint(model_cfg, saved))
     load_weights(module, saved["state_dict"], cfg.ckpt_path)
     run.set_tags({tag.EVALUATED: cfg.ckpt_path, tag.MODEL_DIGEST: file_digest(checkpoint)})
     return _Subject(module, cfg.ckpt_path, run_id, recorded_data=dict(saved.get("datamodule_hyper_parameters") or {}))
 
 
-def trained_model_config(client: Any, run_id: str | None) -> DictConfig | None:
+def trained_model_config(client: Any, run_id: str | None, composed: DictConfig) -> DictConfig | None:
     """The `model` node the run that saved a checkpoint was trained with (its logged config.yaml).
 
     A checkpoint holds weights, not the network's shape (the module keeps
@@ -118,6 +118,12 @@ def trained_model_config(client: Any, run_id: str | None) -> DictConfig | None:
     logged its resolved config, so the network is rebuilt from that. None
     when the checkpoint names no run, or its run logged no trainflow config:
     then the configured model is used, and a mismatch fails in one line.
+
+    The logged config is resolved, so a size the dataset decides later (a
+    nested `num_classes: ${..num_classes}`) was logged as null. When the
+    composed model is the same class, its interpolations stand where the
+    logged value is null, so the size the checkpoint records reaches every
+    key that refers to it, as it did in training.
     """
     import tempfile
 
@@ -135,7 +141,19 @@ def trained_model_config(client: Any, run_id: str | None) -> DictConfig | None:
     if not isinstance(model, dict) or "_target_" not in model:
         return None
     log.info("Rebuilding the network from the model config run %s was trained with", run_id)
-    return OmegaConf.create(model)
+    if composed.get("_target_") != model["_target_"]:
+        return OmegaConf.create(model)
+    merged = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(composed, resolve=False)),
+                             OmegaConf.create(_without_nulls(model)))
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _without_nulls(node: Any) -> Any:
+    """`node` without its null leaves: the keys a training run filled in later, not what it was given."""
+    if isinstance(node, dict):
+        return {k: _without_nulls(v) for k, v in node.items() if v is not None}
+    return node
 
 
 def trained_preprocessing(data_cfg: DictConfig, recorded: dict[str, Any]) -> DictConfig:
