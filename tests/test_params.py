@@ -57,4 +57,11 @@ def test_a_param_logged_with_another_value_is_an_error_naming_both() -> None:
 ])
 def test_a_value_as_mlflow_run_logged_it_is_the_same_value(logged: str, resolved: str) -> None:
     assert same_value("k", logged, resolved)
-    assert not same_value("k", logged, resolved + "0")
+    assert not same_value("k", logged, resolved + "1")
+
+
+def test_a_number_the_schema_widened_is_the_same_value() -> None:
+    """`-P tracking.flush_every_s=0` is logged as '0'; the float key resolves to 0.0: not a changed param."""
+    assert new_params({"tracking.flush_every_s": "0.0"}, {"tracking.flush_every_s": "0"}) == {}
+    with pytest.raises(ConfigError, match="flush_every_s"):
+        new_params({"tracking.flush_every_s": "0.5"}, {"tracking.flush_every_s": "0"})

@@ -64,7 +64,9 @@ def same_value(key: str, logged: str, resolved: str) -> bool:
     """`logged` (as typed, maybe shell-quoted) names the same value as `resolved` (as `flatten` writes it).
 
     `mlflow run` logs a `-P` value `shlex.quote`d (`'[a,'"'"'b c'"'"']'`):
-    unquoted, it is the Hydra override value the step was given.
+    unquoted, it is the Hydra override value the step was given. A number
+    the config's schema widened (`-P x=0` into a float key resolves to
+    `0.0`) is the same number.
     """
     typed = [logged]
     try:
@@ -73,7 +75,18 @@ def same_value(key: str, logged: str, resolved: str) -> bool:
         words = []
     if len(words) == 1:
         typed.append(words[0])
-    return resolved in typed or any(_override_text(key, value) == resolved for value in typed)
+    read = [_override_text(key, value) for value in typed]
+    if resolved in typed or resolved in read:
+        return True
+    number = _as_number(resolved)
+    return number is not None and any(_as_number(text) == number for text in [*typed, *read] if text is not None)
+
+
+def _as_number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _override_text(key: str, value: str) -> str | None:
