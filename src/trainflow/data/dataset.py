@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainflow.errors import DataError
+from trainflow.fetch import file_digest
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
@@ -69,18 +70,10 @@ def dataset_digest(entries: list[tuple[str, str]]) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def files_digest(folder: Path, splits: list[str] | tuple[str, ...]) -> str:
     """The dataset digest of the split files now in `folder` (one file or shards per split)."""
     names = [p.name for p in folder.glob("*.parquet") if (m := _SHARD.match(p.name)) and m["split"] in splits]
-    return dataset_digest([(name, file_sha256(folder / name)) for name in names])
+    return dataset_digest([(name, file_digest(folder / name)) for name in names])
 
 
 class _HashingFile:
@@ -213,7 +206,7 @@ class DatasetWriter:
     def add_file(self, name: str) -> None:
         """A file already in the folder that travels with the splits (a licence); listed, not in the digest."""
         path = self.folder / name
-        self.other_files.append({"name": name, "bytes": path.stat().st_size, "sha256": file_sha256(path),
+        self.other_files.append({"name": name, "bytes": path.stat().st_size, "sha256": file_digest(path),
                                  "split": None, "rows": None})
 
     def close(self, *, task: str, source: str, label_names: list[str] | None = None,
@@ -281,7 +274,7 @@ def verify_dataset(folder: Path, origin: str | None = None) -> Manifest:
     if missing:
         raise DataError(f"{origin}: split file(s) missing: {', '.join(missing)}")
     listed = [f for f in manifest.files if f.get("split")]
-    actual = {f["name"]: file_sha256(folder / f["name"]) for f in listed}
+    actual = {f["name"]: file_digest(folder / f["name"]) for f in listed}
     if dataset_digest(list(actual.items())) != manifest.digest:
         changed = [f["name"] for f in listed if actual[f["name"]] != f["sha256"]]
         raise DataError(f"{origin}: digest mismatch ({', '.join(changed) or 'the split files'}): manifest says "

@@ -33,11 +33,11 @@ from trainflow.data.dataset import (
     Manifest,
     check_sizes,
     dataset_digest,
-    file_sha256,
     read_manifest,
     verify_dataset,
 )
 from trainflow.errors import DataError, UriError
+from trainflow.fetch import file_digest
 
 _REMOTE = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "wasbs://", "http://", "https://", "dbfs:/")
 _RUN_IN_URI = (re.compile(r"^runs:/([0-9a-f]{32})/"), re.compile(r"/([0-9a-f]{32})/artifacts/"))
@@ -194,7 +194,7 @@ def _download_shard(uri: str, entry: dict[str, Any], blob: Path, cache_root: Pat
             if size != entry["bytes"]:
                 problem = f"{size} bytes, the manifest lists {entry['bytes']} (truncated)"
                 continue
-            sha = file_sha256(local)
+            sha = file_digest(local)
             if sha != entry["sha256"]:
                 problem = f"sha256 mismatch: the manifest lists {entry['sha256'][:12]}…, got {sha[:12]}…"
                 continue
