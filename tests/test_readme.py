@@ -193,6 +193,8 @@ def test_every_repository_path_the_documents_name_exists() -> None:
             for name in REPO_PATH.findall(_with_placeholders(line)):
                 if name.startswith("configs/local/") or "*" in name:
                     continue  # configs/local is each machine's own, untracked
+                if f"{name}*" in line and any(ROOT.glob(f"{name}*")):
+                    continue  # a glob (`tests/test_slurm_*.py`) that matches files
                 if not (ROOT / name).exists() and not (ROOT / name.rstrip(".")).exists():
                     missing.append(f"{path.relative_to(ROOT)}:{number}: {name}")
     assert not missing, "\n".join(missing)

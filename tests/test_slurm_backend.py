@@ -19,7 +19,7 @@ import pytest
 from helpers import ROOT, TINY, all_runs, new_sqlite_store, step_env
 from servers import VENV_BIN, SlurmCluster
 from trainflow.slurm import jobs
-from trainflow.slurm.backend import JOB_ID_TAG
+from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
 
@@ -59,10 +59,10 @@ def test_mlflow_run_waits_for_the_job_and_the_step_attaches_to_its_run(slurm: Sl
     assert run.info.status == "FINISHED"
     tags = run.data.tags
     assert tags["trainflow.step"] == "train" and tags["mlflow.project.backend"] == "slurm"
-    job_id = tags[JOB_ID_TAG]
+    job_id = tags[tag.SLURM_JOB_ID]
     assert f"submitted SLURM job {job_id} for MLflow run {run.info.run_id}" in done.stderr
     assert "val/acc" in run.data.metrics
-    assert "train output:" in Path(tags["trainflow.slurm.log"]).read_text()
+    assert "train output:" in Path(tags[tag.SLURM_LOG]).read_text()
 
 
 def test_a_failing_job_gives_a_failed_run_and_a_nonzero_exit(slurm: SlurmCluster, tmp_path: Path) -> None:
@@ -143,7 +143,7 @@ def test_the_python_api_submits_without_waiting_and_wait_status_and_cancel_work(
     long.cancel()
     assert long.get_status() == "KILLED"
     assert client.get_run(long.run_id).info.status == "KILLED"
-    job = client.get_run(long.run_id).data.tags[JOB_ID_TAG]
+    job = client.get_run(long.run_id).data.tags[tag.SLURM_JOB_ID]
     state = subprocess.run(["scontrol", "show", "job", job], env=slurm.client_env(), capture_output=True, text=True)
     assert "JobState=CANCELLED" in state.stdout
 

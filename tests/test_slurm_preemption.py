@@ -22,13 +22,16 @@ from mlflow import MlflowClient
 
 from helpers import ROOT, TINY, all_runs, new_sqlite_store, step_env
 from servers import VENV_BIN, SlurmCluster
-from trainflow.slurm.backend import JOB_ID_TAG
+from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 4
+# Enough epochs that the test sees one logged, with `last` uploaded, while many are still to come, however
+# fast the machine (with 4 an idle machine finished the job between two polls); min_epochs: all of them run.
+EPOCHS = 16
 PARAMS = [*[p for p in TINY if not p.startswith(("trainer.max_epochs", "trainer.limit_train"))],
-          f"trainer.max_epochs={EPOCHS}", "trainer.limit_train_batches=10", "trainer.deterministic=true"]
+          f"trainer.max_epochs={EPOCHS}", f"trainer.min_epochs={EPOCHS}", "trainer.limit_train_batches=10",
+          "trainer.deterministic=true"]
 
 
 def submit(tmp_path: Path, slurm: SlurmCluster, uri: str, name: str) -> subprocess.Popen:
@@ -48,7 +51,7 @@ def test_a_requeued_job_resumes_its_run_from_the_last_checkpoint(slurm: SlurmClu
     client = MlflowClient(uri)
     preempted, alone = submit(tmp_path, slurm, uri, "preempted"), submit(tmp_path, slurm, uri, "alone")
     run = _wait_for_a_logged_epoch(client, "preempted", preempted)
-    job = run.data.tags[JOB_ID_TAG]
+    job = run.data.tags[tag.SLURM_JOB_ID]
     env = slurm.client_env()
     subprocess.run(["scontrol", "requeue", job], env=env, check=True, timeout=30)
     _release(job, env)
@@ -61,7 +64,7 @@ def test_a_requeued_job_resumes_its_run_from_the_last_checkpoint(slurm: SlurmClu
     resumed = runs[run.info.run_id]
     assert resumed.info.status == "FINISHED"
     assert resumed.data.tags["trainflow.resumes"] == "1"
-    log = Path(resumed.data.tags["trainflow.slurm.log"]).read_text()
+    log = Path(resumed.data.tags[tag.SLURM_LOG]).read_text()
     assert log.count("Running command") == 2, "the job ran twice: before and after its requeue"
     [other] = [r for r in runs.values() if r.info.run_id != run.info.run_id]
     for key in ("val/acc", "val/loss", "train/loss"):

@@ -49,9 +49,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_BACKEND, MLFLOW_PROJECT_ENV
 
 from trainflow.slurm import jobs
 from trainflow.slurm.jobs import SlurmError
+from trainflow.tracking import tags as tag
 
-JOB_ID_TAG = "trainflow.slurm.job_id"
-JOB_LOG_TAG = "trainflow.slurm.log"
 # backend-config keys of ours; sbatch's own are jobs.SBATCH_OPTIONS, any other flag goes through sbatch_args
 OWN_KEYS = {"sbatch_args", "log_dir", "poll_s", "wait"}
 # what MLflow itself puts into every backend config
@@ -99,8 +98,8 @@ class SlurmBackend(AbstractBackend):
         except SlurmError as e:
             client.set_terminated(run_id, "FAILED")
             raise _refused(str(e)) from None
-        client.set_tag(run_id, JOB_ID_TAG, job_id)
-        client.set_tag(run_id, JOB_LOG_TAG, str(log).replace("%j", job_id))
+        client.set_tag(run_id, tag.SLURM_JOB_ID, job_id)
+        client.set_tag(run_id, tag.SLURM_LOG, str(log).replace("%j", job_id))
         if env_manager:
             client.set_tag(run_id, MLFLOW_PROJECT_ENV, env_manager)
         print(f"submitted SLURM job {job_id} for MLflow run {run_id}", file=sys.stderr, flush=True)
@@ -223,7 +222,7 @@ class SlurmSubmittedRun(SubmittedRun):
         status = "KILLED" if state.state in jobs.CANCELLED else "FAILED"
         if str(run.info.status) in ("RUNNING", "SCHEDULED"):
             self._client.set_terminated(self.run_id, status)
-        log = run.data.tags.get(JOB_LOG_TAG, "?")
+        log = run.data.tags.get(tag.SLURM_LOG, "?")
         self.failure = (f"job {self.job_id} ended {state.state} (exit {state.exit_code}"
                         f"{', ' + state.reason if state.reason not in ('', 'None') else ''}): "
                         f"{_last_line(log)} (log: {log})")

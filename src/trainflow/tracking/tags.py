@@ -82,6 +82,10 @@ TRIAL_PARAMS = "trainflow.trial.params"
 TRIAL_WORKER = "trainflow.trial.worker"
 TRIAL_VALUE = "trainflow.trial.value"
 
+# --- SLURM (trainflow.slurm.backend): on a run `mlflow run --backend slurm` submitted --
+SLURM_JOB_ID = "trainflow.slurm.job_id"
+SLURM_LOG = "trainflow.slurm.log"  # the job's output file on the cluster
+
 # --- Optuna study user attrs (sweep.recovery), not run tags ------------------
 STUDY_LEASE_PREFIX = "trainflow.lease."  # + the sweep's parent run id: the time of its last heartbeat
 
