@@ -3,22 +3,17 @@
 `sbatch --array=0-2` of the sweep command, as docs/scaling.md gives it, on
 the PostgreSQL-backed `mlflow server`; the study's URL reaches the tasks
 through the environment (`${oc.env:OPTUNA_URL}`), never the job's command
-line. One task's processes are SIGKILLed while its trial trains (what a
-node failure does): a lost machine, so the others run its trial again and
-nothing stays RUNNING.
+line. One task is `scancel`ed while its trial trains: SLURM sends SIGTERM,
+then SIGKILL KillWait (5 s) later. Within that, the task puts its trial back
+in the study's queue, fails it and ends its runs KILLED; another task runs
+the trial again, and the study still ends with exactly `n_trials` finished.
 
-`scancel` is not that: it always sends SIGTERM first (even
-`--signal=KILL`), the sweep takes SIGTERM as an interruption, fails its
-trial and ends, and the study finishes one trial short
-(trainflow/sweep/worker.py `run_and_tell` does not queue an interrupted
-trial again).
+A machine killed outright (SIGKILL, no SIGTERM first: a dead node) is
+tests/test_multimachine_sweep.py's lost machine.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -41,7 +36,7 @@ SWEEP = [*TINY, "hparams_search=digits_optuna", "sweep.n_workers=1", "sweep.prun
          "sweep.heartbeat_s=1", "sweep.grace_s=4"]
 
 
-def test_an_array_of_three_runs_exactly_n_trials_and_recovers_a_killed_task(
+def test_an_array_of_three_runs_exactly_n_trials_and_retries_a_scancelled_tasks_trial(
         slurm: SlurmCluster, postgres: PostgresServer, pg_mlflow_server, tmp_path: Path) -> None:
     storage = postgres.create_database("study_array")
     study = "array"
@@ -55,16 +50,21 @@ def test_an_array_of_three_runs_exactly_n_trials_and_recovers_a_killed_task(
                                timeout=60, check=True)
     job = submitted.stdout.strip()
     client = MlflowClient(pg_mlflow_server.uri)
-    victim = _kill_a_task_mid_trial(client, storage, study, job, env)
+    victim, stopped = _scancel_a_task_mid_trial(client, storage, study, job, env)
     _wait_for_array(job, env)
 
-    # what the tasks said about the study (claims, lost machines, interruptions), for a failure's message
+    # what the tasks said about the study (claims, interruptions, lost machines), for a failure's message
     log = "\n".join(f"{p.name}: {line[:200]}" for p in sorted(tmp_path.glob("slurm-*.out"))
-                    for line in p.read_text().splitlines() if line.startswith(("sweep:", "trial ", "error:", "slurm")))
+                    for line in p.read_text().splitlines()
+                    if line.startswith(("sweep:", "trial ", "error:", "slurm")))
     trials = optuna.load_study(study_name=study, storage=storage).trials
     states = [t.state.name for t in trials]
     assert sum(s in ("COMPLETE", "PRUNED") for s in states) == N_TRIALS, f"{states}\n{log}"
-    assert "RUNNING" not in states and "WAITING" not in states
+    assert "RUNNING" not in states and "WAITING" not in states, f"{states}\n{log}"
+    # the stopped trial failed and ran again, elsewhere, with the same params
+    assert trials[stopped].state.name == "FAIL", f"{states}\n{log}"
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == stopped)
+    assert retry.state.name in ("COMPLETE", "PRUNED") and retry.params == trials[stopped].params
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, f"tags.`{tag.SWEEP_STUDY}` = '{study}'", max_results=1000)
     assert runs and all(r.info.status != "RUNNING" for r in runs), [(r.data.tags.get(tag.STEP), r.info.status)
@@ -72,15 +72,20 @@ def test_an_array_of_three_runs_exactly_n_trials_and_recovers_a_killed_task(
     parents = {next(k.removeprefix("tag.") for k in r.data.tags if k.startswith("tag.task-")): r
                for r in runs if r.data.tags.get(tag.STEP) == "sweep"}
     assert sorted(parents) == ["task-0", "task-1", "task-2"]
-    assert parents[f"task-{victim}"].info.status == "FAILED"
-    assert "machine lost" in parents[f"task-{victim}"].data.tags[tag.ERROR]
-    assert [p.info.status for k, p in sorted(parents.items()) if k != f"task-{victim}"] == ["FINISHED"] * 2, f"{log}"
+    # KILLED, not FAILED as a lost machine's: the task ended its runs itself before SLURM's SIGKILL
+    stopped_parent = parents.pop(f"task-{victim}")
+    assert stopped_parent.info.status == "KILLED", f"{stopped_parent.data.tags.get(tag.ERROR)}\n{log}"
+    assert stopped_parent.data.tags[tag.ERROR] == "interrupted by SIGTERM"
+    assert client.get_run(trials[stopped].user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert retry.user_attrs["mlflow_sweep_run_id"] != stopped_parent.info.run_id
+    assert [p.info.status for _, p in sorted(parents.items())] == ["FINISHED"] * 2, f"{log}"
     for run in runs:
         assert PostgresServer.PASSWORD not in str(run.data.params) + str(run.data.tags)
 
 
-def _kill_a_task_mid_trial(client: MlflowClient, storage: str, study: str, job: str, env: dict[str, str]) -> int:
-    """SIGKILL the array task of a trial still in its first epoch (no val/acc yet); its index."""
+def _scancel_a_task_mid_trial(client: MlflowClient, storage: str, study: str, job: str,
+                              env: dict[str, str]) -> tuple[int, int]:
+    """`scancel` the array task of a trial still in its first epoch (no val/acc yet): (task index, trial number)."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
@@ -95,22 +100,10 @@ def _kill_a_task_mid_trial(client: MlflowClient, storage: str, study: str, job: 
             if run and run.info.status == "RUNNING" and "val/acc" not in run.data.metrics:
                 parent = client.get_run(run.data.tags["mlflow.parentRunId"])
                 task = int(next(k for k in parent.data.tags if k.startswith("tag.task-")).removeprefix("tag.task-"))
-                _kill_task(job, task, env)
-                return task
+                subprocess.run(["scancel", f"{job}_{task}"], env=env, timeout=30, check=True)
+                return task, trial.number
         time.sleep(0.2)
     raise AssertionError("no trial was seen training")
-
-
-def _kill_task(job: str, task: int, env: dict[str, str]) -> None:
-    """Every process of one array task, SIGKILLed at once as a dying node would (SLURM's own pids)."""
-    listed = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%A %K"], env=env, capture_output=True,
-                            text=True, timeout=30, check=True).stdout.split("\n")
-    job_id = next(line.split()[0] for line in listed if line.split()[1:] == [str(task)])
-    pids = subprocess.run(["scontrol", "listpids", job_id], env=env, capture_output=True, text=True, timeout=30,
-                          check=True).stdout.splitlines()[1:]
-    for pid in (int(line.split()[0]) for line in pids if line.split()):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def _wait_for_array(job: str, env: dict[str, str], timeout_s: float = 500) -> None:

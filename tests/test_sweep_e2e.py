@@ -67,7 +67,8 @@ def test_train_multirun_runs_the_study_and_an_aggressive_pruner_prunes(sqlite_ur
 
 
 def test_ctrl_c_ends_the_sweep_killed_and_keeps_finished_trials(sqlite_uri, tmp_path) -> None:
-    """SIGINT mid-sweep (two workers): parent KILLED, exit 130, finished trials kept, nothing left RUNNING."""
+    """SIGINT mid-sweep (two workers): parent KILLED, exit 130, finished trials kept, stopped ones queued again,
+    nothing left RUNNING."""
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     overrides = [*TINY, "trainer.max_epochs=3", "trainer.min_epochs=3", "trainer.limit_train_batches=20",
                  "hparams_search=digits_optuna", "sweep.n_trials=40", "sweep.n_workers=2", "sweep.pruner=null",
@@ -98,6 +99,12 @@ def test_ctrl_c_ends_the_sweep_killed_and_keeps_finished_trials(sqlite_uri, tmp_
     assert "RUNNING" not in states and states.count("COMPLETE") >= 2
     finished = {r.info.run_id for r in children if r.info.status == "FINISHED"}
     assert finished == {t.user_attrs["mlflow_run_id"] for t in study.trials if t.state.name == "COMPLETE"}
+    # each trial the Ctrl-C stopped went back to the queue with its params: the next sweep on this storage runs it
+    stopped = [t for t in study.trials if t.state.name == "FAIL"]
+    retries = {t.system_attrs["failed_trial"]: t for t in study.trials if "failed_trial" in t.system_attrs}
+    assert sorted(retries) == [t.number for t in stopped], output[-3000:]
+    assert all(retries[t.number].state.name == "WAITING" and retries[t.number].params == t.params for t in stopped)
+    assert output.count("interrupted; failed, queued again") == len(stopped), output[-3000:]
     workers = subprocess.run(["pgrep", "-f", f"{tmp_path}/out/workers"], capture_output=True, text=True)
     assert workers.stdout == "", "no worker outlives the sweep"
 

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM in a sweep: held over a trial's bookkeeping, and nothing left running or RUNNING.
+"""Ctrl-C and SIGTERM in a sweep: held over a trial's bookkeeping, the trial queued again, nothing left RUNNING.
 
 Real signals, sent to this process with os.kill.
 """
@@ -14,10 +14,12 @@ from types import FrameType
 
 import optuna
 import pytest
+from mlflow import MlflowClient
 
 from helpers import TINY
-from trainflow.sweep.driver import fail_orphans, start_workers, sweep_plan
-from trainflow.sweep.trial import ATTR_SWEEP_RUN
+from trainflow.sweep.driver import fail_orphans, run_sweep, start_workers, sweep_plan
+from trainflow.sweep.trial import ATTR_RUN, ATTR_SWEEP_RUN
+from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
 from trainflow.tracking.signals import DeferredSignals
 
@@ -138,3 +140,39 @@ def test_workers_already_started_are_killed_when_starting_the_next_fails(
             start_workers(sweep_plan(cfg, tmp_path, run.run_id), run)
         assert (tmp_path / "workers" / "worker-1.json").exists()
         assert _processes_running(str(tmp_path / "workers")) == []
+
+
+def test_a_trial_stopped_by_sigterm_is_queued_again_and_the_next_sweep_runs_it(
+        compose, tmp_path, sqlite_uri, tracking_env) -> None:
+    """The local Ctrl-C / SIGTERM story: nothing is lost, and running the sweep again on its storage
+    finishes the study with its n_trials, the stopped trial's params included."""
+    tracking_env(sqlite_uri)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep = [*TINY, "hparams_search=digits_optuna", "sweep.n_trials=2", "sweep.pruner=null",
+             f"sweep.storage={storage}", "sweep.study_name=stopped"]
+    # SIGTERM from inside the first trial's fit, as `scancel` sends it
+    sigterm = "+callbacks.fault={_target_:trainflow.training.faults.SignalAt,moment:train_batch,batch:1}"
+    cfg = compose("sweep", [*sweep, sigterm], output_dir=tmp_path / "first")
+    with pytest.raises(SystemExit) as stopped, step_run("sweep", cfg) as first:
+        run_sweep(cfg, first)
+    assert stopped.value.code == 128 + signal.SIGTERM
+
+    client = MlflowClient(sqlite_uri)
+    study = optuna.load_study(study_name="stopped", storage=storage)
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING", "WAITING"]
+    failed, retry = study.trials[0], study.trials[2]
+    assert retry.system_attrs["failed_trial"] == 0 and retry.params == failed.params
+    assert ATTR_RUN not in retry.user_attrs and ATTR_SWEEP_RUN not in retry.user_attrs, "the retry is no one's yet"
+    stopped_run = client.get_run(failed.user_attrs[ATTR_RUN])
+    assert (stopped_run.info.status, stopped_run.data.tags[tag.TRIAL_STATE]) == ("KILLED", "FAIL")
+    assert client.get_run(first.run_id).info.status == "KILLED"
+
+    cfg = compose("sweep", sweep, output_dir=tmp_path / "again")
+    with step_run("sweep", cfg) as again:
+        result = run_sweep(cfg, again)
+    study = optuna.load_study(study_name="stopped", storage=storage)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"], "nothing queued on top"
+    assert result.states == {"FAIL": 1, "COMPLETE": 2}
+    assert study.trials[2].params == failed.params
+    rerun = client.get_run(study.trials[2].user_attrs[ATTR_RUN])
+    assert rerun.info.status == "FINISHED" and rerun.data.tags["mlflow.parentRunId"] == again.run_id

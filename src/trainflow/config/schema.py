@@ -147,7 +147,7 @@ class SweepSchema:
     # liveness in a database storage: a trial silent for grace_s is stale (its machine is lost)
     heartbeat_s: int = 10
     grace_s: int = 60
-    # how often a lost machine's trial is queued again before it stays FAIL
+    # how often a trial whose machine was lost or stopped (SIGTERM, Ctrl-C) is queued again before it stays FAIL
     max_retry: int = 1
 
 

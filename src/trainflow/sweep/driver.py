@@ -102,7 +102,7 @@ def _run_trials(study: optuna.Study, run: StepRun, plan: SweepPlan) -> SweepResu
         check_trial_config(plan, targets=True)
         with run.timed("trials"):
             limit_threads(1 if plan.n_workers > 1 else None)
-            work(study, plan.setup(run.run_id, worker=0), plan.study.storage, watch=True)
+            work(study, plan.setup(run.run_id, worker=0), plan.study.storage, plan.study.max_retry, watch=True)
             wait_workers(workers)
     except BaseException as exc:
         stop_workers(workers, signal_of(exc))
@@ -168,7 +168,7 @@ def trial_overrides(sweep_overrides: list[str], register_best: bool, n_workers: 
 
     Trials never register (the sweep registers the best one); with
     `register_best` they log their model unregistered so the best can be.
-    No trial is resumed (an interrupted one fails; Optuna samples anew), so
+    No trial is resumed (an interrupted one is queued again and starts over), so
     none saves and uploads a `last` checkpoint every epoch (a fifth of a tiny
     trial's time); with the callback removed, the entry is skipped.
     Parallel workers drop progress bars that would overwrite each other.

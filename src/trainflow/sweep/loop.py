@@ -2,7 +2,9 @@
 
 A worker takes trials from the study's queue until it is empty; each trial
 prints one line (its number, state, value, params and run), its whole output
-goes to its run (see trial.run_trial).
+goes to its run (see trial.run_trial). A trial interrupted by Ctrl-C or
+SIGTERM (`scancel`) goes back to the queue before it fails (run_and_tell), so
+another machine runs it, or the next sweep on the same storage does.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from trainflow.sweep.optuna_adapter import beating, heartbeat_enabled
-from trainflow.sweep.recovery import fail_stale
+from trainflow.sweep.recovery import fail_stale, queue_again
 from trainflow.sweep.study import claim_trial
-from trainflow.sweep.trial import TrialOutcome, TrialSetup, run_trial, tie_to_sweep
+from trainflow.sweep.trial import TrialOutcome, TrialSetup, is_interruption, run_trial, tie_to_sweep
 from trainflow.tracking.signals import DeferredSignals
 
 if TYPE_CHECKING:
@@ -27,14 +29,15 @@ log = logging.getLogger(__name__)
 WATCH_S = 1.0
 
 
-def work(study: optuna.Study, setup: TrialSetup, storage_url: str | None,
+def work(study: optuna.Study, setup: TrialSetup, storage_url: str | None, max_retry: int,
          stop: Callable[[], bool] = lambda: False, watch: bool = False) -> list[TrialOutcome]:
-    """Claim, run, tell, until the queue is empty (or `stop()`); an interrupted trial fails in Optuna.
+    """Claim, run, tell, until the queue is empty (or `stop()`); an interrupted trial is queued again, then fails.
 
     With a heartbeat, stale trials (a lost machine's) are failed and queued
     again before every claim. `watch` (the sweep's own process) keeps going
-    while any machine still runs a trial, so a trial its machine loses comes
-    back to a machine that is still there.
+    while any machine still runs a trial or one waits in the queue, so a
+    trial its machine loses or gives back comes to a machine that is still
+    there. `max_retry`: how often one trial goes back to the queue.
     """
     outcomes = []
     while not stop():
@@ -45,16 +48,17 @@ def work(study: optuna.Study, setup: TrialSetup, storage_url: str | None,
             trial = claim_trial(study, storage_url)
             if trial is not None:
                 with beating(study, trial):
-                    outcomes.append(run_and_tell(study, trial, setup, signals))
+                    outcomes.append(run_and_tell(study, trial, setup, signals, max_retry))
                 continue
-        if not (watch and _running_elsewhere(study)):
+        if not (watch and _unfinished_elsewhere(study)):
             break
         time.sleep(WATCH_S)
     return outcomes
 
 
-def _running_elsewhere(study: optuna.Study) -> bool:
-    """Trials still running on some machine, which may yet come back to the queue (heartbeat only).
+def _unfinished_elsewhere(study: optuna.Study) -> bool:
+    """Trials still running on some machine (they may come back to the queue), or queued since this
+    machine found it empty: a stopped machine's trial, queued again (heartbeat only: a shared storage).
 
     `get_trials` reads the storage on every call (Optuna's trial cache serves only its samplers).
     """
@@ -62,15 +66,18 @@ def _running_elsewhere(study: optuna.Study) -> bool:
 
     if not heartbeat_enabled(study):
         return False
-    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
 
 
 def run_and_tell(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup,
-                 signals: DeferredSignals) -> TrialOutcome:
+                 signals: DeferredSignals, max_retry: int) -> TrialOutcome:
     """One claimed trial, told to the study.
 
     A trial's run ends FINISHED before the study hears COMPLETE; a Ctrl-C in
     between would fail a finished trial, so it waits until the study is told.
+    An interrupted trial (Ctrl-C, SIGTERM) was stopped, not wrong: it is
+    queued again (up to `max_retry` times) before the study hears FAIL, so a
+    machine watching the study never finds it with nothing running or queued.
     """
     from optuna.trial import TrialState
 
@@ -78,14 +85,31 @@ def run_and_tell(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup,
         tie_to_sweep(trial, setup)
         signals.release()
         outcome = run_trial(trial, setup, hold_signals=signals.hold)
-    except BaseException:
+    except BaseException as exc:
         signals.hold()
+        if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and is_interruption(exc)):
+            _queue_interrupted(study, trial, max_retry)
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
     state = TrialState[outcome.state]
     study.tell(trial, outcome.value if state == TrialState.COMPLETE else None, state=state)
     print(describe(outcome, setup), flush=True)
     return outcome
+
+
+def _queue_interrupted(study: optuna.Study, trial: optuna.Trial, max_retry: int) -> None:
+    """The interrupted trial back in the queue with its params; a storage that fails here fails the trial only."""
+    from optuna.trial import TrialState
+
+    try:
+        frozen = next(t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                      if t.number == trial.number)
+        queued = queue_again(study, frozen, max_retry)
+    except Exception as exc:
+        log.warning("trial %d: interrupted, and could not be queued again: %s", trial.number, exc)
+        return
+    print(f"sweep: trial {trial.number} interrupted; failed, "
+          f"{'queued again' if queued else 'no retry left (sweep.max_retry)'}", flush=True)
 
 
 def describe(outcome: TrialOutcome, setup: TrialSetup) -> str:

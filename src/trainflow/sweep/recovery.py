@@ -1,4 +1,4 @@
-"""A machine lost mid-sweep: its trial runs again elsewhere, its runs end FAILED, never RUNNING forever.
+"""A machine lost or stopped mid-sweep: its trial runs again elsewhere, and no run stays RUNNING.
 
 A machine killed outright (SIGKILL, power, a preempted node) cleans up
 nothing. Two heartbeats in the study's database, which every machine shares,
@@ -15,6 +15,11 @@ tell the living from the dead:
   than `grace_s` is a lost machine: its parent run is ended FAILED by whoever
   notices first, or by the next sweep that opens the study. Lease times are
   machine clocks: they must agree to well within `grace_s` (NTP does).
+
+A machine stopped by a signal (Ctrl-C, SIGTERM: `scancel`, a node drained)
+cleans up itself: its trial goes back to the queue the same way
+(`queue_again`, called by loop.run_and_tell before the trial is told FAIL),
+its runs end KILLED.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from trainflow.sweep.trial import ATTR_RUN, ATTR_SWEEP_RUN
+from trainflow.sweep.trial import ATTR_ERROR, ATTR_RUN, ATTR_SWEEP_RUN, ATTR_WORKER
 from trainflow.tracking import tags as tag
 
 if TYPE_CHECKING:
@@ -34,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENDED = -1.0  # a lease given back: the sweep ended on its own
+# User attrs naming the runs of the machine that ran a trial; its retry gets its own.
+MACHINE_ATTRS = (ATTR_RUN, ATTR_SWEEP_RUN, ATTR_WORKER, ATTR_ERROR)
 
 
 class Lease:
@@ -68,37 +75,49 @@ class Lease:
 
 
 class StaleTrialCallback:
-    """Called by Optuna for each trial it failed as stale: queue it again, end its machine's runs.
-
-    The retry is Optuna's own callback given the trial without trainflow's
-    user attrs: they name the lost machine's runs, and the retry belongs to
-    whichever machine claims it.
-    """
+    """Called by Optuna for each trial it failed as stale: queue it again, end its machine's runs."""
 
     def __init__(self, max_retry: int, grace_s: float, heartbeat_s: float) -> None:
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.max_retry = max_retry
         self.grace_s = grace_s
         self.heartbeat_s = heartbeat_s
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        import copy
-
-        lost = dict(trial.user_attrs)
-        fresh = copy.deepcopy(trial)
-        fresh.user_attrs = {k: v for k, v in lost.items() if k not in (ATTR_RUN, ATTR_SWEEP_RUN)}
-        self.retry(study, fresh)
-        why = f"trial {trial.number}: its machine was lost (no heartbeat for {self.grace_s:g}s); failed, queued again"
+        queued = queue_again(study, trial, self.max_retry)
+        why = (f"trial {trial.number}: its machine was lost (no heartbeat for {self.grace_s:g}s); failed, "
+               f"{'queued again' if queued else 'no retry left (sweep.max_retry)'}")
         print(f"sweep: {why}", flush=True)
         client = _client()
-        run_id = lost.get(ATTR_RUN)
+        run_id = trial.user_attrs.get(ATTR_RUN)
         if run_id:
             end_failed(client, str(run_id), why, trial=True)
         # The trial's last beat is over grace_s old; its machine's lease beats on the same interval, so
         # it went silent at most one beat later. Waiting the full grace again could let the study end
         # (nobody left to look) with the lost machine's parent still RUNNING.
         end_lost_sweeps(study, client, self.grace_s - self.heartbeat_s)
+
+
+def queue_again(study: optuna.Study, trial: FrozenTrial, max_retry: int) -> bool:
+    """The trial as a new WAITING one with the same params, unless it was retried `max_retry` times already.
+
+    Optuna's own retry (`RetryHeartbeatStaleTrialCallback`: the params, the
+    `failed_trial` and `retry_history` system attrs that count the retries),
+    given the trial without the user attrs that name its machine's runs: the
+    retry belongs to whichever machine claims it. True if it was queued.
+    """
+    import copy
+    import warnings
+
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    retried = len(trial.system_attrs.get("retry_history", []))  # the callback's own count of earlier tries
+    fresh = copy.deepcopy(trial)
+    fresh.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in MACHINE_ATTRS}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, fresh)
+    return retried < max_retry
 
 
 def end_lost_sweeps(study: optuna.Study, client: Any, grace_s: float) -> list[str]:

@@ -233,12 +233,13 @@ def run_worker(spec: WorkerSpec) -> list[TrialOutcome]:
     limit_threads(spec.threads)
     study = open_study(spec.study, open_storage(spec.study), worker=spec.setup.worker)
     parent = spec.parent_pid
-    return work(study, spec.setup, spec.study.storage, stop=lambda: parent is not None and os.getppid() != parent)
+    return work(study, spec.setup, spec.study.storage, spec.study.max_retry,
+                stop=lambda: parent is not None and os.getppid() != parent)
 
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
-    # SIGTERM between trials unwinds like Ctrl-C, so a claimed trial is told FAIL.
+    # SIGTERM unwinds like Ctrl-C, so a claimed trial is queued again and told FAIL (loop.run_and_tell).
     signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         if argv[0] == WAIT_FLAG:
