@@ -5,11 +5,14 @@ fixed at its source in trainflow. Filtering them (and only them) keeps the
 warnings that do matter visible: a step printing twelve advisories trains
 users to skip every warning. `extras.ignore_warnings=false` shows them all.
 A row whose library stops emitting it filters nothing and costs nothing.
+A row harmless only outside some setting names the environment variable
+that marks it (`unless_env`): there it is shown.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 from collections.abc import Callable
@@ -25,6 +28,7 @@ class KnownWarning:
     source: str  # WARNINGS or a logger name
     pattern: str  # regex searched in the message
     why: str
+    unless_env: str | None = None  # set in the environment: the warning matters there, and is shown
 
 
 KNOWN_HARMLESS = (
@@ -38,6 +42,10 @@ KNOWN_HARMLESS = (
                  "trainflow logs metrics per epoch; log_every_n_steps only bounds per-step logging"),
     KnownWarning("lightning.pytorch.utilities.rank_zero", r"Tip: .*litlogger",
                  "an advertisement for a hosted logger, printed by every Trainer"),
+    KnownWarning(WARNINGS, r"The `srun` command is available on your system but is not used",
+                 "Lightning says it on every machine with SLURM's client tools installed; it matters only inside "
+                 "a SLURM job (processes that srun should have started), where it is shown",
+                 unless_env="SLURM_JOB_ID"),
 )
 
 
@@ -54,14 +62,14 @@ class _DropKnown(logging.Filter):
 
 
 def filter_known_warnings(known: tuple[KnownWarning, ...] = KNOWN_HARMLESS) -> None:
-    """Hide exactly the rows of `known`, for the rest of this process.
+    """Hide exactly the rows of `known` (less those whose `unless_env` is set), for the rest of this process.
 
     Python warnings are dropped where they are shown, not by a
     `filterwarnings` rule: MLflow wraps some calls in
     `catch_warnings(); simplefilter("once")`, which outranks any rule set here.
     """
     by_logger: dict[str, list[re.Pattern[str]]] = {}
-    for row in known:
+    for row in (r for r in known if not (r.unless_env and r.unless_env in os.environ)):
         by_logger.setdefault(row.source, []).append(re.compile(row.pattern))
     shown = by_logger.pop(WARNINGS, [])
     if shown and not getattr(warnings.showwarning, "drops_known", False):
