@@ -95,6 +95,19 @@ def compose() -> Iterator[Callable[..., DictConfig]]:
     GlobalHydra.instance().clear()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with whole-step runs first, the many unit tests after them.
+
+    xdist hands each worker one file at a time (`--dist loadfile`, queued in
+    collection order with `--no-loadscope-reorder`). Collected alphabetically,
+    the longest files (SLURM, UI) came last, and one worker ran them alone
+    while the other had finished; started first, they overlap, and the short
+    files fill whichever worker is free (longest first). The sort is stable,
+    so each file keeps its tests' order.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 # --- System packages and the SLURM cluster (issue 23; owned by the SLURM work) ---------------------------
 
 
