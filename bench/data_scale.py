@@ -12,11 +12,14 @@ pack          `ImageFolderDataModule.build_dataset` (what prepare_data runs):
 ours          `setup` + one epoch of `train_dataloader()` (batch 64, the
               workers given, shuffled), no model: peak RSS of the main process
               (and its anonymous part: mapped dataset pages are file pages the
-              OS shares and can drop), peak USS of main + workers summed, and
+              OS shares and can drop), peak PSS of main + workers summed, and
               images per second over the epoch (the clock starts at the first
               batch).
 
-Memory is sampled every 0.2 s from /proc (psutil); USS reads smaps.
+Memory is sampled every 0.2 s from /proc (psutil). Main + workers is PSS
+(each page shared by n of them counted 1/n in each), not USS: after the fork
+every page main had is shared with the workers, so USS would count none of
+it anywhere; summed PSS is what the group holds, each page once.
 
 Speed is compared at the middle scale, in one process holding three loaders
 over the SAME images (the train split's files), with the same batch size,
@@ -87,14 +90,14 @@ def write_folder(root: Path, images: int, side: int = 96) -> int:
 
 
 class Sampler:
-    """Peak RSS / RssAnon of this process and peak USS of it plus its children, sampled in a thread."""
+    """Peak RSS / RssAnon of this process and peak PSS of it plus its children, sampled in a thread."""
 
     def __init__(self, interval_s: float = 0.2) -> None:
         import psutil
 
         self.me = psutil.Process()
         self.interval_s = interval_s
-        self.peak = {"rss": 0, "rss_anon": 0, "uss_all": 0}
+        self.peak = {"rss": 0, "rss_anon": 0, "pss_all": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -109,11 +112,11 @@ class Sampler:
 
         self.peak["rss"] = max(self.peak["rss"], self.me.memory_info().rss)
         self.peak["rss_anon"] = max(self.peak["rss_anon"], self._rss_anon())
-        uss = 0
+        pss = 0
         for proc in [self.me, *self.me.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                uss += proc.memory_full_info().uss
-        self.peak["uss_all"] = max(self.peak["uss_all"], uss)
+                pss += proc.memory_full_info().pss
+        self.peak["pss_all"] = max(self.peak["pss_all"], pss)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -292,12 +295,12 @@ def main() -> None:
                 speeds = run_phase("speed", root, dataset, args)
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
     print("\n| scale | images | folder MB | pack peak RSS MB (anon) | pack s | loader main peak RSS MB (anon) "
-          "| loader main+workers peak USS MB | ours img/s (whole epoch) |")
+          "| loader main+workers peak PSS MB | ours img/s (whole epoch) |")
     print("| --- " * 8 + "|")
     for row in rows:
         print(f"| {row['scale']}x | {row['images']} | {row['folder_mb']:.0f} | {row['pack']['rss']:.0f} "
               f"({row['pack']['rss_anon']:.0f}) | {row['pack']['seconds']:.0f} | {row['ours']['rss']:.0f} "
-              f"({row['ours']['rss_anon']:.0f}) | {row['ours']['uss_all']:.0f} "
+              f"({row['ours']['rss_anon']:.0f}) | {row['ours']['pss_all']:.0f} "
               f"| {row['ours']['images'] / row['ours']['seconds']:.0f} |")
     if speeds:
         print(f"\nspeed at {scales[len(scales) // 2]}x, {args.workers} workers, batch {args.batch}, "
