@@ -91,8 +91,10 @@ def store_listing(uri: str, key: str) -> list[tuple[str, int, int]] | None:
 
     One listing, no object read: what a cache key needs to notice an object
     added, removed or rewritten (an object store sets a new modification time
-    on every write). Names are relative to `uri` (or the object's own name),
-    so neither the bucket's endpoint nor credentials in a URI enter a key.
+    on every write; S3's is to the second, and pyarrow lists no ETag, so only a
+    same-size rewrite within the second of the last write goes unseen). Names
+    are relative to `uri` (or the object's own name), so neither the bucket's
+    endpoint nor credentials in a URI enter a key.
     `key` is the config key that named `uri`, for the error line.
     """
     import pyarrow.fs as pafs
