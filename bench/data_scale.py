@@ -12,25 +12,40 @@ pack          `ImageFolderDataModule.build_dataset` (what prepare_data runs):
 ours          `setup` + one epoch of `train_dataloader()` (batch 64, the
               workers given, shuffled), no model: peak RSS of the main process
               (and its anonymous part: mapped dataset pages are file pages the
-              OS shares and can drop), peak USS of main + workers summed, and
-              images per second over the epoch (the train split; the
-              clock starts at the first batch in every variant).
-imagefolder   torchvision `ImageFolder` over the same files, same loader
-              settings, each file read as bytes and put through the same
-              decode + albumentations transform (`trainflow.data.images`): the
-              same work, from loose files.
-decode_only   the same images' bytes held in a list (read before timing),
-              decoded and transformed by a DataLoader with the same workers:
-              the ceiling of any storage, a loop that only decodes.
+              OS shares and can drop), peak PSS of main + workers summed, and
+              images per second over the epoch (the clock starts at the first
+              batch).
 
-Memory is sampled every 0.2 s from /proc (psutil); USS reads smaps, so the
-sampler costs a little CPU in every variant alike.
+Memory is sampled every 0.2 s from /proc (psutil). Main + workers is PSS
+(each page shared by n of them counted 1/n in each), not USS: after the fork
+every page main had is shared with the workers, so USS would count none of
+it anywhere; summed PSS is what the group holds, each page once.
 
-Speed is compared at the middle scale in interleaved rounds (fresh processes,
-order rotated, `--limit` batches each, medians), because the shared machine's
-speed drifts by a factor of two within minutes. The last line is
-`data_scale_growth_mb <pack growth> <loader growth>` (1x -> largest scale,
-main-process peak RSS, MB).
+Speed is compared at the middle scale, in one process holding three loaders
+over the SAME images (the train split's files), with the same batch size,
+workers, shuffle and persistent workers:
+
+ours          `ImageFolderDataModule(...).train_dataloader()`: rows of the
+              memory-mapped split, decoded and transformed by
+              `trainflow.data.images` (the albumentations pipeline TRANSFORM:
+              Resize 64x64, HorizontalFlip, Normalize with ImageNet mean/std).
+imagefolder   what a new user writes: torchvision `ImageFolder(root,
+              transform=...)` with its default loader (PIL opens each file and
+              converts it to RGB) and the torchvision equivalent of TRANSFORM:
+              `Compose([Resize((64, 64)), RandomHorizontalFlip(),
+              ToTensor(), Normalize(IMAGENET_MEAN, IMAGENET_STD)])`; its
+              samples are cut to the train split's files.
+decode_only   the floor of any storage: the same files' bytes read into a
+              list before timing, then decoded and transformed exactly as
+              ours (`trainflow.data.images.transform_image`), no training.
+
+The three take turns (the order rotated each round), one whole epoch each
+per turn, after one untimed warm-up epoch each: an epoch that has ended
+leaves no prefetched work running into the next loader's turn, and the
+machine's drift (it is shared) hits all three alike. The clock of a turn runs
+from `iter(loader)` to its last batch. Medians over `--rounds` turns are
+printed with the ratios. The last line is `data_scale_growth_mb <pack growth>
+<loader growth>` (1x -> largest scale, main-process peak RSS, MB).
 """
 
 from __future__ import annotations
@@ -75,14 +90,14 @@ def write_folder(root: Path, images: int, side: int = 96) -> int:
 
 
 class Sampler:
-    """Peak RSS / RssAnon of this process and peak USS of it plus its children, sampled in a thread."""
+    """Peak RSS / RssAnon of this process and peak PSS of it plus its children, sampled in a thread."""
 
     def __init__(self, interval_s: float = 0.2) -> None:
         import psutil
 
         self.me = psutil.Process()
         self.interval_s = interval_s
-        self.peak = {"rss": 0, "rss_anon": 0, "uss_all": 0}
+        self.peak = {"rss": 0, "rss_anon": 0, "pss_all": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -97,11 +112,11 @@ class Sampler:
 
         self.peak["rss"] = max(self.peak["rss"], self.me.memory_info().rss)
         self.peak["rss_anon"] = max(self.peak["rss_anon"], self._rss_anon())
-        uss = 0
+        pss = 0
         for proc in [self.me, *self.me.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                uss += proc.memory_full_info().uss
-        self.peak["uss_all"] = max(self.peak["uss_all"], uss)
+                pss += proc.memory_full_info().pss
+        self.peak["pss_all"] = max(self.peak["pss_all"], pss)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -118,26 +133,104 @@ class Sampler:
         self.sample()
 
 
-def epoch(loader: Any, limit: int | None = None) -> tuple[int, float]:
-    """(images, seconds) of one epoch (or its first `limit` batches) after its first batch: worker
-    start-up is the same for every variant, so the clock starts when the first batch arrives."""
+def epoch(loader: Any) -> tuple[int, float]:
+    """(images, seconds) of one whole epoch after its first batch (worker start-up is not the loader's speed)."""
     batches = iter(loader)
     next(batches)
     start, images = time.perf_counter(), 0
-    for count, (x, _) in enumerate(batches, start=1):
+    for x, _ in batches:
         images += len(x)
-        if limit is not None and count >= limit:
-            break
     return images, time.perf_counter() - start
 
 
-def phase(name: str, root: Path, dataset: Path, workers: int, batch: int, limit: int | None) -> dict[str, Any]:
-    """One measurement, in this (fresh) process."""
+def speed_loaders(root: Path, dataset: Path, workers: int, batch: int) -> dict[str, Any]:
+    """The three loaders the docstring describes, over the train split's images."""
     import torch
     from torch.utils.data import DataLoader
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
 
     from trainflow.data.image_folder import ImageFolderDataModule
     from trainflow.data.images import build_transform, transform_image
+
+    dm = ImageFolderDataModule(uri=str(dataset), batch_size=batch, num_workers=workers,
+                               train_transform=TRANSFORM, eval_transform=TRANSFORM)
+    dm.setup("fit")
+    names = set(dm.splits["train"].rows.table.column("file").to_pylist())
+    folder = ImageFolder(str(root), transform=transforms.Compose([
+        transforms.Resize((64, 64)), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]))
+    folder.samples = folder.imgs = [(path, label) for path, label in folder.samples
+                                    if Path(path).relative_to(root).as_posix() in names]
+    folder.targets = [label for _, label in folder.samples]
+    assert len(folder) == len(names) == len(dm.splits["train"]), "the loaders must read the same images"
+    transform = build_transform(TRANSFORM)
+    held = [(Path(path).read_bytes(), label) for path, label in folder.samples]
+
+    class Held(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(held)
+
+        def __getitem__(self, i: int) -> tuple[Any, int]:
+            return transform_image(transform, held[i][0]), held[i][1]
+
+    same = {"batch_size": batch, "shuffle": True, "num_workers": workers, "persistent_workers": workers > 0}
+    return {"ours": dm.train_dataloader(), "imagefolder": DataLoader(folder, **same),
+            "decode_only": DataLoader(Held(), **same)}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and all its children (every loader's workers) so far."""
+    import psutil
+
+    total = 0.0
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def turn(loader: Any) -> tuple[int, float, float]:
+    """(images, wall seconds, CPU seconds) of one whole epoch, from `iter()` to its last batch.
+
+    CPU seconds count main + workers (idle loaders' workers add ~0): what the
+    epoch cost, which other users' load on the machine changes far less than
+    the wall time.
+    """
+    cpu, start, images = cpu_seconds(), time.perf_counter(), 0
+    for x, _ in loader:
+        images += len(x)
+    return images, time.perf_counter() - start, cpu_seconds() - cpu
+
+
+def speed(root: Path, dataset: Path, workers: int, batch: int, rounds: int) -> dict[str, Any]:
+    """img/s (wall) and img per CPU second of each loader per turn: one warm-up epoch each, then `rounds`
+    rotations of one epoch each."""
+    import torch
+
+    torch.manual_seed(0)
+    loaders = speed_loaders(root, dataset, workers, batch)
+    for loader in loaders.values():
+        turn(loader)
+    names = list(loaders)
+    speeds: dict[str, Any] = {"wall": {name: [] for name in names}, "cpu": {name: [] for name in names}}
+    for round_ in range(rounds):
+        for name in names[round_ % 3:] + names[:round_ % 3]:
+            images, seconds, cpu = turn(loaders[name])
+            speeds["wall"][name].append(images / seconds)
+            speeds["cpu"][name].append(images / cpu)
+            print(f"  speed round {round_ + 1} {name}: {images / seconds:.0f} img/s, {images / cpu:.0f} img per CPU s",
+                  file=sys.stderr, flush=True)
+    return speeds
+
+
+def phase(name: str, root: Path, dataset: Path, workers: int, batch: int) -> dict[str, Any]:
+    """One measurement, in this (fresh) process."""
+    import torch
+
+    from trainflow.data.image_folder import ImageFolderDataModule
 
     torch.manual_seed(0)
     result: dict[str, Any] = {}
@@ -148,60 +241,24 @@ def phase(name: str, root: Path, dataset: Path, workers: int, batch: int, limit:
             result["seconds"] = time.perf_counter() - start
         result["images"] = sum(manifest.splits.values())
         result["parquet_mb"] = sum(f["bytes"] for f in manifest.files) / 2**20
-    elif name == "ours":
+    else:
         dm = ImageFolderDataModule(uri=str(dataset), batch_size=batch, num_workers=workers,
                                    train_transform=TRANSFORM, eval_transform=TRANSFORM)
         with Sampler() as sampler:
             dm.setup("fit")
-            result["images"], result["seconds"] = epoch(dm.train_dataloader(), limit)
-    else:
-        from torchvision.datasets import ImageFolder
-
-        transform = build_transform(TRANSFORM)
-        files = ImageFolder(str(root), loader=lambda path: Path(path).read_bytes(),
-                            transform=lambda data: transform_image(transform, data))
-        if name == "decode_only":
-            held = [(Path(path).read_bytes(), label) for path, label in files.samples]
-
-            class Held(torch.utils.data.Dataset):
-                def __len__(self) -> int:
-                    return len(held)
-
-                def __getitem__(self, i: int) -> tuple[Any, int]:
-                    return transform_image(transform, held[i][0]), held[i][1]
-
-            source: Any = Held()
-        else:
-            source = files
-        loader = DataLoader(source, batch_size=batch, shuffle=True, num_workers=workers,
-                            persistent_workers=workers > 0)
-        with Sampler() as sampler:
-            result["images"], result["seconds"] = epoch(loader, limit)
+            result["images"], result["seconds"] = epoch(dm.train_dataloader())
     result.update({key: value / 2**20 for key, value in sampler.peak.items()})
     return result
 
 
-def run_phase(name: str, root: Path, dataset: Path, workers: int, batch: int,
-              limit: int | None = None) -> dict[str, Any]:
-    extra = ["--limit", str(limit)] if limit else []
+def run_phase(name: str, root: Path, dataset: Path, args: argparse.Namespace) -> Any:
+    """`phase` (or `speed`) in a fresh process: its own peak memory, its own imports; its stderr passes through."""
     out = subprocess.run([sys.executable, __file__, "--phase", name, "--root", str(root), "--dataset", str(dataset),
-                          "--workers", str(workers), "--batch", str(batch), *extra],
-                         capture_output=True, text=True, check=False)
+                          "--workers", str(args.workers), "--batch", str(args.batch), "--rounds", str(args.rounds)],
+                         stdout=subprocess.PIPE, text=True, check=False)
     if out.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"{name} failed (exit {out.returncode})")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def interleaved(root: Path, dataset: Path, args: argparse.Namespace) -> dict[str, list[float]]:
-    """img/s of each loader, rounds interleaved (order rotated each round): the machine's drift hits all alike."""
-    names = ["ours", "imagefolder", "decode_only"]
-    speeds: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(args.rounds):
-        for name in names[round_ % 3:] + names[:round_ % 3]:
-            result = run_phase(name, root, dataset, args.workers, args.batch, args.limit or 60)
-            speeds[name].append(result["images"] / result["seconds"])
-            print(f"  speed round {round_ + 1} {name}: {speeds[name][-1]:.0f} img/s", flush=True)
-    return speeds
 
 
 def main() -> None:
@@ -210,48 +267,50 @@ def main() -> None:
     parser.add_argument("--scales", default="1,4,16")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved speed rounds (at the middle scale)")
-    parser.add_argument("--limit", type=int, default=None, help="batches per speed round (default 60)")
+    parser.add_argument("--rounds", type=int, default=5, help="speed turns per loader (at the middle scale); 0: none")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
-        print(json.dumps(phase(args.phase, Path(args.root), Path(args.dataset), args.workers, args.batch,
-                               args.limit)))
+        root, dataset = Path(args.root), Path(args.dataset)
+        result = (speed(root, dataset, args.workers, args.batch, args.rounds) if args.phase == "speed"
+                  else phase(args.phase, root, dataset, args.workers, args.batch))
+        print(json.dumps(result))
         return
     scales = [int(s) for s in args.scales.split(",")]
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     rows = []
-    speeds: dict[str, list[float]] = {}
+    speeds: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="data-scale-") as tmp:
         for scale in scales:
             root, dataset = Path(tmp) / f"images-{scale}", Path(tmp) / f"dataset-{scale}"
             folder_mb = write_folder(root, args.base * scale) / 2**20
             row: dict[str, Any] = {"scale": scale, "images": args.base * scale, "folder_mb": folder_mb}
             for name in ("pack", "ours"):
-                row[name] = run_phase(name, root, dataset, args.workers, args.batch)
+                row[name] = run_phase(name, root, dataset, args)
                 print(f"  {scale}x {name}: {json.dumps(row[name])}", flush=True)
             rows.append(row)
             if scale == scales[len(scales) // 2] and args.rounds:
-                speeds = interleaved(root, dataset, args)
+                speeds = run_phase("speed", root, dataset, args)
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
     print("\n| scale | images | folder MB | pack peak RSS MB (anon) | pack s | loader main peak RSS MB (anon) "
-          "| loader main+workers peak USS MB | ours img/s (whole epoch) |")
+          "| loader main+workers peak PSS MB | ours img/s (whole epoch) |")
     print("| --- " * 8 + "|")
     for row in rows:
         print(f"| {row['scale']}x | {row['images']} | {row['folder_mb']:.0f} | {row['pack']['rss']:.0f} "
               f"({row['pack']['rss_anon']:.0f}) | {row['pack']['seconds']:.0f} | {row['ours']['rss']:.0f} "
-              f"({row['ours']['rss_anon']:.0f}) | {row['ours']['uss_all']:.0f} "
+              f"({row['ours']['rss_anon']:.0f}) | {row['ours']['pss_all']:.0f} "
               f"| {row['ours']['images'] / row['ours']['seconds']:.0f} |")
     if speeds:
-        median = {name: statistics.median(values) for name, values in speeds.items()}
-        each = ", ".join(f"{name} {median[name]:.0f} ({', '.join(f'{v:.0f}' for v in values)})"
-                         for name, values in speeds.items())
-        print(f"\nimg/s at {scales[len(scales) // 2]}x, {args.rounds} interleaved rounds of {args.limit or 60} "
-              f"batches (median; each round): {each}")
-        print(f"ours / ImageFolder {median['ours'] / median['imagefolder']:.2f}, "
-              f"ours / decode-only {median['ours'] / median['decode_only']:.2f}")
+        print(f"\nspeed at {scales[len(scales) // 2]}x, {args.workers} workers, batch {args.batch}, "
+              f"{args.rounds} interleaved epochs each (median; each epoch):")
+        for unit, label in (("wall", "img/s"), ("cpu", "img per CPU second (main + workers)")):
+            median = {name: statistics.median(values) for name, values in speeds[unit].items()}
+            print(f"{label}: " + ", ".join(f"{name} {median[name]:.0f} ({', '.join(f'{v:.0f}' for v in values)})"
+                                           for name, values in speeds[unit].items()))
+            print(f"  ours / torchvision ImageFolder {median['ours'] / median['imagefolder']:.2f}, "
+                  f"ours / decode-only {median['ours'] / median['decode_only']:.2f}")
     first, last = rows[0], rows[-1]
     print(f"data_scale_growth_mb {last['pack']['rss'] - first['pack']['rss']:.0f} "
           f"{last['ours']['rss'] - first['ours']['rss']:.0f}")

@@ -21,6 +21,7 @@ from servers import VENV_BIN, free_port, wait_http
 from trainflow.data.image_folder import ImageFolderDataModule
 from trainflow.data.make_digit_images import write_digit_images
 from trainflow.errors import DataError
+from trainflow.pipeline.cache import source_inputs
 from trainflow.tracking import tags as tag
 
 SECRET = "moto-secret-key-that-must-never-be-logged"
@@ -89,6 +90,58 @@ def test_an_unreachable_s3_root_is_one_line(aws_env, tmp_path: Path, monkeypatch
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     with pytest.raises(DataError, match=rf"data\.root: cannot list s3://{BUCKET}/digits: .*connect") as info:
         build(f"s3://{BUCKET}/digits", tmp_path / "ds")
+    assert "\n" not in str(info.value)
+
+
+def s3_client(env: dict[str, str]):
+    import boto3
+
+    return boto3.client("s3", aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_REGION"],
+                        endpoint_url=env["AWS_ENDPOINT_URL"])
+
+
+def test_an_s3_roots_cache_input_changes_with_its_objects_and_only_then(aws_env, monkeypatch) -> None:
+    """prepare_data's cache key lists the prefix (names, sizes, mtimes): a changed folder misses, the same hits."""
+    client = s3_client(aws_env)
+    names = sorted(path.relative_to(aws_env["local"]).as_posix() for path in Path(aws_env["local"]).rglob("*.png"))
+    for name in names:
+        client.upload_file(f"{aws_env['local']}/{name}", BUCKET, f"keyed/{name}")
+    resolved = {"data": {"root": f"s3://{BUCKET}/keyed", "batch_size": 8, "image_size": 16, "uri": None}}
+    before = source_inputs(resolved)
+    assert set(before) == {"source"} and source_inputs(resolved) == before
+    assert source_inputs({"data": {**resolved["data"], "batch_size": 4}}) == before  # a loader setting: same data
+    # the credentials are not in the key, nor do they change it: another identity listing the same objects
+    assert SECRET not in json.dumps(before) and aws_env["AWS_ACCESS_KEY_ID"] not in json.dumps(before)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "another-access-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "another-secret-key")
+    assert source_inputs(resolved) == before
+
+    client.put_object(Bucket=BUCKET, Key="keyed/3/added.png", Body=Path(aws_env["local"], names[0]).read_bytes())
+    added = source_inputs(resolved)
+    assert added != before
+    client.delete_object(Bucket=BUCKET, Key="keyed/3/added.png")
+    assert source_inputs(resolved) == before  # removed again: the objects that were keyed, untouched
+    client.put_object(Bucket=BUCKET, Key=f"keyed/{names[0]}", Body=b"rewritten in place")
+    assert source_inputs(resolved) not in (before, added)
+    client.delete_object(Bucket=BUCKET, Key=f"keyed/{names[-1]}")
+    assert len({json.dumps(source_inputs(resolved)), json.dumps(before), json.dumps(added)}) == 3
+
+
+def test_a_file_uri_root_keys_as_the_same_folder_named_by_path(tmp_path: Path) -> None:
+    write_digit_images(tmp_path / "d", size=8, per_class=2)
+    by_path = source_inputs({"data": {"root": str(tmp_path / "d")}})
+    by_uri = source_inputs({"data": {"root": (tmp_path / "d").as_uri()}})
+    assert set(by_uri) == {"source"} and by_uri == by_path
+    next((tmp_path / "d").rglob("*.png")).unlink()
+    assert source_inputs({"data": {"root": (tmp_path / "d").as_uri()}}) != by_uri
+
+
+def test_an_s3_root_the_key_cannot_list_is_one_line(aws_env, monkeypatch) -> None:
+    """No key without the listing: keying the config alone would hit a run made from other objects."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with pytest.raises(DataError, match=rf"^data\.root: cannot list s3://{BUCKET}/digits: .*connect") as info:
+        source_inputs({"data": {"root": f"s3://{BUCKET}/digits"}})
     assert "\n" not in str(info.value)
 
 

@@ -43,7 +43,26 @@ def decode_image(data: bytes) -> np.ndarray:
     usual background of cut-out images) instead of dropped, which would turn
     a transparent background into whatever colour its hidden pixels had.
     EXIF orientation is applied, so a phone photo is upright.
+
+    The common files (`plain_encoding`: complete 8-bit gray/RGB/palette PNGs
+    and JPEGs with no EXIF, transparency or Adobe colour transform) are
+    decoded by OpenCV, one C call that is several times cheaper than PIL's
+    Python-level header parsing for the small images training reads by the
+    thousand. For them both libraries' decoders (libjpeg-turbo, zlib) give the
+    same pixels, which tests/test_images.py checks; every other file, and any
+    that OpenCV refuses, goes through PIL, which also names what is wrong.
     """
+    if plain_encoding(data):
+        import cv2
+
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+        if pixels is not None:
+            return pixels
+    return decode_with_pil(data)
+
+
+def decode_with_pil(data: bytes) -> np.ndarray:
+    """`decode_image` for every file: PIL's conversions, whichever the mode."""
     from PIL import Image, ImageOps
 
     image = ImageOps.exif_transpose(open_image(data))
@@ -55,6 +74,54 @@ def decode_image(data: bytes) -> np.ndarray:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return np.asarray(image.convert("RGB"))
+
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_JPEG_FRAMES = (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive Huffman frames
+
+
+def plain_encoding(data: bytes) -> bool:
+    """True for files whose RGB pixels need nothing beyond decoding: no orientation, alpha or colour transform.
+
+    Read from the headers only (a few markers or chunks before the pixel
+    data), and only complete files (JPEG's end marker, PNG's IEND last): a
+    truncated file goes to PIL, which refuses it.
+    """
+    from PIL import Image
+
+    if data[:8] == _PNG and data[-12:] == _PNG_END and data[12:16] == b"IHDR":
+        pixels = int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
+        if data[24] != 8 or data[25] not in (0, 2, 3) or pixels > (Image.MAX_IMAGE_PIXELS or pixels):
+            return False  # 16-bit or sub-byte depth, alpha channel, or a size PIL would refuse
+        pos = 8
+        while pos + 8 <= len(data):
+            kind = data[pos + 4:pos + 8]
+            if kind == b"IDAT":
+                return True
+            if kind in (b"tRNS", b"eXIf"):  # transparency (composited onto white), orientation
+                return False
+            pos += 12 + int.from_bytes(data[pos:pos + 4], "big")
+        return False
+    if data[:2] != b"\xff\xd8" or data[-2:] != b"\xff\xd9":
+        return False
+    pos, components = 2, 0
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xDA:  # start of scan: every header has been seen
+            return components in (1, 3)
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xEE or (marker == 0xE1 and data[pos + 4:pos + 10] == b"Exif\x00\x00"):
+            return False  # Adobe colour transform (CMYK, YCCK), EXIF (orientation)
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            pixels = int.from_bytes(data[pos + 5:pos + 7], "big") * int.from_bytes(data[pos + 7:pos + 9], "big")
+            if marker not in _JPEG_FRAMES or data[pos + 4] != 8 or pixels > (Image.MAX_IMAGE_PIXELS or pixels):
+                return False  # arithmetic, lossless or 12-bit frames; a size PIL would refuse
+            components = data[pos + 9]
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return False
 
 
 def image_bytes(value: Any) -> bytes:

@@ -14,9 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainflow.config.redact import mask_url_passwords
 from trainflow.errors import DataError
 
 _REMOTE = ("s3://", "file://", "gs://", "hdfs://")
+
+
+def is_store_uri(value: str) -> bool:
+    """A URI that `open_root` reads through `pyarrow.fs` rather than as a local path."""
+    return value.startswith(_REMOTE)
 
 
 @dataclass
@@ -68,7 +74,7 @@ def open_root(uri: str) -> DataRoot:
     """The root named by `data.root`; an unreachable store or a missing folder is one line naming it."""
     import pyarrow.fs as pafs
 
-    if not uri.startswith(_REMOTE):
+    if not is_store_uri(uri):
         local = Path(uri).expanduser().resolve()
         if not local.is_dir():
             raise DataError(f"data.root: no such folder: {uri}")
@@ -78,3 +84,30 @@ def open_root(uri: str) -> DataRoot:
     except (OSError, ValueError) as exc:
         raise DataError(f"data.root: cannot open {uri}: {_first_line(exc)}") from exc
     return DataRoot(uri, fs, path)
+
+
+def store_listing(uri: str, key: str) -> list[tuple[str, int, int]] | None:
+    """(name, bytes, mtime in ns) of the object `uri` names, or of every object below it; None if nothing is there.
+
+    One listing, no object read: what a cache key needs to notice an object
+    added, removed or rewritten (an object store sets a new modification time
+    on every write; S3's is to the second, and pyarrow lists no ETag, so only a
+    same-size rewrite within the second of the last write goes unseen). Names
+    are relative to `uri` (or the object's own name), so neither the bucket's
+    endpoint nor credentials in a URI enter a key.
+    `key` is the config key that named `uri`, for the error line.
+    """
+    import pyarrow.fs as pafs
+
+    try:
+        fs, base = pafs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(base)
+        if info.type == pafs.FileType.File:
+            return [(base.rsplit("/", 1)[-1], int(info.size), int(info.mtime_ns or 0))]
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{key}: cannot list {mask_url_passwords(uri)}: {_first_line(exc)}") from exc
+    prefix = base.rstrip("/") + "/"
+    listing = sorted((i.path.removeprefix(prefix), int(i.size), int(i.mtime_ns or 0))
+                     for i in infos if i.type == pafs.FileType.File)
+    return listing or None

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from trainflow.data.roots import is_store_uri, store_listing
 from trainflow.data.task import LOADER_KEYS
 from trainflow.pipeline.sources import declared_strings, step_sources
 from trainflow.tracking import tags as tag
@@ -84,13 +85,14 @@ def find_finished_run(client: Any, experiment_ids: list[str], key: str) -> Any |
 
 
 def source_inputs(resolved: dict[str, Any]) -> dict[str, str]:
-    """prepare_data's input: names, sizes and mtimes of the local files its data config points at.
+    """prepare_data's input: names, sizes and mtimes of the files its data config points at.
 
     The config names a folder (an image folder's `root`, treebank files), not
     what is in it: without this, images added to `data.root` would reuse the
-    old dataset. Files are stat()ed, not read, so 100k images cost little.
-    Empty when the config names no existing local path (digits), which keeps
-    such keys as they were.
+    old dataset. Local files are stat()ed and a store URI (`s3://bucket/prefix`,
+    `file://`) is listed through pyarrow.fs (`trainflow.data.roots`), never
+    read, so 100k images cost little. Empty when the config names no existing
+    path (digits), which keeps such keys as they were.
     """
     digest = hashlib.sha256()
     found = False
@@ -99,13 +101,22 @@ def source_inputs(resolved: dict[str, Any]) -> dict[str, str]:
     for key, value in sorted(data.items()):
         if key in ignored or not isinstance(value, str) or "/" not in value:
             continue
-        path = Path(value).expanduser()
-        if not path.exists():
-            continue
-        found = True
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        for file in files:
-            stat = file.stat()
-            name = file.name if file == path else file.relative_to(path).as_posix()  # not where the checkout is
-            digest.update(f"{key}\0{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        files = store_listing(value, f"data.{key}") if is_store_uri(value) else local_listing(Path(value))
+        found = found or files is not None
+        for name, size, mtime_ns in files or ():
+            digest.update(f"{key}\0{name}\0{size}\0{mtime_ns}\n".encode())
     return {"source": digest.hexdigest()} if found else {}
+
+
+def local_listing(path: Path) -> list[tuple[str, int, int]] | None:
+    """(name, bytes, mtime in ns) of the file, or of every file below the folder; None if nothing is there."""
+    path = path.expanduser()
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    listing = []
+    for file in files:
+        stat = file.stat()
+        name = file.name if file == path else file.relative_to(path).as_posix()  # not where the checkout is
+        listing.append((name, stat.st_size, stat.st_mtime_ns))
+    return listing
