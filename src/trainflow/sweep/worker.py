@@ -40,6 +40,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainflow.fast_exit import exit_now
 from trainflow.sweep.loop import limit_threads, work
 from trainflow.sweep.space import SearchParam
 from trainflow.sweep.study import StudySpec, open_storage, open_study
@@ -269,18 +270,6 @@ def await_start() -> bool:
     for key in changes["unset"]:
         os.environ.pop(key, None)
     return True
-
-
-def exit_now(code: int) -> None:
-    """Skip the interpreter's teardown of torch, Lightning and MLflow: the sweep waits on it.
-
-    Everything a worker writes is synchronous (runs ended, trials told), so
-    flushing the streams and logging is all that is left.
-    """
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":
