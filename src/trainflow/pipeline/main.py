@@ -33,7 +33,7 @@ from trainflow.tracking.run import StepRun, hydra_overrides
 
 log = logging.getLogger(__name__)
 
-STEPS = ("prepare_data", "train", "evaluate")
+STEPS = tag.PIPELINE_STEPS
 # Keys of main's own config: they steer the pipeline and are not passed on.
 MAIN_KEYS = frozenset({"cache", "promote", "in_process"})
 # `paths.*` that only a running Hydra app can resolve.

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from trainflow.errors import TrainflowError, UriError
+from trainflow.errors import TrainflowError, UriError, first_line
 from trainflow.tracking import tags as tag
 
 COMPARISON = "reproduction/comparison.csv"
@@ -39,8 +39,6 @@ STEPS = {
     "prepare_data": ("steps/prepare_data.py", "prepare_data"),
     "main": ("steps/main.py", "main"),
 }
-# a pipeline's steps, in order; each links its run from the pipeline run by this tag
-PIPELINE_STEPS = ("prepare_data", "train", "evaluate")
 # overrides that name the original run's own continuation, not its config
 _RUN_SPECIFIC = ("resume=",)
 # config nodes that differ by where and when a run happens, not by what it computes
@@ -107,7 +105,7 @@ def _logged_yaml(client: Any, run_id: str, name: str, kind: type) -> Any:
         value = yaml.safe_load(text)
     except Exception as exc:
         raise UriError(f"reproduce: run {run_id}'s {name} cannot be read: "
-                       f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+                       f"{first_line(exc)}") from exc
     if not isinstance(value, kind):
         raise UriError(f"reproduce: run {run_id}'s {name} is not a {kind.__name__}")
     return value
@@ -122,9 +120,9 @@ def find_drift(original: Original, root: Path, client: Any) -> list[str]:
     then = original.tags
     drift = []
     if then.get(tag.GIT_COMMIT, "") != (code.commit or ""):
-        drift.append(f"git commit: {then.get('trainflow.git.commit') or 'none'} -> {code.commit or 'none'}")
+        drift.append(f"git commit: {then.get(tag.GIT_COMMIT) or 'none'} -> {code.commit or 'none'}")
     if then.get(tag.CODE_VERSION) != code.id:
-        drift.append(f"code version: {then.get('trainflow.code_version')} -> {code.id} (uncommitted or other code)")
+        drift.append(f"code version: {then.get(tag.CODE_VERSION)} -> {code.id} (uncommitted or other code)")
     if then.get(tag.LOCK_DIGEST) != lock_digest(root):
         drift.append(f"uv.lock: sha256 {then.get(tag.LOCK_DIGEST) or 'not recorded'} -> {lock_digest(root)}")
     now = composed_config(original, root)
@@ -147,8 +145,7 @@ def composed_config(original: Original, root: Path) -> dict[str, Any]:
         cfg = compose_step_config(STEPS[original.step][1], original.overrides, where, config_dir=root / "configs")
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UriError(f"reproduce: run {original.run_id}'s overrides no longer compose: {first}") from exc
+        raise UriError(f"reproduce: run {original.run_id}'s overrides no longer compose: {first_line(exc)}") from exc
     return dict(redact(resolved))
 
 
@@ -291,7 +288,7 @@ def compared_runs(client: Any, original: Original, run_id: str) -> list[tuple[st
         return [("", original.run_id, run_id)]
     new_tags = client.get_run(run_id).data.tags
     pairs = []
-    for step in PIPELINE_STEPS:
+    for step in tag.PIPELINE_STEPS:
         key = tag.pipeline_step(step, "run_id")
         then, now = original.tags.get(key), new_tags.get(key)
         if then and now:

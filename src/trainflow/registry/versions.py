@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainflow.errors import TrainflowError, UriError
+from trainflow.errors import TrainflowError, UriError, first_line
 from trainflow.registry.model_card import write_model_card
 from trainflow.tracking import tags as tag
 
@@ -176,7 +176,7 @@ def resolve_model(uri: str, client: Any, dst: Path) -> ResolvedModel:
     except UriError:
         raise
     except MlflowException as exc:
-        raise UriError(f"model_uri: {uri}: {str(exc).strip().splitlines()[0]}") from exc
+        raise UriError(f"model_uri: {uri}: {first_line(exc)}") from exc
     except OSError as exc:
         raise UriError(f"model_uri: {uri}: {exc}") from exc
     if not (local / "MLmodel").is_file():

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainflow.errors import ConfigError
+from trainflow.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     import optuna
@@ -78,7 +78,7 @@ def build_storage(url: str | None, heartbeat_s: int | None = None, grace_s: int 
                 url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=heartbeat_s,
                 grace_period=grace_s if heartbeat_s else None, heartbeat_stale_trial_callback=stale)
     except Exception as exc:
-        raise ConfigError(f"sweep.storage: cannot open {redact_url(url)}: {_first_line(exc)}") from exc
+        raise ConfigError(f"sweep.storage: cannot open {redact_url(url)}: {_driver_line(exc)}") from exc
 
 
 def open_storage(spec: StudySpec) -> Any:
@@ -94,11 +94,11 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {}
 
 
-def _first_line(exc: BaseException) -> str:
+def _driver_line(exc: BaseException) -> str:
+    """SQLAlchemy's error as one line: the database driver's own message (`orig`), password masked."""
     from trainflow.config.redact import mask_url_passwords
 
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return mask_url_passwords(text[0] if text else type(exc).__name__)
+    return mask_url_passwords(first_line(getattr(exc, "orig", None) or exc))
 
 
 @contextmanager
@@ -189,7 +189,7 @@ def _server_lock(url: str, backend: str, key: str) -> Iterator[None]:
         engine = sqlalchemy.create_engine(url, poolclass=NullPool, **_engine_kwargs(url))
         connection = engine.connect()
     except Exception as exc:
-        raise ConfigError(f"sweep.storage: cannot connect to {redact_url(url)}: {_first_line(exc)}") from exc
+        raise ConfigError(f"sweep.storage: cannot connect to {redact_url(url)}: {_driver_line(exc)}") from exc
     try:
         if backend == "postgresql":
             number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)

@@ -38,6 +38,7 @@ def log_dataset_input(client: Any, run_id: str, fetched: FetchedDataset, context
     the data module's figures go in one request, not one each.
     """
     from mlflow.entities import Dataset, DatasetInput, InputTag, RunTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     from trainflow.tracking.metrics import metric_entities
 
@@ -51,7 +52,7 @@ def log_dataset_input(client: Any, run_id: str, fetched: FetchedDataset, context
         schema=None,
         profile=json.dumps(manifest.splits),
     )
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
     tags = {
         tag.DATA_URI: uri,
         tag.DATA_DIGEST: manifest.digest,
