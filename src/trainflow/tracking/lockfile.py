@@ -1,7 +1,8 @@
 """A logged model's requirements, read from the project's uv.lock.
 
-MLflow's requirement inference imports the model in a subprocess and costs
-12-17 s per log_model; the lock already says exactly what the model runs with.
+MLflow's requirement inference imports the model in a subprocess on every
+log_model (seconds each: bench/README.md); the lock already says exactly what
+the model runs with.
 Markers are evaluated for the running interpreter, so the list is what this
 environment was built from (no Windows-only packages, one numpy).
 """

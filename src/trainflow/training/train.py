@@ -125,8 +125,8 @@ def _skip_nvml_probe(trainer: Any) -> None:
     """Undo `import lightning`'s PYTORCH_NVML_BASED_CUDA_CHECK on CPU runs.
 
     With it set, every `torch.cuda.is_available()` (Adam calls it each step)
-    loads NVML: ~380 µs a step on this kind of machine, for a GPU that the
-    CPU accelerator never uses.
+    loads NVML, for a GPU that the CPU accelerator never uses: a cost per
+    step a small model feels (figures: bench/README.md).
     """
     import os
 
