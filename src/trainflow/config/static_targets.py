@@ -14,6 +14,13 @@ decorated function or class, a name bound conditionally or computed, a
 class with several bases) is answered with None: the step's own check
 imports the target and judges it there. This module never guesses, because
 a wrong signature here would refuse a config that runs.
+
+What it saves: a typo'd override (`train experiment=example
++model.optimizer.lrr=1`) is refused in 2.5 s read from source against
+22.8 s with the targets imported, the same `error:` line (medians of 3,
+interleaved: `uv run python bench/precheck.py`, 2026-12-07, 2 cores at load
+average 5.8-6.3). A pipeline whose steps are all cached is spared the same
+imports (tests/test_light_imports.py holds both to no torch at all).
 """
 
 from __future__ import annotations
