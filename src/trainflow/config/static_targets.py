@@ -225,14 +225,12 @@ def _module(dotted: str) -> _Module | None:
 
 
 def _absolute(module: _Module, imported: str | None, level: int) -> str:
-    if level == 0:
-        return imported or ""
-    parts = module.name.split(".")
-    package = parts if module.folders is not None else parts[:-1]
-    base = package[: len(package) - (level - 1)]
-    if not base:
-        raise _Undecided
-    return ".".join([*base, *([imported] if imported else [])])
+    """The module an `import` statement in `module` names, relative ones resolved as Python does."""
+    package = module.name if module.folders is not None else module.name.rpartition(".")[0]
+    try:
+        return importlib.util.resolve_name("." * level + (imported or ""), package)
+    except ImportError:
+        raise _Undecided from None
 
 
 # Reading what a name is bound to --------------------------------------------------------------------------------
