@@ -17,7 +17,11 @@ from typing import NoReturn
 
 from trainflow.config.compose import compose_error
 from trainflow.config.param_names import override_from_param
+from trainflow.config.redact import mask_secrets
+from trainflow.config.schema import register_configs
+from trainflow.config.validate import check_targets
 from trainflow.fast_exit import exit_now
+from trainflow.project import project_root
 from trainflow.tracking import tags as tag
 
 # Hydra's command-line flags (hydra/_internal/utils.py get_args_parser).
@@ -98,9 +102,6 @@ def precheck_overrides(config_name: str, overrides: list[str]) -> None:
         return
     from hydra import compose, initialize_config_dir
 
-    from trainflow.config.schema import register_configs
-    from trainflow.config.validate import check_targets
-
     register_configs()
     try:
         if len(args) < len(overrides):
@@ -109,8 +110,6 @@ def precheck_overrides(config_name: str, overrides: list[str]) -> None:
             cfg = compose(config_name=config_name, overrides=args)
         check_targets(cfg, imported=False)
     except Exception as exc:
-        from trainflow.config.redact import mask_secrets
-
         message = mask_secrets(f"{config_name} config: {compose_error(exc)}", overrides)
         print(f"error: {message}", file=sys.stderr, flush=True)
         _record_on_mlflow_run(message)
@@ -123,8 +122,6 @@ def script_config_dir() -> Path:
     Not cwd: `python /elsewhere/steps/train.py` must check the overrides
     against the same configs Hydra will compose.
     """
-    from trainflow.project import project_root
-
     script = Path(sys.argv[0]).resolve()
     beside = script.parent.parent / "configs"
     return beside if script.suffix == ".py" and beside.is_dir() else project_root() / "configs"

@@ -9,6 +9,7 @@ downloaded, so data and model modules stay free of it at import time.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from trainflow.errors import TrainflowError, UriError, first_line
@@ -60,8 +61,6 @@ def single_file(uri: str, dst: Path, key: str, suffixes: tuple[str, ...]) -> Pat
 
 
 def file_digest(path: Path) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

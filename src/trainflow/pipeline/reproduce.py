@@ -22,14 +22,23 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from trainflow.config.compose import compose_step_config
+from trainflow.config.redact import redact
 from trainflow.errors import TrainflowError, UriError, first_line
+from trainflow.fetch import file_digest, single_file
+from trainflow.registry.versions import resolve_model
 from trainflow.tracking import tags as tag
+from trainflow.tracking.codeversion import code_version
+from trainflow.tracking.lockfile import lock_digest
+from trainflow.tracking.params import flatten
+from trainflow.tracking.uri import resolve_tracking_uri
 
 COMPARISON = "reproduction/comparison.csv"
 # step -> (script, Hydra config name)
@@ -97,8 +106,6 @@ def read_original(client: Any, run_id: str) -> Original:
 
 
 def _logged_yaml(client: Any, run_id: str, name: str, kind: type) -> Any:
-    import tempfile
-
     try:
         with tempfile.TemporaryDirectory(prefix="trainflow-reproduce-") as tmp:
             text = Path(client.download_artifacts(run_id, name, tmp)).read_text()
@@ -113,9 +120,6 @@ def _logged_yaml(client: Any, run_id: str, name: str, kind: type) -> Any:
 
 def find_drift(original: Original, root: Path, client: Any) -> list[str]:
     """What differs between then and now, one line per item."""
-    from trainflow.tracking.codeversion import code_version
-    from trainflow.tracking.lockfile import lock_digest
-
     code = code_version(root)
     then = original.tags
     drift = []
@@ -136,9 +140,6 @@ def composed_config(original: Original, root: Path) -> dict[str, Any]:
     """The config the logged overrides compose to with today's config files, redacted like the logged one."""
     from omegaconf import OmegaConf
 
-    from trainflow.config.compose import compose_step_config
-    from trainflow.config.redact import redact
-
     try:
         # the original's output folder: keys interpolated from it (checkpoint dirpath) compare equal
         where = Path(str((original.config.get("paths") or {}).get("output_dir") or root / "outputs"))
@@ -150,8 +151,6 @@ def composed_config(original: Original, root: Path) -> dict[str, Any]:
 
 
 def config_drift(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    from trainflow.tracking.params import flatten
-
     old = {k: v for k, v in flatten(then).items() if k.split(".", 1)[0] not in _PLACE_KEYS}
     new = {k: v for k, v in flatten(now).items() if k.split(".", 1)[0] not in _PLACE_KEYS}
     return [f"config: {key}: {old.get(key, '(absent)')} -> {new.get(key, '(absent)')}"
@@ -178,11 +177,6 @@ def model_drift(original: Original, now: dict[str, Any], client: Any) -> list[st
 
     `models:/NAME@champion` follows its alias: the same URI may name other weights today.
     """
-    import tempfile
-
-    from trainflow.fetch import file_digest, single_file
-    from trainflow.registry.versions import resolve_model
-
     then = original.tags.get(tag.MODEL_DIGEST)
     uri = now.get("model_uri") or now.get("ckpt_path")
     if original.step != "evaluate" or not then or not uri:
@@ -229,8 +223,6 @@ def reproduce(argv: list[str], root: Path) -> int:
     """The exit status: 0 reproduced, 1 bad input, 2 refused for drift, else the step's own."""
     import mlflow
     from mlflow import MlflowClient
-
-    from trainflow.tracking.uri import resolve_tracking_uri
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # an error stays one line
     uri = resolve_tracking_uri(None, root)

@@ -14,13 +14,17 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainflow.config.redact import mask_url_passwords
 from trainflow.errors import ConfigError, first_line
+from trainflow.sweep.optuna_adapter import pop_waiting_trial
+from trainflow.sweep.recovery import StaleTrialCallback
 
 if TYPE_CHECKING:
     import optuna
@@ -69,8 +73,6 @@ def build_storage(url: str | None, heartbeat_s: int | None = None, grace_s: int 
 
     if url is None:
         return optuna.storages.InMemoryStorage()
-    from trainflow.sweep.recovery import StaleTrialCallback
-
     try:
         with _quiet_experimental():
             stale = StaleTrialCallback(max_retry, grace_s, heartbeat_s) if heartbeat_s else None
@@ -96,15 +98,11 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
 
 def _driver_line(exc: BaseException) -> str:
     """SQLAlchemy's error as one line: the database driver's own message (`orig`), password masked."""
-    from trainflow.config.redact import mask_url_passwords
-
     return mask_url_passwords(first_line(getattr(exc, "orig", None) or exc))
 
 
 @contextmanager
 def _quiet_experimental() -> Iterator[None]:
-    import warnings
-
     import optuna
 
     with warnings.catch_warnings():
@@ -114,8 +112,6 @@ def _quiet_experimental() -> Iterator[None]:
 
 def redact_url(url: str | None) -> str:
     """A storage URL fit for tags and logs: the password masked."""
-    from trainflow.config.redact import mask_url_passwords
-
     return mask_url_passwords(url) if url else "in-memory"
 
 
@@ -233,8 +229,6 @@ def claim_trial(study: optuna.Study, storage_url: str | None) -> optuna.Trial | 
     there workers on the machine take a file lock around it. Why not
     `Study.ask()`: see optuna_adapter.
     """
-    from trainflow.sweep.optuna_adapter import pop_waiting_trial
-
     with _file_lock(storage_url):
         return pop_waiting_trial(study)
 

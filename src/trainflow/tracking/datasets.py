@@ -19,6 +19,7 @@ from trainflow.data.dataset_cache import (
     remember,
 )
 from trainflow.tracking import tags as tag
+from trainflow.tracking.metrics import metric_entities
 
 
 def upload_dataset(run: Any, fetched: FetchedDataset, artifact_path: str, cache_root: Path) -> str:
@@ -39,8 +40,6 @@ def log_dataset_input(client: Any, run_id: str, fetched: FetchedDataset, context
     """
     from mlflow.entities import Dataset, DatasetInput, InputTag, RunTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
-    from trainflow.tracking.metrics import metric_entities
 
     manifest = fetched.manifest
     uri = mask_url_passwords(fetched.uri)

@@ -9,6 +9,7 @@ environment was built from (no Windows-only packages, one numpy).
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from collections import deque
 from pathlib import Path
@@ -71,7 +72,5 @@ def locked_requirements(lock_path: Path, project: str = PROJECT) -> list[str]:
 
 def lock_digest(root: Path) -> str:
     """sha256 of the project's uv.lock ("" without one): equal digests, equal locked environments."""
-    import hashlib
-
     lock = root / "uv.lock"
     return hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else ""

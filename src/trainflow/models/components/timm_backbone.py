@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from trainflow.errors import ConfigError, first_line
+from trainflow.fetch import single_file
 from trainflow.models.components.pretrained_source import WEIGHT_SUFFIXES, check_pretrained_source
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,6 @@ def _frozen_norm(module: nn.Module) -> bool:
 
 def resolve_weights(uri: str) -> Path:
     """A local weights file for a path or an MLflow artifact URI (a folder holding one file is fine)."""
-    from trainflow.fetch import single_file
-
     dst = Path(tempfile.mkdtemp(prefix="trainflow-weights-"))
     return single_file(uri, dst, "model.net.pretrained", WEIGHT_SUFFIXES)
 
