@@ -11,7 +11,7 @@ from trainflow.models.components.timm_backbone import TIMMBackbone
 
 @pytest.mark.parametrize("value", [True, "hf-hub:timm/resnet18.a1_in1k", "HF_HUB:org/name", "timm/resnet18.a1_in1k",
                                    "https://huggingface.co/timm/resnet18/resolve/main/model.safetensors",
-                                   "ftp://host/weights.pth"])
+                                   "http://host/weights.pth", "ftp://host/weights.pth"])
 def test_hub_ids_and_urls_are_hub_requests(value) -> None:
     assert asks_for_hub(value)
     with pytest.raises(ConfigError, match=r"^model\.net\.pretrained=.* would download weights .* pass a file instead"):
@@ -22,7 +22,7 @@ def test_hub_ids_and_urls_are_hub_requests(value) -> None:
                                    "timm/resnet.pth", "~/w.safetensors", r"C:\weights\resnet.pth",
                                    "runs:/0123abcd/checkpoints/best",
                                    "models:/digits/3", "mlflow-artifacts:/1/abc/artifacts/w.pt",
-                                   "file:///tmp/w.pt", "s3://bucket/w.pt"])
+                                   "file:///tmp/w.pt", "s3://bucket/w.pt", "dbfs:/mnt/w.pt"])
 def test_files_and_mlflow_uris_are_not(value) -> None:
     assert not asks_for_hub(value)
     TIMMBackbone.check_config("model.net", {"pretrained": value})

@@ -34,15 +34,19 @@ def backend_config(tmp_path: Path, **options: object) -> Path:
 
 
 def mlflow_run_slurm(tmp_path: Path, slurm: SlurmCluster, params: list[str], env_manager: str | None = "local",
-                     **options: object) -> tuple[subprocess.CompletedProcess, str]:
+                     slurm_conf: Path | None = None, **options: object) -> tuple[subprocess.CompletedProcess, str]:
+    """`mlflow run -e train --backend slurm`; `slurm_conf` points the clients at another cluster config."""
     uri = new_sqlite_store(tmp_path)
+    env = slurm.client_env(step_env(uri))
+    if slurm_conf is not None:
+        env["SLURM_CONF"] = str(slurm_conf)
     cmd = [f"{VENV_BIN}/mlflow", "run", str(ROOT), "-e", "train", "--backend", "slurm",
            "--backend-config", str(backend_config(tmp_path, **options))]
     cmd += ["--env-manager", env_manager] if env_manager else []
     for p in params:
         cmd += ["-P", p]
-    done = subprocess.run(cmd, cwd=tmp_path, env=slurm.client_env(step_env(uri)), capture_output=True, text=True,
-                          timeout=400, stdin=subprocess.DEVNULL)
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
+                          stdin=subprocess.DEVNULL)
     return done, uri
 
 
@@ -90,32 +94,20 @@ def test_a_partition_that_does_not_exist_is_refused_before_any_run(slurm: SlurmC
     assert all_runs(uri) == []
 
 
-def test_no_cluster_configured_is_refused_in_one_line(slurm: SlurmCluster, tmp_path: Path) -> None:
-    missing = tmp_path / "absent" / "slurm.conf"
-    uri = new_sqlite_store(tmp_path)
-    done = subprocess.run(
-        [f"{VENV_BIN}/mlflow", "run", str(ROOT), "-e", "train", "--backend", "slurm", "--env-manager", "local",
-         "--backend-config", str(backend_config(tmp_path))],
-        cwd=tmp_path, env={**slurm.client_env(step_env(uri)), "SLURM_CONF": str(missing)}, capture_output=True,
-        text=True, timeout=120, stdin=subprocess.DEVNULL)
+@pytest.mark.parametrize("cluster", ["not configured", "controller down"])
+def test_a_cluster_that_cannot_be_reached_is_refused_in_one_line(slurm: SlurmCluster, tmp_path: Path,
+                                                                 cluster: str) -> None:
+    """No slurm.conf where SLURM_CONF points, or a controller that does not answer: one line, no run."""
+    conf = tmp_path / "absent" / "slurm.conf"
+    expected = f"SLURM_CONF={conf} does not exist"
+    if cluster == "controller down":
+        conf = tmp_path / "down.conf"
+        conf.write_text(slurm.conf.read_text().replace(f"SlurmctldPort={slurm.ctld_port}", "SlurmctldPort=1"))
+        expected = "Unable to contact slurm controller"
+    done, uri = mlflow_run_slurm(tmp_path, slurm, [], slurm_conf=conf)
     assert done.returncode != 0
     [line] = errors(done) or [done.stderr[-3000:]]
-    assert f"SLURM_CONF={missing} does not exist" in line
-    assert all_runs(uri) == []
-
-
-def test_a_controller_that_is_down_is_refused_in_one_line(slurm: SlurmCluster, tmp_path: Path) -> None:
-    down = tmp_path / "down.conf"
-    down.write_text(slurm.conf.read_text().replace(f"SlurmctldPort={slurm.ctld_port}", "SlurmctldPort=1"))
-    uri = new_sqlite_store(tmp_path)
-    done = subprocess.run(
-        [f"{VENV_BIN}/mlflow", "run", str(ROOT), "-e", "train", "--backend", "slurm", "--env-manager", "local",
-         "--backend-config", str(backend_config(tmp_path))],
-        cwd=tmp_path, env={**slurm.client_env(step_env(uri)), "SLURM_CONF": str(down)}, capture_output=True,
-        text=True, timeout=200, stdin=subprocess.DEVNULL)
-    assert done.returncode != 0
-    [line] = errors(done) or [done.stderr[-3000:]]
-    assert "Unable to contact slurm controller" in line, line
+    assert expected in line, line
     assert all_runs(uri) == []
 
 

@@ -9,8 +9,6 @@ refuses names that start with `+`, so `-P add.key=value` stands for Hydra's
 
 from __future__ import annotations
 
-import atexit
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -19,6 +17,11 @@ from typing import NoReturn
 
 from trainflow.config.compose import compose_error
 from trainflow.config.param_names import override_from_param
+from trainflow.config.redact import mask_secrets
+from trainflow.config.schema import register_configs
+from trainflow.config.validate import check_targets
+from trainflow.fast_exit import exit_now
+from trainflow.project import project_root
 from trainflow.tracking import tags as tag
 
 # Hydra's command-line flags (hydra/_internal/utils.py get_args_parser).
@@ -99,9 +102,6 @@ def precheck_overrides(config_name: str, overrides: list[str]) -> None:
         return
     from hydra import compose, initialize_config_dir
 
-    from trainflow.config.schema import register_configs
-    from trainflow.config.validate import check_targets
-
     register_configs()
     try:
         if len(args) < len(overrides):
@@ -110,8 +110,6 @@ def precheck_overrides(config_name: str, overrides: list[str]) -> None:
             cfg = compose(config_name=config_name, overrides=args)
         check_targets(cfg, imported=False)
     except Exception as exc:
-        from trainflow.config.redact import mask_secrets
-
         message = mask_secrets(f"{config_name} config: {compose_error(exc)}", overrides)
         print(f"error: {message}", file=sys.stderr, flush=True)
         _record_on_mlflow_run(message)
@@ -124,8 +122,6 @@ def script_config_dir() -> Path:
     Not cwd: `python /elsewhere/steps/train.py` must check the overrides
     against the same configs Hydra will compose.
     """
-    from trainflow.project import project_root
-
     script = Path(sys.argv[0]).resolve()
     beside = script.parent.parent / "configs"
     return beside if script.suffix == ".py" and beside.is_dir() else project_root() / "configs"
@@ -140,7 +136,6 @@ def _without_sweeps(overrides: list[str]) -> list[str]:
 
 def _record_on_mlflow_run(message: str) -> None:
     """Under `mlflow run` the run exists already: say on it why it failed."""
-    import os
 
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
@@ -156,15 +151,10 @@ def _record_on_mlflow_run(message: str) -> None:
 
 
 def run_and_exit(main: Callable[[], object]) -> NoReturn:
-    """Run a step's Hydra main, then leave without the interpreter's teardown.
+    """Run a step's Hydra main, then leave without the interpreter's teardown (trainflow.fast_exit).
 
-    Everything a step writes is done when its run has ended (the run status,
-    artifacts, the logger's queue), yet finalising torch, Lightning, MLflow
-    and SQLAlchemy modules still takes seconds: a pipeline of three steps
-    paid that three times. Exit handlers run and every log handler and
-    standard stream is flushed first; then the process exits with the code
-    the step chose. An exception that is not a SystemExit propagates as
-    usual, traceback and all.
+    The process exits with the code the step chose. An exception that is not
+    a SystemExit propagates as usual, traceback and all.
     """
     code = 0
     try:
@@ -175,8 +165,4 @@ def run_and_exit(main: Callable[[], object]) -> NoReturn:
             code = 1
         else:
             code = int(exc.code or 0)
-    atexit._run_exitfuncs()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_now(code)

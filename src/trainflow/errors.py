@@ -25,3 +25,9 @@ class UriError(TrainflowError):
 
 class DataError(TrainflowError):
     """Input data is missing, malformed or does not match its manifest."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line, for an `error:` message: its message's first line, or its type when it has none."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -9,16 +9,29 @@ downloaded, so data and model modules stay free of it at import time.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
-from trainflow.errors import TrainflowError, UriError
+from trainflow.errors import TrainflowError, UriError, first_line
 
-# What download_artifacts resolves: tracking URIs, artifact stores, plain URLs.
-ARTIFACT_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "file:", "s3://", "gs://", "wasbs://", "http")
+# What only download_artifacts can reach: tracking URIs, artifact stores, plain URLs. A `file://`
+# URI is a local path and is read where it is, not copied.
+ARTIFACT_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "dbfs:/", "s3://", "gs://", "wasbs://",
+                    "http://", "https://")
 
 
 def is_artifact_uri(uri: str) -> bool:
     return uri.startswith(ARTIFACT_SCHEMES)
+
+
+def local_path(uri: str, dst: Path, key: str) -> Path:
+    """What `uri` names, on this machine: an artifact URI downloaded under `dst`, a path (or `file://`) checked."""
+    if is_artifact_uri(uri):
+        return download(uri, dst, key)
+    path = Path(uri.removeprefix("file://")).expanduser()
+    if not path.exists():
+        raise UriError(f"{key}: no such file or folder: {uri}")
+    return path
 
 
 def download(uri: str, dst: Path, key: str, error: type[TrainflowError] = UriError) -> Path:
@@ -29,7 +42,7 @@ def download(uri: str, dst: Path, key: str, error: type[TrainflowError] = UriErr
     try:
         return Path(download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except Exception as exc:
-        raise error(f"{key}: cannot download {uri}: {str(exc).strip().splitlines()[0]}") from exc
+        raise error(f"{key}: cannot download {uri}: {first_line(exc)}") from exc
 
 
 def single_file(uri: str, dst: Path, key: str, suffixes: tuple[str, ...]) -> Path:
@@ -38,12 +51,7 @@ def single_file(uri: str, dst: Path, key: str, suffixes: tuple[str, ...]) -> Pat
     `runs:/<id>/checkpoints/best` is a folder holding `best.ckpt` beside its
     metadata.yaml, so a folder with exactly one such file stands for it.
     """
-    if is_artifact_uri(uri):
-        local = download(uri, dst, key)
-    else:
-        local = Path(uri).expanduser()
-        if not local.exists():
-            raise UriError(f"{key}: no such file or folder: {uri}")
+    local = local_path(uri, dst, key)
     if local.is_dir():
         found = sorted(p for p in local.rglob("*") if p.suffix.lower() in suffixes)
         if len(found) != 1:
@@ -53,8 +61,6 @@ def single_file(uri: str, dst: Path, key: str, suffixes: tuple[str, ...]) -> Pat
 
 
 def file_digest(path: Path) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -12,6 +12,7 @@ without registering them in sys.modules, which string annotations on a
 dataclass need.)
 """
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +70,6 @@ def sweep_task(cfg: DictConfig) -> float | None:
 
 def refuse_sweep_syntax(arguments: list[str]) -> None:
     """`lr=0.1,0.01` would be a grid for Hydra's basic sweeper; here the study samples."""
-    import sys
-
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     for override in OverridesParser.create().parse_overrides(arguments):

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from trainflow.config.schema import register_configs
+from trainflow.project import project_root
+
 
 def compose_step_config(config_name: str = "train", overrides: list[str] | None = None,
                         output_dir: Path | None = None, config_dir: Path | None = None) -> DictConfig:
@@ -23,9 +26,6 @@ def compose_step_config(config_name: str = "train", overrides: list[str] | None 
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
-
-    from trainflow.config.schema import register_configs
-    from trainflow.project import project_root
 
     register_configs()
     GlobalHydra.instance().clear()

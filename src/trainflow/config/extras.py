@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from trainflow.config.known_warnings import filter_known_warnings
+from trainflow.config.redact import redact
 from trainflow.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,6 @@ def print_config_tree(cfg: DictConfig, output_dir: Path, order: Sequence[str] = 
     import rich.syntax
     import rich.tree
     from rich.console import Console
-
-    from trainflow.config.redact import redact
 
     tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
     container = redact(OmegaConf.to_container(cfg, resolve=True))

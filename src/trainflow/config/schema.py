@@ -16,6 +16,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from trainflow.project import project_root
+
 # `${trainflow.project_root:}` in configs/paths: the checkout, wherever Hydra's run dir is
 ROOT_RESOLVER = __name__.split(".")[0] + ".project_root"
 
@@ -210,8 +212,6 @@ def register_configs() -> None:
     defaults lists can name `train_schema` / `evaluate_schema`.
     """
     from omegaconf import OmegaConf
-
-    from trainflow.project import project_root
 
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainSchema)

@@ -22,9 +22,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from trainflow.config.compose import compose_error
 from trainflow.config.extras import TREE_SHOWN_ENV
 from trainflow.config.param_names import param_name
-from trainflow.errors import TrainflowError
+from trainflow.errors import ConfigError, TrainflowError
 from trainflow.pipeline.cache import cache_key, find_finished_run, source_inputs, step_code_digest
 from trainflow.pipeline.in_process import run_step_here, subprocess_reason
 from trainflow.tracking import tags as tag
@@ -33,7 +34,7 @@ from trainflow.tracking.run import StepRun, hydra_overrides
 
 log = logging.getLogger(__name__)
 
-STEPS = ("prepare_data", "train", "evaluate")
+STEPS = tag.PIPELINE_STEPS
 # Keys of main's own config: they steer the pipeline and are not passed on.
 MAIN_KEYS = frozenset({"cache", "promote", "in_process"})
 # `paths.*` that only a running Hydra app can resolve.
@@ -226,9 +227,6 @@ def compose_for_cache(step: str, overrides: list[str]) -> tuple[dict[str, Any], 
     """
     from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
-
-    from trainflow.config.compose import compose_error
-    from trainflow.errors import ConfigError
 
     if not GlobalHydra.instance().is_initialized():
         raise TrainflowError("pipeline: Hydra is not initialised (run through steps/main.py)")

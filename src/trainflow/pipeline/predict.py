@@ -21,8 +21,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from trainflow.data.dataset_cache import is_remote
-from trainflow.errors import ConfigError, DataError, UriError
+from trainflow.errors import ConfigError, DataError, first_line
+from trainflow.fetch import local_path
 from trainflow.registry.versions import resolve_model
 from trainflow.tracking import tags as tag
 from trainflow.tracking.run import StepRun
@@ -85,17 +85,7 @@ def predict(cfg: DictConfig, run: StepRun) -> PredictResult:
 
 def local_input(uri: str, dst: Path) -> Path:
     """The input as a local path: MLflow artifact URIs are downloaded, paths checked."""
-    if is_remote(uri):
-        from mlflow.artifacts import download_artifacts
-
-        dst.mkdir(parents=True, exist_ok=True)
-        try:
-            return Path(download_artifacts(artifact_uri=uri, dst_path=str(dst)))
-        except Exception as exc:
-            raise UriError(f"input: cannot download {uri}: {str(exc).strip().splitlines()[0]}") from exc
-    path = Path(uri.removeprefix("file://")).expanduser()
-    if not path.exists():
-        raise UriError(f"input: no such file or folder: {uri}")
+    path = local_path(uri, dst, "input")
     if path.is_file() and path.suffix.lower() != ".parquet":
         raise DataError(f"input: {uri} is neither a folder of images nor a .parquet file")
     return path
@@ -130,7 +120,7 @@ def read_parquet(path: Path, origin: str, pyfunc: Any, batch_size: int) -> Itera
     try:
         source = pq.ParquetFile(path)
     except Exception as exc:
-        raise DataError(f"input: {origin}: unreadable parquet: {str(exc).strip().splitlines()[0]}") from exc
+        raise DataError(f"input: {origin}: unreadable parquet: {first_line(exc)}") from exc
     if source.metadata.num_rows == 0:
         raise DataError(f"input: {origin} has no rows")
     names = source.schema_arrow.names

@@ -22,14 +22,23 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from trainflow.errors import TrainflowError, UriError
+from trainflow.config.compose import compose_step_config
+from trainflow.config.redact import redact
+from trainflow.errors import TrainflowError, UriError, first_line
+from trainflow.fetch import file_digest, single_file
+from trainflow.registry.versions import resolve_model
 from trainflow.tracking import tags as tag
+from trainflow.tracking.codeversion import code_version
+from trainflow.tracking.lockfile import lock_digest
+from trainflow.tracking.params import flatten
+from trainflow.tracking.uri import resolve_tracking_uri
 
 COMPARISON = "reproduction/comparison.csv"
 # step -> (script, Hydra config name)
@@ -39,8 +48,6 @@ STEPS = {
     "prepare_data": ("steps/prepare_data.py", "prepare_data"),
     "main": ("steps/main.py", "main"),
 }
-# a pipeline's steps, in order; each links its run from the pipeline run by this tag
-PIPELINE_STEPS = ("prepare_data", "train", "evaluate")
 # overrides that name the original run's own continuation, not its config
 _RUN_SPECIFIC = ("resume=",)
 # config nodes that differ by where and when a run happens, not by what it computes
@@ -99,15 +106,13 @@ def read_original(client: Any, run_id: str) -> Original:
 
 
 def _logged_yaml(client: Any, run_id: str, name: str, kind: type) -> Any:
-    import tempfile
-
     try:
         with tempfile.TemporaryDirectory(prefix="trainflow-reproduce-") as tmp:
             text = Path(client.download_artifacts(run_id, name, tmp)).read_text()
         value = yaml.safe_load(text)
     except Exception as exc:
         raise UriError(f"reproduce: run {run_id}'s {name} cannot be read: "
-                       f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+                       f"{first_line(exc)}") from exc
     if not isinstance(value, kind):
         raise UriError(f"reproduce: run {run_id}'s {name} is not a {kind.__name__}")
     return value
@@ -115,16 +120,13 @@ def _logged_yaml(client: Any, run_id: str, name: str, kind: type) -> Any:
 
 def find_drift(original: Original, root: Path, client: Any) -> list[str]:
     """What differs between then and now, one line per item."""
-    from trainflow.tracking.codeversion import code_version
-    from trainflow.tracking.lockfile import lock_digest
-
     code = code_version(root)
     then = original.tags
     drift = []
     if then.get(tag.GIT_COMMIT, "") != (code.commit or ""):
-        drift.append(f"git commit: {then.get('trainflow.git.commit') or 'none'} -> {code.commit or 'none'}")
+        drift.append(f"git commit: {then.get(tag.GIT_COMMIT) or 'none'} -> {code.commit or 'none'}")
     if then.get(tag.CODE_VERSION) != code.id:
-        drift.append(f"code version: {then.get('trainflow.code_version')} -> {code.id} (uncommitted or other code)")
+        drift.append(f"code version: {then.get(tag.CODE_VERSION)} -> {code.id} (uncommitted or other code)")
     if then.get(tag.LOCK_DIGEST) != lock_digest(root):
         drift.append(f"uv.lock: sha256 {then.get(tag.LOCK_DIGEST) or 'not recorded'} -> {lock_digest(root)}")
     now = composed_config(original, root)
@@ -138,23 +140,17 @@ def composed_config(original: Original, root: Path) -> dict[str, Any]:
     """The config the logged overrides compose to with today's config files, redacted like the logged one."""
     from omegaconf import OmegaConf
 
-    from trainflow.config.compose import compose_step_config
-    from trainflow.config.redact import redact
-
     try:
         # the original's output folder: keys interpolated from it (checkpoint dirpath) compare equal
         where = Path(str((original.config.get("paths") or {}).get("output_dir") or root / "outputs"))
         cfg = compose_step_config(STEPS[original.step][1], original.overrides, where, config_dir=root / "configs")
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UriError(f"reproduce: run {original.run_id}'s overrides no longer compose: {first}") from exc
+        raise UriError(f"reproduce: run {original.run_id}'s overrides no longer compose: {first_line(exc)}") from exc
     return dict(redact(resolved))
 
 
 def config_drift(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    from trainflow.tracking.params import flatten
-
     old = {k: v for k, v in flatten(then).items() if k.split(".", 1)[0] not in _PLACE_KEYS}
     new = {k: v for k, v in flatten(now).items() if k.split(".", 1)[0] not in _PLACE_KEYS}
     return [f"config: {key}: {old.get(key, '(absent)')} -> {new.get(key, '(absent)')}"
@@ -181,11 +177,6 @@ def model_drift(original: Original, now: dict[str, Any], client: Any) -> list[st
 
     `models:/NAME@champion` follows its alias: the same URI may name other weights today.
     """
-    import tempfile
-
-    from trainflow.fetch import file_digest, single_file
-    from trainflow.registry.versions import resolve_model
-
     then = original.tags.get(tag.MODEL_DIGEST)
     uri = now.get("model_uri") or now.get("ckpt_path")
     if original.step != "evaluate" or not then or not uri:
@@ -232,8 +223,6 @@ def reproduce(argv: list[str], root: Path) -> int:
     """The exit status: 0 reproduced, 1 bad input, 2 refused for drift, else the step's own."""
     import mlflow
     from mlflow import MlflowClient
-
-    from trainflow.tracking.uri import resolve_tracking_uri
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # an error stays one line
     uri = resolve_tracking_uri(None, root)
@@ -291,7 +280,7 @@ def compared_runs(client: Any, original: Original, run_id: str) -> list[tuple[st
         return [("", original.run_id, run_id)]
     new_tags = client.get_run(run_id).data.tags
     pairs = []
-    for step in PIPELINE_STEPS:
+    for step in tag.PIPELINE_STEPS:
         key = tag.pipeline_step(step, "run_id")
         then, now = original.tags.get(key), new_tags.get(key)
         if then and now:

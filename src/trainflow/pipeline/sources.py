@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib.util
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -98,8 +99,9 @@ def _imported(path: Path, mtime_ns: int, size: int, package: str | None) -> tupl
         if isinstance(node, ast.Import):
             names.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = _absolute(node.module, node.level, package)
-            if base is None:
+            try:
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            except ImportError:  # a relative import beyond the top-level package: Python refuses it too
                 continue
             names.append(base)
             names.extend(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
@@ -135,17 +137,6 @@ def _package_of(path: Path, search: list[Path]) -> str | None:
                 parts = parts[:-1]
             return ".".join(parts)
     return None
-
-
-def _absolute(module: str | None, level: int, package: str | None) -> str | None:
-    if level == 0:
-        return module
-    if package is None:
-        return None
-    parts = package.split(".") if package else []
-    if level > 1:
-        parts = parts[: len(parts) - (level - 1)]
-    return ".".join([*parts, *([module] if module else [])]) or None
 
 
 def declared_strings(target: str, attribute: str) -> tuple[str, ...]:

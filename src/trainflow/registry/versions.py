@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainflow.errors import TrainflowError, UriError
+import trainflow
+from trainflow.config.redact import redact
+from trainflow.errors import TrainflowError, UriError, first_line
 from trainflow.registry.model_card import write_model_card
 from trainflow.tracking import tags as tag
+from trainflow.tracking.lockfile import locked_requirements
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,9 +57,7 @@ def log_trained_model(run: StepRun, model_cfg: DictConfig, weights: dict, spec: 
     import torch
     from mlflow.models import infer_signature
 
-    from trainflow.config.redact import redact
     from trainflow.registry.pyfunc import TaskModel
-    from trainflow.tracking.lockfile import locked_requirements
 
     tags = redact(tags)
 
@@ -119,10 +121,6 @@ def code_paths(served: type) -> list[str]:
     inherit sys.path), and a partial copy there broke `import trainflow.sweep`
     in a multiprocessing child of a process that had loaded a model.
     """
-    import sys
-
-    import trainflow
-
     paths = [Path(trainflow.__file__).parent]
     top = sys.modules[served.__module__.split(".")[0]]
     file = Path(str(top.__file__))
@@ -176,7 +174,7 @@ def resolve_model(uri: str, client: Any, dst: Path) -> ResolvedModel:
     except UriError:
         raise
     except MlflowException as exc:
-        raise UriError(f"model_uri: {uri}: {str(exc).strip().splitlines()[0]}") from exc
+        raise UriError(f"model_uri: {uri}: {first_line(exc)}") from exc
     except OSError as exc:
         raise UriError(f"model_uri: {uri}: {exc}") from exc
     if not (local / "MLmodel").is_file():

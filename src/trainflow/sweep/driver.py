@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainflow.config.compose import compose_error
 from trainflow.config.redact import mask_secrets
+from trainflow.config.validate import check_targets
 from trainflow.errors import ConfigError, TrainflowError
 from trainflow.registry.versions import register_best_trial
 from trainflow.sweep.loop import limit_threads, work
@@ -185,9 +187,6 @@ def check_trial_config(plan: SweepPlan, targets: bool = False) -> None:
     `targets` also checks the `_target_` nodes against their signatures,
     which imports the model and data code.
     """
-    from trainflow.config.compose import compose_error
-    from trainflow.config.validate import check_targets
-
     overrides = [*plan.overrides, *(as_override(k, v) for k, v in first_values(plan.space).items())]
     try:
         with trial_config(overrides, plan.output_dir / "trials" / "check", -1) as cfg:

@@ -14,13 +14,17 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainflow.errors import ConfigError
+from trainflow.config.redact import mask_url_passwords
+from trainflow.errors import ConfigError, first_line
+from trainflow.sweep.optuna_adapter import pop_waiting_trial
+from trainflow.sweep.recovery import StaleTrialCallback
 
 if TYPE_CHECKING:
     import optuna
@@ -69,8 +73,6 @@ def build_storage(url: str | None, heartbeat_s: int | None = None, grace_s: int 
 
     if url is None:
         return optuna.storages.InMemoryStorage()
-    from trainflow.sweep.recovery import StaleTrialCallback
-
     try:
         with _quiet_experimental():
             stale = StaleTrialCallback(max_retry, grace_s, heartbeat_s) if heartbeat_s else None
@@ -78,7 +80,7 @@ def build_storage(url: str | None, heartbeat_s: int | None = None, grace_s: int 
                 url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=heartbeat_s,
                 grace_period=grace_s if heartbeat_s else None, heartbeat_stale_trial_callback=stale)
     except Exception as exc:
-        raise ConfigError(f"sweep.storage: cannot open {redact_url(url)}: {_first_line(exc)}") from exc
+        raise ConfigError(f"sweep.storage: cannot open {redact_url(url)}: {_driver_line(exc)}") from exc
 
 
 def open_storage(spec: StudySpec) -> Any:
@@ -94,17 +96,13 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {}
 
 
-def _first_line(exc: BaseException) -> str:
-    from trainflow.config.redact import mask_url_passwords
-
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return mask_url_passwords(text[0] if text else type(exc).__name__)
+def _driver_line(exc: BaseException) -> str:
+    """SQLAlchemy's error as one line: the database driver's own message (`orig`), password masked."""
+    return mask_url_passwords(first_line(getattr(exc, "orig", None) or exc))
 
 
 @contextmanager
 def _quiet_experimental() -> Iterator[None]:
-    import warnings
-
     import optuna
 
     with warnings.catch_warnings():
@@ -114,8 +112,6 @@ def _quiet_experimental() -> Iterator[None]:
 
 def redact_url(url: str | None) -> str:
     """A storage URL fit for tags and logs: the password masked."""
-    from trainflow.config.redact import mask_url_passwords
-
     return mask_url_passwords(url) if url else "in-memory"
 
 
@@ -189,7 +185,7 @@ def _server_lock(url: str, backend: str, key: str) -> Iterator[None]:
         engine = sqlalchemy.create_engine(url, poolclass=NullPool, **_engine_kwargs(url))
         connection = engine.connect()
     except Exception as exc:
-        raise ConfigError(f"sweep.storage: cannot connect to {redact_url(url)}: {_first_line(exc)}") from exc
+        raise ConfigError(f"sweep.storage: cannot connect to {redact_url(url)}: {_driver_line(exc)}") from exc
     try:
         if backend == "postgresql":
             number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
@@ -233,8 +229,6 @@ def claim_trial(study: optuna.Study, storage_url: str | None) -> optuna.Trial | 
     there workers on the machine take a file lock around it. Why not
     `Study.ask()`: see optuna_adapter.
     """
-    from trainflow.sweep.optuna_adapter import pop_waiting_trial
-
     with _file_lock(storage_url):
         return pop_waiting_trial(study)
 

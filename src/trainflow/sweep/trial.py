@@ -17,10 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, open_dict
 
+from trainflow.config.redact import mask_secrets
+from trainflow.config.schema import register_configs
 from trainflow.errors import TrainflowError
+from trainflow.project import project_root
 from trainflow.sweep.capture import output_to
 from trainflow.sweep.space import SearchParam, as_override, suggest
 from trainflow.tracking import tags as tag
+from trainflow.tracking.console import run_link
+from trainflow.tracking.run import step_run
 
 if TYPE_CHECKING:
     import optuna
@@ -93,10 +98,6 @@ def run_trial(trial: optuna.Trial, setup: TrialSetup, hold_signals: Callable[[],
 
 def _run_trial(trial: optuna.Trial, setup: TrialSetup, output_dir: Path, hold_signals: Callable[[], None],
                runs: list[StepRun]) -> TrialOutcome:
-    from trainflow.config.redact import mask_secrets
-    from trainflow.tracking.console import run_link
-    from trainflow.tracking.run import step_run
-
     params: dict[str, Any] = {}
     run: StepRun | None = None
     state, value, error = "FAIL", None, None
@@ -169,9 +170,6 @@ def trial_config(overrides: list[str], output_dir: Path, number: int) -> Iterato
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
-
-    from trainflow.config.schema import register_configs
-    from trainflow.project import project_root
 
     if not GlobalHydra.instance().is_initialized():  # a worker process: no @hydra.main ran
         register_configs()

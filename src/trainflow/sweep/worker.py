@@ -40,10 +40,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainflow.fast_exit import exit_now
 from trainflow.sweep.loop import limit_threads, work
 from trainflow.sweep.space import SearchParam
 from trainflow.sweep.study import StudySpec, open_storage, open_study
 from trainflow.sweep.trial import TrialOutcome, TrialSetup
+from trainflow.tracking.ranks import LEADER_RUN_ENV
 from trainflow.tracking.signals import exit_status, raise_interrupt
 
 log = logging.getLogger(__name__)
@@ -157,8 +159,6 @@ def prewarm_workers(cfg: DictConfig, output_dir: Path) -> None:
     n_workers = OmegaConf.select(cfg, "sweep.n_workers")
     if not isinstance(n_workers, int) or n_workers <= 1 or _WARM:
         return
-    from trainflow.tracking.ranks import LEADER_RUN_ENV
-
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     for key in ("MLFLOW_RUN_ID", LEADER_RUN_ENV):
         env.pop(key, None)
@@ -188,8 +188,6 @@ def kill_workers(procs: list[subprocess.Popen]) -> None:
 
 def worker_env(tracking_uri: str, experiment_id: str, root: Path) -> dict[str, str]:
     """The sweep's store, experiment and project root; not its run (trials are new runs)."""
-    from trainflow.tracking.ranks import LEADER_RUN_ENV
-
     env = dict(os.environ)
     for key in ("MLFLOW_RUN_ID", LEADER_RUN_ENV):
         env.pop(key, None)
@@ -270,18 +268,6 @@ def await_start() -> bool:
     for key in changes["unset"]:
         os.environ.pop(key, None)
     return True
-
-
-def exit_now(code: int) -> None:
-    """Skip the interpreter's teardown of torch, Lightning and MLflow: the sweep waits on it.
-
-    Everything a worker writes is synchronous (runs ended, trials told), so
-    flushing the streams and logging is all that is left.
-    """
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from trainflow.data.dataset_cache import (
     remember,
 )
 from trainflow.tracking import tags as tag
+from trainflow.tracking.metrics import metric_entities
 
 
 def upload_dataset(run: Any, fetched: FetchedDataset, artifact_path: str, cache_root: Path) -> str:
@@ -38,8 +39,7 @@ def log_dataset_input(client: Any, run_id: str, fetched: FetchedDataset, context
     the data module's figures go in one request, not one each.
     """
     from mlflow.entities import Dataset, DatasetInput, InputTag, RunTag
-
-    from trainflow.tracking.metrics import metric_entities
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     manifest = fetched.manifest
     uri = mask_url_passwords(fetched.uri)
@@ -51,7 +51,7 @@ def log_dataset_input(client: Any, run_id: str, fetched: FetchedDataset, context
         schema=None,
         profile=json.dumps(manifest.splits),
     )
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
     tags = {
         tag.DATA_URI: uri,
         tag.DATA_DIGEST: manifest.digest,

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from trainflow.tracking import tags as tag
+from trainflow.tracking.metrics import metric_entities
 
 HEADLINE_PREFIX = "test/"
 
@@ -25,8 +26,6 @@ def log_headline(client: Any, run_id: str, source_run_id: str, source_metrics: M
     written in the same request.
     """
     from mlflow.entities import RunTag
-
-    from trainflow.tracking.metrics import metric_entities
 
     if source_metrics is None:
         source_metrics = client.get_run(source_run_id).data.metrics

@@ -29,7 +29,7 @@ import yaml
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from trainflow.errors import TrackingError
+from trainflow.errors import TrackingError, first_line
 
 if TYPE_CHECKING:
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -198,7 +198,7 @@ class RunLogger(Logger):
         if started is None:
             self._outage_started = now
             log.warning("tracking server unreachable (%s); buffering metrics and checkpoints",
-                        str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
+                        first_line(exc)[:200])
         else:
             self.outage_s = now - started
 

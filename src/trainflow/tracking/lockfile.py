@@ -1,13 +1,15 @@
 """A logged model's requirements, read from the project's uv.lock.
 
-MLflow's requirement inference imports the model in a subprocess and costs
-12-17 s per log_model; the lock already says exactly what the model runs with.
+MLflow's requirement inference imports the model in a subprocess on every
+log_model (seconds each: bench/README.md); the lock already says exactly what
+the model runs with.
 Markers are evaluated for the running interpreter, so the list is what this
 environment was built from (no Windows-only packages, one numpy).
 """
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from collections import deque
 from pathlib import Path
@@ -70,7 +72,5 @@ def locked_requirements(lock_path: Path, project: str = PROJECT) -> list[str]:
 
 def lock_digest(root: Path) -> str:
     """sha256 of the project's uv.lock ("" without one): equal digests, equal locked environments."""
-    import hashlib
-
     lock = root / "uv.lock"
     return hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else ""

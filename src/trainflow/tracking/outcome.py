@@ -63,9 +63,3 @@ def user_error_of(exc: BaseException) -> TrainflowError | None:
     while isinstance(cause, InstantiationException):  # nested nodes (model.net) wrap once per level
         cause = cause.__cause__
     return cause if isinstance(cause, TrainflowError) else None
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception as one line: its message's first, or its type when it has none."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

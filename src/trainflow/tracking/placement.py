@@ -32,10 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from trainflow.errors import TrackingError, TrainflowError
+from trainflow.errors import TrackingError, TrainflowError, first_line
 from trainflow.tracking import tags as tag
 from trainflow.tracking.clock import process_age_s
-from trainflow.tracking.outcome import first_line
 from trainflow.tracking.params import new_params
 from trainflow.tracking.ranks import LEADER_RUN_ENV, ReadOnlyClient, find_leader_run, job_key
 from trainflow.tracking.run_name import is_generated_name

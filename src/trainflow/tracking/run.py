@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainflow.config.hashing import VOLATILE_KEYS
+from trainflow.config.extras import apply_extras
+from trainflow.config.hashing import VOLATILE_KEYS, config_hash
 from trainflow.config.redact import is_secret_key, mask_secrets, redact, redact_overrides, secret_values
 from trainflow.config.run_paths import without_run_paths
 from trainflow.errors import TrainflowError
@@ -52,6 +53,7 @@ from trainflow.project import project_root
 from trainflow.tracking import tags as tag
 from trainflow.tracking.clock import step_age_s
 from trainflow.tracking.codeversion import CodeVersion, code_version
+from trainflow.tracking.console import run_link, step_summary
 from trainflow.tracking.job_log import job_log, log_job_log, warnings_logged
 from trainflow.tracking.lockfile import lock_digest
 from trainflow.tracking.metrics import metric_entities
@@ -59,6 +61,7 @@ from trainflow.tracking.outcome import interrupted_line, outcome_of
 from trainflow.tracking.params import flatten
 from trainflow.tracking.placement import PlacedRun, follow_leader, place_run
 from trainflow.tracking.ranks import LEADER_RUN_ENV, is_follower, job_key
+from trainflow.tracking.run_name import run_name
 from trainflow.tracking.signals import (
     Handlers,
     exit_status,
@@ -183,8 +186,6 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
 
 def _tracking_target(mlflow: Any, cfg: DictConfig, root: Path, output_dir: Path) -> tuple[str, CodeVersion, str | None]:
     """(tracking URI, code version, printed config tree), checked before any run exists: a bad one exits 1."""
-    from trainflow.config.extras import apply_extras
-
     try:
         tree = apply_extras(cfg, output_dir)
         uri = resolve_tracking_uri(cfg.tracking.get("uri"), root)
@@ -267,8 +268,6 @@ def _follower_run(step: str, cfg: DictConfig, root: Path, output_dir: Path) -> S
 
 def _print_summary(ctx: StepRun, started_age: float | None) -> None:
     """One line per finished step: its output URI and its run (tracking/console.py)."""
-    from trainflow.tracking.console import run_link, step_summary
-
     now = step_age_s()
     took = now - started_age if now is not None and started_age is not None else None
     if ctx.leader:
@@ -293,8 +292,6 @@ def _hydra_output_dir() -> Path | None:
 
 def default_run_name(step: str) -> str:
     """`train-example-digits lr=0.01`: step, experiment, data and what was overridden (tracking/run_name.py)."""
-    from trainflow.tracking.run_name import run_name
-
     return run_name(step, _hydra_choices(), hydra_overrides())
 
 
@@ -321,8 +318,6 @@ def _log_run_identity(ctx: StepRun, cfg: DictConfig, resolved: dict[str, Any], n
     `placed.params`: the params on the run when it was placed (`mlflow run`
     logs each `-P`); `placed.new_params`: the rest, checked against them.
     """
-    from trainflow.config.hashing import config_hash
-
     ctx.secrets = tuple(secret_values(resolved))
     redacted = redact(resolved)
     assert isinstance(redacted, dict)

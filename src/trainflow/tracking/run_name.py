@@ -20,6 +20,7 @@ from functools import cache
 from typing import Any
 
 from trainflow.config.redact import is_secret_key, redact_overrides
+from trainflow.tracking.tags import PIPELINE_STEPS
 
 # Overrides that change how a run looks or where it logs, not what it computes.
 PRESENTATION_PREFIXES = ("extras.", "tracking.", "paths.", "hydra.", "registry.", "tags",
@@ -70,7 +71,7 @@ def distinguishing_overrides(overrides: Sequence[str]) -> list[str]:
 def _step_prefix(key: str) -> str:
     """`train.` of `train.extras.x`: the pipeline's per-step overrides name their step first."""
     head, dot, _ = key.partition(".")
-    return head + dot if head in ("prepare_data", "train", "evaluate") and dot else ""
+    return head + dot if head in PIPELINE_STEPS and dot else ""
 
 
 def is_generated_name(name: str) -> bool:

@@ -11,6 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from trainflow.errors import first_line
 from trainflow.tracking import tags as tag
 
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics, artifacts = sync(args.folder, args.tracking_uri)
     except Exception as exc:
-        print(f"error: sync {args.folder}: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"error: sync {args.folder}: {first_line(exc)}", file=sys.stderr)
         return 1
     print(f"synced {metrics} metrics and {artifacts} checkpoint folders from {args.folder}")
     if not args.keep:

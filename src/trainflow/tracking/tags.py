@@ -61,6 +61,7 @@ REPRODUCES = "trainflow.reproduces"  # the run id this run reproduces
 REPRODUCE_DRIFT = "trainflow.reproduce.drift"  # what differed from the original (allow_drift=true)
 
 # --- the pipeline (pipeline.main, pipeline.cache) ---------------------------
+PIPELINE_STEPS = ("prepare_data", "train", "evaluate")  # main's steps, in order: each has its pipeline_step keys
 CACHE_KEY = "trainflow.cache_key"  # on a step run the pipeline may reuse
 PIPELINE_REUSED = "trainflow.pipeline.reused"  # steps reused from the cache, comma-separated
 HEADLINE_RUN = "trainflow.headline.run_id"  # on a pipeline or sweep parent: whose test metrics it repeats

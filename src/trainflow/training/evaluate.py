@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,8 +127,6 @@ def trained_model_config(client: Any, run_id: str | None, composed: DictConfig) 
     logged value is null, so the size the checkpoint records reaches every
     key that refers to it, as it did in training.
     """
-    import tempfile
-
     import yaml
     from mlflow.exceptions import MlflowException
 
@@ -189,8 +189,6 @@ def with_trained_preprocessing(data_cfg: DictConfig, recorded: dict[str, Any], k
 
 def _served_data(artifacts: Path) -> dict[str, Any]:
     """The served model's meta.json (a model logged without one: nothing recorded)."""
-    import json
-
     meta = artifacts / "meta.json"
     return dict(json.loads(meta.read_text())) if meta.is_file() else {}
 
@@ -296,8 +294,6 @@ def _promote(cfg: DictConfig, run: StepRun, subject: _Subject, metrics: dict[str
 
     def champion_value_on(champion: Any) -> float:
         # The champion was measured on other data: measure it on this digest.
-        from trainflow.registry.versions import resolve_model
-
         champ = resolve_model(f"models:/{model.name}/{champion.version}", run.client, run.output_dir / "champion")
         return _score(champ, dataset, metric, cfg)
 

@@ -30,7 +30,7 @@ finished epoch and skip its validation; the boundary save follows it anyway.
 
 The class keeps Lightning's name: its callback state key (and so resume's
 lookup of checkpoint state) reads the same. That key is kept once computed:
-Lightning formats it (a dict's repr, ~3 µs) for every hook it calls on the
+Lightning formats it (a dict's repr) for every hook it calls on the
 callback, six times a training step, while what it is made of never changes
 after construction (it is recomputed if it does). Its batch-end hook is left
 out of Lightning's per-batch dispatch when no save inside the epoch is

@@ -1,8 +1,8 @@
 """A rich progress bar that updates by the clock, not on every batch.
 
 Lightning 2.6's RichProgressBar updates its task and rebuilds its metrics text
-(a `.item()` per logged value) on every batch, ~135 µs a step: a twentieth of
-a 2.8 ms step. Its `refresh_rate` is how often its drawing thread redraws per
+(a `.item()` per logged value) on every batch, a cost a small model's step
+feels (figures: bench/README.md). Its `refresh_rate` is how often its drawing thread redraws per
 second, so anything updated between two redraws is never seen. Here a batch
 costs one clock read; the task and metrics are updated at most
 `refresh_rate` times a second, and at the last batch of every epoch (so a

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback
 
-from trainflow.errors import UriError
+from trainflow.errors import UriError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def prepare_resume(client: Any, run_id: str, checkpoint_dir: Path, staging: Path
                                                dst_path=str(staging)))
     except Exception as exc:
         raise UriError(f"resume: cannot download checkpoints/last of run {run_id}: "
-                       f"{str(exc).strip().splitlines()[0]}") from exc
+                       f"{first_line(exc)}") from exc
     if not has_last:
         _check_start_over(client, run_id)
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from trainflow.config.validate import check_targets
 from trainflow.data.task import TaskDataModule, task_data_module
+from trainflow.registry.versions import log_trained_model
 from trainflow.tracking import tags as tag
 from trainflow.tracking.datasets import FetchedDataset, dataset_for_step
 from trainflow.tracking.lightning import RunLogger
@@ -125,11 +127,9 @@ def _skip_nvml_probe(trainer: Any) -> None:
     """Undo `import lightning`'s PYTORCH_NVML_BASED_CUDA_CHECK on CPU runs.
 
     With it set, every `torch.cuda.is_available()` (Adam calls it each step)
-    loads NVML: ~380 µs a step on this kind of machine, for a GPU that the
-    CPU accelerator never uses.
+    loads NVML, for a GPU that the CPU accelerator never uses: a cost per
+    step a small model feels (figures: bench/README.md).
     """
-    import os
-
     from lightning.pytorch.accelerators import CPUAccelerator
 
     if isinstance(trainer.accelerator, CPUAccelerator):
@@ -146,8 +146,6 @@ def _log_model(cfg: DictConfig, run: StepRun, model: Any, datamodule: TaskDataMo
                trainer: Any) -> str | None:
     """The best weights as a pyfunc; a registry version when a name is configured."""
     import torch
-
-    from trainflow.registry.versions import log_trained_model
 
     if result.best_checkpoint is not None:
         weights = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]

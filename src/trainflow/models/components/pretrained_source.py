@@ -11,11 +11,11 @@ import re
 from typing import Any
 
 from trainflow.errors import ConfigError
+from trainflow.fetch import is_artifact_uri
 
 WEIGHT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
-# Where weights may come from besides a local path: MLflow's URIs and the artifact stores behind them.
-# Plain http(s) URLs are not among them: that is how hub files are fetched.
-WEIGHT_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "file:", "s3://", "gs://", "wasbs://")
+# Of the URIs trainflow.fetch downloads, plain http(s) URLs are refused for weights: that is how hub files are fetched.
+_URLS = ("http://", "https://")
 # How timm names hub weights (timm.create_model("hf-hub:org/name"), pretrained tags "timm/<name>.<tag>")
 HUB_PREFIXES = ("hf-hub:", "hf_hub:", "timm/")
 # a URI scheme; two letters or more, so a Windows drive (C:\weights.pth) stays a path
@@ -31,8 +31,10 @@ def asks_for_hub(pretrained: Any) -> bool:
     """
     if pretrained is True:
         return True
-    if not isinstance(pretrained, str) or not pretrained or pretrained.startswith(WEIGHT_URI_SCHEMES):
+    if not isinstance(pretrained, str) or not pretrained or pretrained.startswith("file:"):
         return False
+    if is_artifact_uri(pretrained):  # MLflow's URIs and the artifact stores behind them
+        return pretrained.startswith(_URLS)
     if _SCHEME.match(pretrained) is not None:
         return True
     # `timm/resnet18.a1_in1k` is a hub tag; `timm/weights.pth` a relative path to a file

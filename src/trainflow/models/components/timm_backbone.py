@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainflow.errors import ConfigError
+from trainflow.errors import ConfigError, first_line
+from trainflow.fetch import single_file
 from trainflow.models.components.pretrained_source import WEIGHT_SUFFIXES, check_pretrained_source
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,6 @@ def _frozen_norm(module: nn.Module) -> bool:
 
 def resolve_weights(uri: str) -> Path:
     """A local weights file for a path or an MLflow artifact URI (a folder holding one file is fine)."""
-    from trainflow.fetch import single_file
-
     dst = Path(tempfile.mkdtemp(prefix="trainflow-weights-"))
     return single_file(uri, dst, "model.net.pretrained", WEIGHT_SUFFIXES)
 
@@ -156,7 +155,7 @@ def read_state_dict(path: Path, origin: str) -> dict[str, torch.Tensor]:
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ConfigError(f"model.net.pretrained: {origin} is not a weights file that loads without pickle "
-                          f"(torch.load(weights_only=True)): {str(exc).strip().splitlines()[0]}") from exc
+                          f"(torch.load(weights_only=True)): {first_line(exc)}") from exc
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
         raw = raw["state_dict"]  # a Lightning checkpoint
     if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
