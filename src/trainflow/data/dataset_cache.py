@@ -14,7 +14,8 @@ A dataset is hashed once when it is written (`DatasetWriter` hashes as it
 writes) and once when it is downloaded (each shard as it arrives); a cache
 hit only checks file sizes (`check_sizes`). Downloads go shard by shard: the
 manifest first, then each file it lists that the cache lacks, each retried
-once when it arrives damaged, so a broken transfer costs one shard.
+once when it arrives damaged, so a broken transfer costs one shard
+(tests/test_dataset_shard_retry.py damages one transfer through a proxy).
 """
 
 from __future__ import annotations
