@@ -1,17 +1,18 @@
-"""A shard whose first transfer arrives damaged is downloaded once more, and only that shard.
+"""A shard whose first transfer arrives damaged or breaks off is downloaded once more, and only that shard.
 
 A real `mlflow server` holds a sharded dataset; the fetch reaches it through
 a small HTTP proxy on 127.0.0.1 that forwards every request as it is and
-damages the body of the FIRST download of one chosen shard only, the way a
-flaky link or a misbehaving middlebox would. The proxy's own log counts
-what was downloaded. Each damage is one the cache's size or sha256 check
-catches; a transfer the client itself sees fail (a cut connection) is an
-error of the transport, reported by `fetch.download`, not a damaged shard.
+damages the body of the first download(s) of one chosen shard only, the way
+a flaky link or a misbehaving middlebox would. The proxy's own log counts
+what was downloaded. A flipped byte or a short body sent with its honest
+length reach the cache's sha256 and size checks; a body cut off before the
+length the headers promised fails inside the HTTP client instead.
 """
 
 from __future__ import annotations
 
 import http.client
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -26,23 +27,25 @@ from trainflow.data.dataset import read_manifest, verify_dataset
 from trainflow.data.dataset_cache import fetch_dataset
 from trainflow.data.image_folder import ImageFolderDataModule
 from trainflow.data.make_digit_images import write_digit_images
+from trainflow.errors import DataError
 
 ARTIFACT_GET = "/api/2.0/mlflow-artifacts/artifacts/"  # where the server streams an artifact file's bytes
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 
 class DamagingProxy:
-    """Forwards every request to `upstream`; the first artifact GET whose path ends with `/<victim>` is damaged.
+    """Forwards every request to `upstream`; the first `times` artifact GETs ending with `/<victim>` are damaged.
 
     `damage` is "flip" (one byte changed, same length: the sha256 check
-    catches it) or "truncate" (half the body, sent with its honest shorter
-    length: the size check catches it). `gets` lists the artifact paths of
-    every GET, in order.
+    catches it), "truncate" (half the body, sent with its honest shorter
+    length: the size check catches it) or "cut" (the full length announced,
+    half the body sent, the connection closed). `gets` lists the artifact
+    paths of every GET, in order.
     """
 
-    def __init__(self, upstream: str, victim: str, damage: str) -> None:
+    def __init__(self, upstream: str, victim: str, damage: str, times: int = 1) -> None:
         self.upstream = urlsplit(upstream).netloc
-        self.victim, self.damage = victim, damage
+        self.victim, self.damage, self.times = victim, damage, times
         self.gets: list[str] = []
         self.damaged = 0
         self._lock = threading.Lock()
@@ -65,10 +68,10 @@ class DamagingProxy:
             return body
         with self._lock:
             self.gets.append(path.removeprefix(ARTIFACT_GET))
-            if self.damaged or not path.endswith(f"/{self.victim}"):
+            if self.damaged == self.times or not path.endswith(f"/{self.victim}"):
                 return body
             self.damaged += 1
-        if self.damage == "truncate":
+        if self.damage in ("truncate", "cut"):
             return body[: len(body) // 2]
         flipped = bytearray(body)
         flipped[len(flipped) // 2] ^= 0xFF
@@ -89,14 +92,17 @@ class DamagingProxy:
                 try:
                     upstream.request(self.command, self.path, body=request_body, headers=headers)
                     response = upstream.getresponse()
-                    body = proxy._alter(self.command, self.path, response.read())
+                    whole = response.read()
+                    body = proxy._alter(self.command, self.path, whole)
+                    cut = proxy.damage == "cut" and len(body) < len(whole)
                     self.send_response(response.status, response.reason)
                     for key, value in response.getheaders():
                         if key.lower() not in HOP_BY_HOP:
                             self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("Content-Length", str(len(whole) if cut else len(body)))
                     self.end_headers()
                     self.wfile.write(body)
+                    self.close_connection = cut  # the promised rest never comes
                 finally:
                     upstream.close()
 
@@ -123,7 +129,7 @@ def served(mlflow_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     yield {"uri": f"runs:/{run.info.run_id}/ds", "manifest": read_manifest(folder)}
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "cut"])
 def test_a_shard_damaged_in_transit_once_is_fetched_again_alone(served, mlflow_server, tracking_env,
                                                                 tmp_path: Path, damage: str) -> None:
     manifest = served["manifest"]
@@ -151,3 +157,17 @@ def test_a_shard_damaged_in_transit_once_is_fetched_again_alone(served, mlflow_s
         again = fetch_dataset(served["uri"], cache)
     assert again.bytes_downloaded == 0 and not quiet.gets
 
+
+
+def test_a_shard_whose_transfer_breaks_off_every_time_is_named_and_nothing_is_cached(
+        served, mlflow_server, tracking_env, tmp_path: Path) -> None:
+    victim = served["manifest"].split_files("train")[1]
+    cache = tmp_path / "cache"
+    with DamagingProxy(mlflow_server.uri, victim, "cut", times=2) as proxy:
+        tracking_env(proxy.uri)
+        with pytest.raises(DataError) as failed:
+            fetch_dataset(served["uri"], cache)
+    one_line = rf"data.uri: {re.escape(served['uri'])}/{re.escape(victim)}: cannot download: .+ after 2 downloads"
+    assert re.fullmatch(one_line, str(failed.value))
+    assert Counter(path.rsplit("/", 1)[-1] for path in proxy.gets)[victim] == 2
+    assert not [p for p in cache.iterdir() if len(p.name) == 64] and not (cache / "uris").exists()
