@@ -14,7 +14,9 @@ A dataset is hashed once when it is written (`DatasetWriter` hashes as it
 writes) and once when it is downloaded (each shard as it arrives); a cache
 hit only checks file sizes (`check_sizes`). Downloads go shard by shard: the
 manifest first, then each file it lists that the cache lacks, each retried
-once when it arrives damaged, so a broken transfer costs one shard.
+once when it arrives damaged or its transfer breaks off, so a broken
+transfer costs one shard (tests/test_dataset_shard_retry.py damages and
+cuts transfers through a proxy).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ _RUN_IN_URI = (re.compile(r"^runs:/([0-9a-f]{32})/"), re.compile(r"/([0-9a-f]{32
 # URIs whose target can change (an alias moves, `latest` grows, a stage is
 # reassigned): only `models:/NAME/<number>` and `models:/m-<id>` stand still.
 _MOVES = re.compile(r"^models:/[^/@]+(@[^/]+|/(?!\d+(/|$))[^/]+)(/|$)")
-SHARD_ATTEMPTS = 2  # a shard that arrives damaged is downloaded once more before the step fails
+SHARD_ATTEMPTS = 2  # a shard that arrives damaged or cut short is downloaded once more before the step fails
 
 
 @dataclass
@@ -183,13 +185,17 @@ def _download(uri: str, staging: Path, cache_root: Path) -> tuple[Manifest, int]
 
 
 def _download_shard(uri: str, entry: dict[str, Any], blob: Path, cache_root: Path) -> int:
-    """One file into `shards/`, checked against its size and sha256; damaged twice: one line naming it."""
+    """One file into `shards/`, checked against its size and sha256; damaged or cut twice: one line naming it."""
     from trainflow.fetch import download
 
     problem = ""
     for _ in range(SHARD_ATTEMPTS):
         with tempfile.TemporaryDirectory(dir=cache_root) as tmp:
-            local = download(uri, Path(tmp), "data.uri", error=DataError)
+            try:
+                local = download(uri, Path(tmp), "data.uri", error=DataError)
+            except DataError as exc:  # a transfer cut short breaks here, before any check: one more try too
+                problem = "cannot download: " + str(exc.__cause__ or exc).strip().splitlines()[0].rstrip(".")
+                continue
             size = local.stat().st_size
             if size != entry["bytes"]:
                 problem = f"{size} bytes, the manifest lists {entry['bytes']} (truncated)"
