@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO
 
 from trainflow.errors import ConfigError, DataError
+from trainflow.fetch import is_artifact_uri
 
 COLUMNS = ("id", "form", "lemma", "upos", "xpos", "feats", "head", "deprel", "deps", "misc")
 TAG_COLUMNS = ("upos", "xpos")
@@ -39,7 +40,6 @@ _WORD_ID = re.compile(r"[1-9][0-9]*")
 _RANGE_ID = re.compile(r"([1-9][0-9]*)-([1-9][0-9]*)")
 _EMPTY_ID = re.compile(r"(0|[1-9][0-9]*)\.[1-9][0-9]*")
 _HEAD = re.compile(r"_|0|[1-9][0-9]*")
-_MLFLOW_URIS = ("runs:/", "models:/", "mlflow-artifacts:/")
 
 
 @dataclass
@@ -182,7 +182,7 @@ def local_file(uri: str, key: str) -> Iterator[tuple[Path, str]]:
 
     A download lives in a temporary folder for as long as the caller reads it.
     """
-    if not uri.startswith(_MLFLOW_URIS):
+    if not is_artifact_uri(uri):
         path = Path(uri.removeprefix("file://")).expanduser()
         if not path.is_file():
             raise DataError(f"{key}: no such file: {uri}")

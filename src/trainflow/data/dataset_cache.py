@@ -39,9 +39,8 @@ from trainflow.data.dataset import (
     verify_dataset,
 )
 from trainflow.errors import DataError, UriError
-from trainflow.fetch import file_digest
+from trainflow.fetch import file_digest, is_artifact_uri
 
-_REMOTE = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "wasbs://", "http://", "https://", "dbfs:/")
 _RUN_IN_URI = (re.compile(r"^runs:/([0-9a-f]{32})/"), re.compile(r"/([0-9a-f]{32})/artifacts/"))
 # URIs whose target can change (an alias moves, `latest` grows, a stage is
 # reassigned): only `models:/NAME/<number>` and `models:/m-<id>` stand still.
@@ -56,10 +55,6 @@ class FetchedDataset:
     manifest: Manifest
     bytes_downloaded: int
     upstream_run_id: str | None
-
-
-def is_remote(uri: str) -> bool:
-    return uri.startswith(_REMOTE)
 
 
 def upstream_run_id(uri: str) -> str | None:
@@ -143,7 +138,7 @@ def build_dataset(datamodule: Any, cache_root: Path) -> FetchedDataset:
 
 def fetch_dataset(uri: str, cache_root: Path) -> FetchedDataset:
     """A verified local copy of the dataset at `uri` (any MLflow URI or a folder)."""
-    if not is_remote(uri):
+    if not is_artifact_uri(uri):
         folder = Path(uri.removeprefix("file://")).expanduser()
         if not folder.is_dir():
             raise UriError(f"data.uri: no such folder: {uri}")

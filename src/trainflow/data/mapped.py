@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainflow.data.dataset import Manifest, read_manifest, split_paths
-from trainflow.errors import DataError
+from trainflow.errors import DataError, first_line
 
 MAPPED_DIR = ".mapped"
 
@@ -72,7 +72,7 @@ def arrow_twin(parquet: Path) -> Path:
                 writer.write_table(source.read_row_group(group))
     except (pa.ArrowException, OSError) as exc:
         partial.unlink(missing_ok=True)
-        raise DataError(f"{parquet}: unreadable parquet: {str(exc).strip().splitlines()[0]}") from exc
+        raise DataError(f"{parquet}: unreadable parquet: {first_line(exc)}") from exc
     for stale in folder.glob(f"{parquet.stem}-*.arrow"):
         stale.unlink(missing_ok=True)
     os.replace(partial, target)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainflow.config.redact import mask_url_passwords
-from trainflow.errors import DataError
+from trainflow.errors import DataError, first_line
 
 _REMOTE = ("s3://", "file://", "gs://", "hdfs://")
 
@@ -42,7 +42,7 @@ class DataRoot:
         except FileNotFoundError as exc:
             raise DataError(f"data.root: no such folder: {self.uri}") from exc
         except OSError as exc:
-            raise DataError(f"data.root: cannot list {self.uri}: {_first_line(exc)}") from exc
+            raise DataError(f"data.root: cannot list {self.uri}: {first_line(exc)}") from exc
         prefix = self.base.rstrip("/") + "/"
         files, folders = [], set()
         for info in infos:
@@ -65,11 +65,6 @@ class DataRoot:
         return f"{self.uri.rstrip('/')}/{relative}"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def open_root(uri: str) -> DataRoot:
     """The root named by `data.root`; an unreachable store or a missing folder is one line naming it."""
     import pyarrow.fs as pafs
@@ -82,7 +77,7 @@ def open_root(uri: str) -> DataRoot:
     try:
         fs, path = pafs.FileSystem.from_uri(uri)  # a store that is down fails at the first listing, named there
     except (OSError, ValueError) as exc:
-        raise DataError(f"data.root: cannot open {uri}: {_first_line(exc)}") from exc
+        raise DataError(f"data.root: cannot open {uri}: {first_line(exc)}") from exc
     return DataRoot(uri, fs, path)
 
 
@@ -106,7 +101,7 @@ def store_listing(uri: str, key: str) -> list[tuple[str, int, int]] | None:
             return [(base.rsplit("/", 1)[-1], int(info.size), int(info.mtime_ns or 0))]
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
     except (OSError, ValueError) as exc:
-        raise DataError(f"{key}: cannot list {mask_url_passwords(uri)}: {_first_line(exc)}") from exc
+        raise DataError(f"{key}: cannot list {mask_url_passwords(uri)}: {first_line(exc)}") from exc
     prefix = base.rstrip("/") + "/"
     listing = sorted((i.path.removeprefix(prefix), int(i.size), int(i.mtime_ns or 0))
                      for i in infos if i.type == pafs.FileType.File)
