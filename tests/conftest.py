@@ -9,6 +9,7 @@ the servers the fixtures start in servers.py.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +42,31 @@ def outputs_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> It
     yield
     patch.undo()
     drop_store_template()
+
+
+# The stop signals' handlers as this test process started with them (SIGINT: Python's KeyboardInterrupt).
+_STOP_HANDLERS = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+@pytest.fixture(autouse=True)
+def process_state_of_its_own() -> Iterator[None]:
+    """Each test starts with the process's own stop-signal handlers and leaves Hydra's run config as it found it.
+
+    Tests share their xdist worker's process, in an order that changes. Code that runs a fit in process can
+    leave SIGINT ignored (Lightning ignores it for good after a KeyboardInterrupt in a fit), and a child
+    process inherits an ignored signal: a later test's Ctrl-C then reaches a sweep that cannot hear it.
+    `find_drift` composes a project copy's configs, and HydraConfig, left set, makes project_root() name
+    that copy in every later test of the worker.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    for signum, handler in _STOP_HANDLERS.items():
+        signal.signal(signum, handler)
+    hydra_config = HydraConfig.instance().cfg
+    yield
+    HydraConfig.instance().cfg = hydra_config
+    for signum, handler in _STOP_HANDLERS.items():
+        signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="session")
