@@ -44,17 +44,20 @@ def outputs_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> It
     drop_store_template()
 
 
-# The stop signals' handlers as this test process started with them (SIGINT: Python's KeyboardInterrupt).
-_STOP_HANDLERS = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+# The stop signals' handlers of a Python process started from a terminal. Not the ones this process found:
+# a suite started in the background by a script (`cmd &`) inherits SIGINT ignored, and so would every step
+# and sweep the tests start, which then cannot be interrupted as the tests interrupt them.
+_STOP_HANDLERS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
 
 @pytest.fixture(autouse=True)
 def process_state_of_its_own() -> Iterator[None]:
     """Each test starts with the process's own stop-signal handlers and leaves Hydra's run config as it found it.
 
-    Tests share their xdist worker's process, in an order that changes. Code that runs a fit in process can
-    leave SIGINT ignored (Lightning ignores it for good after a KeyboardInterrupt in a fit), and a child
-    process inherits an ignored signal: a later test's Ctrl-C then reaches a sweep that cannot hear it.
+    Tests share their xdist worker's process, in an order that changes, and a child process inherits an
+    ignored signal: with SIGINT ignored (a suite started by `cmd &`, or code that ran in process and left it
+    so; Lightning ignores it for good after a KeyboardInterrupt in a fit) a test's Ctrl-C reaches a sweep
+    that cannot hear it.
     `find_drift` composes a project copy's configs, and HydraConfig, left set, makes project_root() name
     that copy in every later test of the worker.
     """
