@@ -53,6 +53,8 @@ from trainflow.tracking import tags as tag
 
 # backend-config keys of ours; sbatch's own are jobs.SBATCH_OPTIONS, any other flag goes through sbatch_args
 OWN_KEYS = {"sbatch_args", "log_dir", "poll_s", "wait"}
+# how long a requeueable job that ended is watched for SLURM queueing it again before its end counts
+REQUEUE_SETTLE_S = 5.0
 # what MLflow itself puts into every backend config
 MLFLOW_KEYS = {PROJECT_ENV_MANAGER, PROJECT_SYNCHRONOUS, PROJECT_DOCKER_ARGS, PROJECT_STORAGE_DIR, PROJECT_BUILD_IMAGE,
                PROJECT_DOCKER_AUTH}
@@ -207,10 +209,7 @@ class SlurmSubmittedRun(SubmittedRun):
 
     def wait(self) -> bool:
         """Until the job ends; True when it completed. A run the job left open is ended as the job ended."""
-        state = self._state()
-        while state is not None and not state.ended:
-            time.sleep(self._poll_s)
-            state = self._state()
+        state = self._until_ended()
         run = self._client.get_run(self.run_id)
         self._client.set_tag(self.run_id, MLFLOW_PROJECT_BACKEND, "slurm")  # the job's own `mlflow run` said local
         if state is None:  # SLURM forgot it: the run's own status is all there is
@@ -227,6 +226,22 @@ class SlurmSubmittedRun(SubmittedRun):
                         f"{', ' + state.reason if state.reason not in ('', 'None') else ''}): "
                         f"{_last_line(log)} (log: {log})")
         return False
+
+    def _until_ended(self) -> jobs.JobState | None:
+        """The job's last state. A requeueable job's failed attempt can show as FAILED before SLURM queues the
+        job again (a `scontrol requeue` caught between the two): its failure counts once it stays."""
+        state = self._state()
+        while True:
+            while state is not None and not state.ended:
+                time.sleep(self._poll_s)
+                state = self._state()
+            if state is None or state.state in jobs.SUCCEEDED or not state.requeue:
+                return state
+            time.sleep(max(self._poll_s, REQUEUE_SETTLE_S))
+            again = self._state()
+            if again is None or again.ended:
+                return again or state
+            state = again
 
     def cancel(self) -> None:
         """`scancel` the job and wait for it to end; the run ends KILLED."""
