@@ -54,7 +54,7 @@ from trainflow.tracking import tags as tag
 # backend-config keys of ours; sbatch's own are jobs.SBATCH_OPTIONS, any other flag goes through sbatch_args
 OWN_KEYS = {"sbatch_args", "log_dir", "poll_s", "wait"}
 # how long a requeueable job that ended is watched for SLURM queueing it again before its end counts
-REQUEUE_SETTLE_S = 5.0
+REQUEUE_SETTLE_S = 30.0
 # what MLflow itself puts into every backend config
 MLFLOW_KEYS = {PROJECT_ENV_MANAGER, PROJECT_SYNCHRONOUS, PROJECT_DOCKER_ARGS, PROJECT_STORAGE_DIR, PROJECT_BUILD_IMAGE,
                PROJECT_DOCKER_AUTH}
@@ -237,11 +237,22 @@ class SlurmSubmittedRun(SubmittedRun):
                 state = self._state()
             if state is None or state.state in jobs.SUCCEEDED or not state.requeue:
                 return state
-            time.sleep(max(self._poll_s, REQUEUE_SETTLE_S))
+            settled = self._settled(state)
+            if settled is not None:
+                return settled
+            state = self._state()
+
+    def _settled(self, ended: jobs.JobState) -> jobs.JobState | None:
+        """`ended` if the job stays ended for REQUEUE_SETTLE_S; None as soon as SLURM queues it again."""
+        deadline = time.monotonic() + REQUEUE_SETTLE_S
+        while time.monotonic() < deadline:
+            time.sleep(min(self._poll_s, 1.0))
             again = self._state()
-            if again is None or again.ended:
-                return again or state
-            state = again
+            if again is None:
+                return ended
+            if not again.ended:
+                return None
+        return ended
 
     def cancel(self) -> None:
         """`scancel` the job and wait for it to end; the run ends KILLED."""
