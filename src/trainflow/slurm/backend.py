@@ -105,7 +105,8 @@ class SlurmBackend(AbstractBackend):
         if env_manager:
             client.set_tag(run_id, MLFLOW_PROJECT_ENV, env_manager)
         print(f"submitted SLURM job {job_id} for MLflow run {run_id}", file=sys.stderr, flush=True)
-        submitted = SlurmSubmittedRun(run_id, job_id, client, float(backend_config.get("poll_s", 5)))
+        submitted = SlurmSubmittedRun(run_id, job_id, client, float(backend_config.get("poll_s", 5)),
+                                      requeue=bool(backend_config.get("requeue")))
         if _waits(backend_config):
             try:
                 succeeded = submitted.wait()
@@ -185,7 +186,9 @@ def _refused(reason: str) -> MlflowException:
 class SlurmSubmittedRun(SubmittedRun):
     """A batch job carrying one MLflow run: wait, status and cancel through SLURM's clients."""
 
-    def __init__(self, run_id: str, job_id: str, client: MlflowClient, poll_s: float = 5.0) -> None:
+    def __init__(self, run_id: str, job_id: str, client: MlflowClient, poll_s: float = 5.0,
+                 requeue: bool = False) -> None:
+        self._requeue = requeue  # submitted with `requeue`: an attempt that ends may be queued again
         super().__init__()
         self._run_id = run_id
         self.job_id = job_id
@@ -235,7 +238,7 @@ class SlurmSubmittedRun(SubmittedRun):
             while state is not None and not state.ended:
                 time.sleep(self._poll_s)
                 state = self._state()
-            if state is None or state.state in jobs.SUCCEEDED or not state.requeue:
+            if state is None or state.state in jobs.SUCCEEDED or not self._requeue:
                 return state
             settled = self._settled(state)
             if settled is not None:

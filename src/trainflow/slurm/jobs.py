@@ -46,7 +46,6 @@ class JobState:
     state: str  # SLURM's word: RUNNING, COMPLETED, FAILED ...
     exit_code: str  # "code:signal"
     reason: str
-    requeue: bool = False  # submitted --requeue: an attempt that ends may be queued again
 
     @property
     def ended(self) -> bool:
@@ -135,8 +134,7 @@ def job_state(job_id: str, env: Mapping[str, str] | None = None) -> JobState | N
             return None
         raise
     fields = dict(re.findall(r"(\w+)=(\S*)", out))
-    return JobState(fields.get("JobState", "UNKNOWN"), fields.get("ExitCode", "?"), fields.get("Reason", ""),
-                    fields.get("Requeue") == "1")
+    return JobState(fields.get("JobState", "UNKNOWN"), fields.get("ExitCode", "?"), fields.get("Reason", ""))
 
 
 def cancel(job_id: str, env: Mapping[str, str] | None = None) -> None:
