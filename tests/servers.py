@@ -176,7 +176,9 @@ class SlurmCluster:
     The node claims 4 CPUs on a 2-core box (`SlurmdParameters=config_overrides`)
     so that a 2-rank job and a 2-task array can run side by side; the partition
     over-subscribes for the same reason. The scheduler starts a batch job at
-    once (`batch_sched_delay=0`): its default waits seconds.
+    once (`batch_sched_delay=0`): its default waits seconds. A requeued job
+    waits 5 s for its old credential to expire (`cred_expire`; 120 by default)
+    and is looked at every second (`sched_interval`; 60 by default).
     """
 
     PARTITION = "debug"
@@ -218,7 +220,7 @@ class SlurmCluster:
             f"SlurmdUser={user}",
             "AuthType=auth/munge",
             "CredType=cred/munge",
-            f"AuthInfo=socket={f / 'run' / 'munge.socket.2'}",
+            f"AuthInfo=socket={f / 'run' / 'munge.socket.2'},cred_expire=5",
             f"StateSaveLocation={f / 'state'}",
             f"SlurmdSpoolDir={f / 'spool'}",
             f"SlurmctldPidFile={f / 'run' / 'slurmctld.pid'}",
@@ -236,7 +238,7 @@ class SlurmCluster:
             "KillWait=5",
             "ReturnToService=2",
             "SlurmdParameters=config_overrides",
-            "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0",
+            "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=1",
             f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} Sockets=1 CoresPerSocket={self.cpus} "
             "ThreadsPerCore=1 RealMemory=20000 State=UNKNOWN",
             f"PartitionName={self.PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4",

@@ -53,8 +53,6 @@ from trainflow.tracking import tags as tag
 
 # backend-config keys of ours; sbatch's own are jobs.SBATCH_OPTIONS, any other flag goes through sbatch_args
 OWN_KEYS = {"sbatch_args", "log_dir", "poll_s", "wait"}
-# how long a requeueable job that ended is watched for SLURM queueing it again before its end counts
-REQUEUE_SETTLE_S = 30.0
 # what MLflow itself puts into every backend config
 MLFLOW_KEYS = {PROJECT_ENV_MANAGER, PROJECT_SYNCHRONOUS, PROJECT_DOCKER_ARGS, PROJECT_STORAGE_DIR, PROJECT_BUILD_IMAGE,
                PROJECT_DOCKER_AUTH}
@@ -105,8 +103,7 @@ class SlurmBackend(AbstractBackend):
         if env_manager:
             client.set_tag(run_id, MLFLOW_PROJECT_ENV, env_manager)
         print(f"submitted SLURM job {job_id} for MLflow run {run_id}", file=sys.stderr, flush=True)
-        submitted = SlurmSubmittedRun(run_id, job_id, client, float(backend_config.get("poll_s", 5)),
-                                      requeue=bool(backend_config.get("requeue")))
+        submitted = SlurmSubmittedRun(run_id, job_id, client, float(backend_config.get("poll_s", 5)))
         if _waits(backend_config):
             try:
                 succeeded = submitted.wait()
@@ -186,9 +183,7 @@ def _refused(reason: str) -> MlflowException:
 class SlurmSubmittedRun(SubmittedRun):
     """A batch job carrying one MLflow run: wait, status and cancel through SLURM's clients."""
 
-    def __init__(self, run_id: str, job_id: str, client: MlflowClient, poll_s: float = 5.0,
-                 requeue: bool = False) -> None:
-        self._requeue = requeue  # submitted with `requeue`: an attempt that ends may be queued again
+    def __init__(self, run_id: str, job_id: str, client: MlflowClient, poll_s: float = 5.0) -> None:
         super().__init__()
         self._run_id = run_id
         self.job_id = job_id
@@ -212,7 +207,10 @@ class SlurmSubmittedRun(SubmittedRun):
 
     def wait(self) -> bool:
         """Until the job ends; True when it completed. A run the job left open is ended as the job ended."""
-        state = self._until_ended()
+        state = self._state()
+        while state is not None and not state.ended:
+            time.sleep(self._poll_s)
+            state = self._state()
         run = self._client.get_run(self.run_id)
         self._client.set_tag(self.run_id, MLFLOW_PROJECT_BACKEND, "slurm")  # the job's own `mlflow run` said local
         if state is None:  # SLURM forgot it: the run's own status is all there is
@@ -229,33 +227,6 @@ class SlurmSubmittedRun(SubmittedRun):
                         f"{', ' + state.reason if state.reason not in ('', 'None') else ''}): "
                         f"{_last_line(log)} (log: {log})")
         return False
-
-    def _until_ended(self) -> jobs.JobState | None:
-        """The job's last state. A requeueable job's failed attempt can show as FAILED before SLURM queues the
-        job again (a `scontrol requeue` caught between the two): its failure counts once it stays."""
-        state = self._state()
-        while True:
-            while state is not None and not state.ended:
-                time.sleep(self._poll_s)
-                state = self._state()
-            if state is None or state.state in jobs.SUCCEEDED or not self._requeue:
-                return state
-            settled = self._settled(state)
-            if settled is not None:
-                return settled
-            state = self._state()
-
-    def _settled(self, ended: jobs.JobState) -> jobs.JobState | None:
-        """`ended` if the job stays ended for REQUEUE_SETTLE_S; None as soon as SLURM queues it again."""
-        deadline = time.monotonic() + REQUEUE_SETTLE_S
-        while time.monotonic() < deadline:
-            time.sleep(min(self._poll_s, 1.0))
-            again = self._state()
-            if again is None:
-                return ended
-            if not again.ended:
-                return None
-        return ended
 
     def cancel(self) -> None:
         """`scancel` the job and wait for it to end; the run ends KILLED."""
