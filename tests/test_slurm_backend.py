@@ -102,7 +102,9 @@ def test_a_cluster_that_cannot_be_reached_is_refused_in_one_line(slurm: SlurmClu
     expected = f"SLURM_CONF={conf} does not exist"
     if cluster == "controller down":
         conf = tmp_path / "down.conf"
-        conf.write_text(slurm.conf.read_text().replace(f"SlurmctldPort={slurm.ctld_port}", "SlurmctldPort=1"))
+        # MessageTimeout: a client gives up on the controller after 2 s, not SLURM's default 10
+        conf.write_text(slurm.conf.read_text().replace(f"SlurmctldPort={slurm.ctld_port}", "SlurmctldPort=1")
+                        + "MessageTimeout=2\n")
         expected = "Unable to contact slurm controller"
     done, uri = mlflow_run_slurm(tmp_path, slurm, [], slurm_conf=conf)
     assert done.returncode != 0
