@@ -5,8 +5,8 @@ it (`scontrol requeue`, what preemption does) once an epoch's checkpoint is
 logged. SLURM holds a requeued job back (BeginTime) until the cut attempt's
 job credential expires; the test cluster sets that to 5 s (`cred_expire`,
 tests/servers.py), and the job starts again by SLURM's own rules. (Released
-at once with `scontrol update StartTime=now`, the new attempt was refused,
-"Job credential revoked", and the job ended FAILED: 5 times in 11 here.)
+at once with `scontrol update StartTime=now`, the new attempt can be refused,
+"Job credential revoked", and the job ends FAILED.)
 The job's script sees
 `SLURM_RESTART_COUNT` and starts the step again with `resume=<its run>`:
 one run, resumed from `checkpoints/last`, every epoch's metrics equal to
