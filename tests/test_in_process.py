@@ -1,12 +1,16 @@
-"""Which pipeline steps main may run in its own process (pipeline/in_process.py), from the real configs."""
+"""Which pipeline steps main may run in its own process (pipeline/in_process.py), from the real configs,
+and what a signal does to steps run there."""
 
 from __future__ import annotations
+
+import signal
 
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import compose_config
-from trainflow.pipeline.in_process import subprocess_reason
+from helpers import ROOT, TINY, all_runs, compose_config
+from trainflow.pipeline.in_process import _hydra_run, subprocess_reason
+from trainflow.tracking import tags as tag
 
 
 def resolved(overrides: list[str]) -> dict:
@@ -34,3 +38,19 @@ def test_several_devices_nodes_or_ddp_get_their_own_process(overrides, reason) -
 
 def test_steps_without_a_trainer_run_inside_main() -> None:
     assert subprocess_reason(OmegaConf.to_container(compose_config("prepare_data", []))) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
+def test_a_ctrl_c_python_dropped_inside_train_stops_main_before_evaluate(sqlite_uri, tracking_env, tmp_path) -> None:
+    """Ctrl-C landing in a finalizer is dropped by Python and train fits on to FINISHED; main, which
+    runs it in its own process, still ends KILLED with exit 130 and starts no evaluate."""
+    tracking_env(sqlite_uri)
+    dropped = ("+train.callbacks.fault={_target_:trainflow.training.faults.SignalAt,moment:train_batch,batch:1,"
+               "signal_name:SIGINT,in_finalizer:true}")
+    overrides = [*(p for p in TINY if not p.startswith("registry.")), dropped, "tracking.experiment_name=dropped",
+                 f"hydra.run.dir={tmp_path}"]
+    with pytest.raises(SystemExit) as stopped:
+        _hydra_run(ROOT / "steps" / "main.py", "main", overrides)
+    assert stopped.value.code == 128 + signal.SIGINT
+    runs = {r.data.tags[tag.STEP]: r.info.status for r in all_runs(sqlite_uri)}
+    assert runs == {"main": "KILLED", "prepare_data": "FINISHED", "train": "FINISHED"}

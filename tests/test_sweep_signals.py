@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from trainflow.sweep.driver import fail_orphans, run_sweep, start_workers, sweep
 from trainflow.sweep.trial import ATTR_RUN, ATTR_SWEEP_RUN
 from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
-from trainflow.tracking.signals import DeferredSignals
+from trainflow.tracking.signals import DeferredSignals, SignalsSince, interruption, raise_interrupt
 
 
 @pytest.fixture
@@ -100,6 +101,51 @@ def test_outside_the_main_thread_nothing_is_held() -> None:
     thread.start()
     thread.join()
     assert handlers == [signal.default_int_handler]
+
+
+class SignalWhenCollected:
+    """Sends a signal from its finalizer, where Python drops the KeyboardInterrupt the handler raises."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), self.signum)
+
+
+def test_a_signal_whose_interrupt_python_dropped_is_still_raised_at_the_next_check(monkeypatch) -> None:
+    dropped: list = []
+    monkeypatch.setattr(sys, "unraisablehook", dropped.append)  # where Python sends what it drops
+    previous = signal.signal(signal.SIGINT, raise_interrupt)
+    try:
+        before = SignalsSince()
+        SignalWhenCollected(signal.SIGINT)  # collected at once; the interrupt never reaches this frame
+        assert [type(d.exc_value) for d in dropped] == [KeyboardInterrupt]
+        SignalsSince().raise_if_any()  # a mark made after the signal sees none
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            before.raise_if_any()
+        assert interruption() == signal.SIGINT, "the exit status names the signal"
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
+def test_a_sweep_whose_ctrl_c_was_dropped_mid_trial_claims_no_other_trial(
+        compose, tmp_path, sqlite_uri, tracking_env) -> None:
+    """Ctrl-C landing in a finalizer (the garbage collector's SQLAlchemy callbacks) is dropped by Python:
+    the trial trains on to COMPLETE, and the sweep ends KILLED, exit 130, before claiming the next."""
+    tracking_env(sqlite_uri)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    dropped = ("+callbacks.fault={_target_:trainflow.training.faults.SignalAt,moment:train_batch,batch:1,"
+               "signal_name:SIGINT,in_finalizer:true}")
+    cfg = compose("sweep", [*TINY, "hparams_search=digits_optuna", "sweep.n_trials=3", "sweep.pruner=null",
+                            f"sweep.storage={storage}", "sweep.study_name=dropped", dropped], output_dir=tmp_path)
+    with pytest.raises(SystemExit) as stopped, step_run("sweep", cfg) as run:
+        run_sweep(cfg, run)
+    assert stopped.value.code == 128 + signal.SIGINT
+    study = optuna.load_study(study_name="dropped", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "WAITING", "WAITING"]
+    assert MlflowClient(sqlite_uri).get_run(run.run_id).info.status == "KILLED"
 
 
 def test_orphans_without_attrs_fail_only_in_the_sweeps_own_storage(

@@ -130,9 +130,13 @@ def run_pipeline(cfg: Any, run: StepRun) -> PipelineResult:
 
 def _step(run: StepRun, step: str, overrides: list[str], resolved: dict[str, Any], inputs: dict[str, str],
           use_cache: bool, launch: Launch) -> StepOutcome:
-    """Reuse or run one step, and link it from the pipeline run at once (a later failure keeps the link)."""
+    """Reuse or run one step, and link it from the pipeline run at once (a later failure keeps the link).
+
+    A Ctrl-C whose interrupt was lost while the step before ran (tracking/signals.py) stops the pipeline here.
+    """
     from mlflow.entities import RunTag
 
+    run.signalled.raise_if_any()
     outcome = _reuse_or_run(run, step, overrides, resolved, inputs, use_cache, launch)
     run.client.log_batch(run.run_id, tags=[
         RunTag(tag.pipeline_step(step, "run_id"), outcome.run_id),

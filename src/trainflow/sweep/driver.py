@@ -104,7 +104,8 @@ def _run_trials(study: optuna.Study, run: StepRun, plan: SweepPlan) -> SweepResu
         check_trial_config(plan, targets=True)
         with run.timed("trials"):
             limit_threads(1 if plan.n_workers > 1 else None)
-            work(study, plan.setup(run.run_id, worker=0), plan.study.storage, plan.study.max_retry, watch=True)
+            work(study, plan.setup(run.run_id, worker=0), plan.study.storage, plan.study.max_retry, watch=True,
+                 signalled=run.signalled)
             wait_workers(workers)
     except BaseException as exc:
         stop_workers(workers, signal_of(exc))

@@ -18,7 +18,7 @@ from trainflow.sweep.optuna_adapter import beating, heartbeat_enabled
 from trainflow.sweep.recovery import fail_stale, queue_again
 from trainflow.sweep.study import claim_trial
 from trainflow.sweep.trial import TrialOutcome, TrialSetup, is_interruption, run_trial, tie_to_sweep
-from trainflow.tracking.signals import DeferredSignals
+from trainflow.tracking.signals import DeferredSignals, SignalsSince
 
 if TYPE_CHECKING:
     import optuna
@@ -30,17 +30,23 @@ WATCH_S = 1.0
 
 
 def work(study: optuna.Study, setup: TrialSetup, storage_url: str | None, max_retry: int,
-         stop: Callable[[], bool] = lambda: False, watch: bool = False) -> list[TrialOutcome]:
+         stop: Callable[[], bool] = lambda: False, watch: bool = False,
+         signalled: SignalsSince | None = None) -> list[TrialOutcome]:
     """Claim, run, tell, until the queue is empty (or `stop()`); an interrupted trial is queued again, then fails.
 
     With a heartbeat, stale trials (a lost machine's) are failed and queued
     again before every claim. `watch` (the sweep's own process) keeps going
     while any machine still runs a trial or one waits in the queue, so a
     trial its machine loses or gives back comes to a machine that is still
-    there. `max_retry`: how often one trial goes back to the queue.
+    there. `max_retry`: how often one trial goes back to the queue. A stop
+    signal whose interrupt was lost (tracking/signals.py) since `signalled`
+    was made (the sweep's start) or since the loop began still ends the loop
+    before the next claim.
     """
     outcomes = []
+    signalled = signalled or SignalsSince()
     while not stop():
+        signalled.raise_if_any()
         fail_stale(study)
         # Held from the claim until the trial is tied to this sweep, and from the
         # end of training until the study has the outcome (see run_and_tell).

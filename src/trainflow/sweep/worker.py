@@ -46,7 +46,7 @@ from trainflow.sweep.space import SearchParam
 from trainflow.sweep.study import StudySpec, open_storage, open_study
 from trainflow.sweep.trial import TrialOutcome, TrialSetup
 from trainflow.tracking.ranks import LEADER_RUN_ENV
-from trainflow.tracking.signals import exit_status, raise_interrupt
+from trainflow.tracking.signals import STOP_SIGNALS, exit_status, raise_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +237,10 @@ def run_worker(spec: WorkerSpec) -> list[TrialOutcome]:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
-    # SIGTERM unwinds like Ctrl-C, so a claimed trial is queued again and told FAIL (loop.run_and_tell).
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    # SIGTERM unwinds like Ctrl-C, so a claimed trial is queued again and told FAIL (loop.run_and_tell);
+    # both are counted, so one whose interrupt is lost still ends the loop (tracking/signals.py).
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, raise_interrupt)
     try:
         if argv[0] == WAIT_FLAG:
             argv = argv[1:]

@@ -64,6 +64,7 @@ from trainflow.tracking.ranks import LEADER_RUN_ENV, is_follower, job_key
 from trainflow.tracking.run_name import run_name
 from trainflow.tracking.signals import (
     Handlers,
+    SignalsSince,
     exit_status,
     interruption,
     note_only,
@@ -96,6 +97,8 @@ class StepRun:
     outputs: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     secrets: tuple[str, ...] = ()  # the config's secret values: masked in any error recorded on the run
+    # Stop signals since the step began: a sweep or pipeline checks it before each trial or step.
+    signalled: SignalsSince = field(default_factory=SignalsSince, repr=False)
 
     def set_output(self, uri: str, name: str = "output") -> None:
         """Hand the step's product on: a tag other steps and the pipeline read."""
@@ -158,8 +161,10 @@ def step_run(step: str, cfg: DictConfig, output_dir: Path | None = None,
         return
     uri, code, tree = _tracking_target(mlflow, cfg, root, output_dir)
     resolved, name = _resolved(cfg), default_run_name(step)
+    signalled = SignalsSince()
     handlers = note_signals()  # raised midway, a signal could leave a RUNNING run
     ctx, placed = _placed_run(mlflow, step, cfg, resolved, name, root, uri, code, output_dir, parent_run_id, handlers)
+    ctx.signalled = signalled
     status = "FAILED"
     try:
         raise_on_signals(handlers)

@@ -1,7 +1,7 @@
 """SIGINT and SIGTERM: how a step, a sweep worker and a trial are stopped, in one place.
 
 A stopped step ends its run KILLED (not FAILED) and exits 128+signal, so
-whoever stopped it can tell an interruption from an error. Three tools:
+whoever stopped it can tell an interruption from an error. Four tools:
 
 - `raise_interrupt`, a handler that unwinds the stack like Ctrl-C does
   (Lightning turns KeyboardInterrupt into a graceful teardown) and notes
@@ -9,7 +9,16 @@ whoever stopped it can tell an interruption from an error. Three tools:
 - `note_signals` and `note_only`, which only note a signal while a run is
   being made or ended, where raising midway could leave a run RUNNING forever;
 - `DeferredSignals`, which holds a signal over a span of code (a sweep's trial
-  claim, the study being told) and delivers it after.
+  claim, the study being told) and delivers it after;
+- `SignalsSince`, for loops that start new work (a sweep's claims, a
+  pipeline's steps): a KeyboardInterrupt can be lost, the signal is not.
+
+Python runs a signal's handler between two bytecodes of whatever the main
+thread runs, a finalizer or a weakref callback included (the garbage
+collector runs them at any allocation). A KeyboardInterrupt raised there is
+printed ("Exception ignored in ...") and dropped: the fit goes on as if no one
+had asked it to stop. Every handler here counts the signals it sees, so a
+loop still stops before its next piece of work.
 """
 
 from __future__ import annotations
@@ -29,6 +38,13 @@ class _Interrupted:
     """Which signal asked the process to stop, so its run ends KILLED, not FAILED."""
 
     signum: int | None = None
+    seen = 0  # stop signals our handlers saw in this process; never reset (SignalsSince)
+    last: int | None = None
+
+
+def _count(signum: int) -> None:
+    _Interrupted.seen += 1
+    _Interrupted.last = signum
 
 
 def interruption() -> int | None:
@@ -43,11 +59,13 @@ def exit_status(default: int = signal.SIGINT) -> int:
 
 def raise_interrupt(signum: int, frame: FrameType | None) -> None:
     """A handler: note the signal and unwind like Ctrl-C."""
+    _count(signum)
     _Interrupted.signum = signum
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _note(signum: int, frame: FrameType | None) -> None:
+    _count(signum)
     _Interrupted.signum = _Interrupted.signum or signum
 
 
@@ -120,6 +138,7 @@ class DeferredSignals:
             self._deliver(pending, None)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        _count(signum)
         if self.holding:
             self.pending = self.pending or signum
         else:
@@ -132,3 +151,22 @@ class DeferredSignals:
         elif handler != signal.SIG_IGN:  # the default action: end the process by that signal
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
+
+
+class SignalsSince:
+    """Stop signals that came after it was made: a loop checks before each new piece of work.
+
+    A signal whose KeyboardInterrupt was dropped (see above), or that came
+    while a run was being ended (`note_only`), leaves the loop running;
+    `raise_if_any` unwinds it then, as the handler would have, with the
+    signal noted for the exit status.
+    """
+
+    def __init__(self) -> None:
+        self._seen = _Interrupted.seen
+
+    def raise_if_any(self) -> None:
+        signum = _Interrupted.last
+        if _Interrupted.seen != self._seen and signum is not None:
+            _Interrupted.signum = signum
+            raise KeyboardInterrupt(signal.Signals(signum).name)

@@ -6,6 +6,13 @@ checkpoint save". This callback, enabled by config only, sends the signal to
 its own process at that moment, so the step's real signal handling runs:
 
     +callbacks.fault='{_target_: trainflow.training.faults.SignalAt, moment: train_batch, epoch: 3, batch: 5}'
+
+`in_finalizer: true` sends it from inside an object's finalizer, where
+Python drops the KeyboardInterrupt a handler raises: what happens when the
+signal lands while the garbage collector runs weakref callbacks (seen as
+"Exception ignored in: ... _MultipleClassMarker._remove_item" from
+SQLAlchemy). The fit goes on; what stops the sweep or pipeline around it is
+tracking/signals.py's `SignalsSince`.
 """
 
 from __future__ import annotations
@@ -30,11 +37,13 @@ MOMENTS = {
 
 
 class SignalAt(Callback):
-    def __init__(self, moment: str, epoch: int = 0, batch: int = 0, signal_name: str = "SIGTERM") -> None:
+    def __init__(self, moment: str, epoch: int = 0, batch: int = 0, signal_name: str = "SIGTERM",
+                 in_finalizer: bool = False) -> None:
         if moment not in MOMENTS:
             raise ConfigError(f"callbacks: SignalAt moment '{moment}' is none of {', '.join(MOMENTS)}")
         self.moment, self.epoch, self.batch = moment, epoch, batch
         self.signum = signal.Signals[signal_name]
+        self.in_finalizer = in_finalizer
         self.sent = False
 
     def _at(self, moment: str, trainer: Any, batch: int | None = None) -> None:
@@ -45,7 +54,10 @@ class SignalAt(Callback):
         if batch is not None and batch != self.batch:
             return
         self.sent = True
-        os.kill(os.getpid(), self.signum)
+        if self.in_finalizer:
+            _SignalWhenCollected(self.signum)  # collected at once: its finalizer sends the signal
+        else:
+            os.kill(os.getpid(), self.signum)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._at("train_batch", trainer, batch_idx)
@@ -63,3 +75,11 @@ class SignalAt(Callback):
     def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
         self._at("test_batch", trainer, batch_idx)
+
+
+class _SignalWhenCollected:
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), self.signum)
