@@ -115,6 +115,62 @@ def run_step(args: list[str], tracking_uri: str, timeout: float = 240, **extra: 
     )
 
 
+def run_step_here(args: list[str], tracking_uri: str, **extra: str) -> subprocess.CompletedProcess:
+    """`run_step` inside this process: the step's own Hydra main (pipeline/in_process.py runs it the same
+    way inside main), its exit status, stdout and stderr, and the process as it was afterwards.
+
+    For tests about what a step computes (resume, checkpoints, signatures), not about its process: a
+    new interpreter's imports are most of a tiny step's CPU time, and the suite is CPU-bound. Every
+    entry point still runs as a subprocess in the tests about the CLI and `mlflow run`. What a step
+    changes for the whole process comes back: environment, cwd, argv, stop-signal handlers, logging,
+    torch's threads and determinism, MLflow's tracking URI and experiment.
+    """
+    import io
+    import logging
+    from contextlib import redirect_stderr, redirect_stdout
+
+    import torch
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from trainflow.pipeline.in_process import _hydra_run
+
+    script, overrides = ROOT / args[0], list(args[1:])
+    saved_env, saved_argv, saved_cwd = dict(os.environ), list(sys.argv), os.getcwd()
+    saved_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    root_logger = logging.getLogger()
+    saved_logging = (list(root_logger.handlers), root_logger.level)
+    saved_torch = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    saved_mlflow = (tracking_utils._tracking_uri, fluent._active_experiment_id)
+    env, out, err, code = step_env(tracking_uri, **extra), io.StringIO(), io.StringIO(), 0
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        sys.argv = [str(script), *overrides]
+        os.chdir(ROOT)
+        with redirect_stdout(out), redirect_stderr(err):
+            _hydra_run(script, script.stem, overrides)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        tracking_utils.set_tracking_uri(saved_mlflow[0])
+        fluent._active_experiment_id = saved_mlflow[1]
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for signum, handler in saved_handlers.items():
+            signal.signal(signum, handler)
+        for handler in root_logger.handlers:
+            if handler not in saved_logging[0]:
+                handler.close()
+        root_logger.handlers[:] = saved_logging[0]
+        root_logger.setLevel(saved_logging[1])
+        torch.set_num_threads(saved_torch[0])
+        torch.use_deterministic_algorithms(saved_torch[1])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 def mlflow_run(entry: str, params: list[str], tracking_uri: str, timeout: float = 300,
                experiment: str | None = None, project: Path = ROOT, **extra: str) -> subprocess.CompletedProcess:
     """`mlflow run` of one entry point of `project`; `extra`: environment beside the store (credentials)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from helpers import TINY, mlflow_run, new_sqlite_store, run_step
+from helpers import TINY, mlflow_run, new_sqlite_store, run_step_here
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,7 @@ QUIET = [o for o in TINY if not o.startswith("experiment=")]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     uri = new_sqlite_store(tmp_path_factory.mktemp("ckpt-store"))
-    done = run_step(["steps/train.py", *TINY], uri)
+    done = run_step_here(["steps/train.py", *TINY], uri)
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -43,8 +43,8 @@ def test_a_local_checkpoint_of_another_network_fails_in_one_line(trained, tmp_pa
     uri, run_id = trained
     local = MlflowClient(uri).download_artifacts(run_id, "checkpoints/best", str(tmp_path))
     ckpt = next(Path(local).glob("*.ckpt"))
-    done = run_step(["steps/evaluate.py", f"ckpt_path={ckpt}", f"data.uri=runs:/{run_id}/dataset", *QUIET],
-                    uri)
+    done = run_step_here(["steps/evaluate.py", f"ckpt_path={ckpt}", f"data.uri=runs:/{run_id}/dataset", *QUIET],
+                         uri)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: ckpt_path: {ckpt} does not fit the configured model (size mismatch for net."), last

@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 
-from helpers import TINY, all_runs, run_step
+from helpers import TINY, all_runs, run_step_here
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def files(folder: Path, prefix: str) -> dict[str, bytes]:
 def test_url_password_in_data_uri_is_in_no_artifact(mlflow_server, tmp_path: Path, tracking_env) -> None:
     tracking_env(mlflow_server.uri)  # the model's source (models:/m-...) resolves through the tracking store
     client = MlflowClient(mlflow_server.uri)
-    prepared = run_step(["steps/prepare_data.py", "tracking.experiment_name=url-secret-data"], mlflow_server.uri)
+    prepared = run_step_here(["steps/prepare_data.py", "tracking.experiment_name=url-secret-data"], mlflow_server.uri)
     assert prepared.returncode == 0, prepared.stderr[-2000:]
     [source] = [r for r in all_runs(mlflow_server.uri) if r.data.tags.get("mlflow.runName", "").startswith(
         "prepare_data") and client.get_experiment(r.info.experiment_id).name == "url-secret-data"]
@@ -36,9 +36,9 @@ def test_url_password_in_data_uri_is_in_no_artifact(mlflow_server, tmp_path: Pat
     host = mlflow_server.uri.removeprefix("http://")
     data_uri = f"mlflow-artifacts://reader:{PLANTED}@{host}/{where.lstrip('/')}/dataset"
 
-    done = run_step(["steps/train.py", *TINY, "trainer.max_epochs=2", "registry.log_model=true",
-                     "registry.model_name=url-secret-digits", "tracking.experiment_name=url-secret",
-                     f"data.uri={data_uri}"], mlflow_server.uri)
+    done = run_step_here(["steps/train.py", *TINY, "trainer.max_epochs=2", "registry.log_model=true",
+                          "registry.model_name=url-secret-digits", "tracking.experiment_name=url-secret",
+                          f"data.uri={data_uri}"], mlflow_server.uri)
     assert done.returncode == 0, done.stderr[-3000:]
     exp = client.get_experiment_by_name("url-secret")
     [run] = client.search_runs([exp.experiment_id])

@@ -17,7 +17,7 @@ from collections import defaultdict
 import pytest
 from mlflow import MlflowClient
 
-from helpers import ROOT, all_runs, mlflow_run, new_sqlite_store, run_step, step_env
+from helpers import ROOT, all_runs, mlflow_run, new_sqlite_store, run_step_here, step_env
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
@@ -78,7 +78,7 @@ def assert_same_history(got: History, expected: History) -> None:
 def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """One uninterrupted run: (store URI, run id)."""
     uri = new_sqlite_store(tmp_path_factory.mktemp("resume"))
-    done = run_step([*ARGS, "tracking.experiment_name=straight"], uri)
+    done = run_step_here([*ARGS, "tracking.experiment_name=straight"], uri)
     assert done.returncode == 0, done.stderr[-2000:]
     [run] = [r for r in all_runs(uri) if r.data.tags.get(tag.STEP) == "train"]
     return uri, run.info.run_id
@@ -97,13 +97,13 @@ def test_resume_after_a_kill_at_any_moment_repeats_the_whole_history(straight, m
     client = MlflowClient(uri)
     fault = ("+callbacks.fault={_target_:trainflow.training.faults.SignalAt,"
              f"moment:{moment},epoch:{epoch},batch:{batch}}}")
-    killed = run_step([*ARGS, f"tracking.experiment_name=killed-{moment}", fault], uri)
+    killed = run_step_here([*ARGS, f"tracking.experiment_name=killed-{moment}", fault], uri)
     assert killed.returncode == 128 + signal.SIGTERM, killed.stderr[-2000:]
     interrupted = only_run(uri, f"killed-{moment}")
     assert client.get_run(interrupted).info.status == "KILLED"
     assert len(history(client, interrupted, "val/acc")) < EPOCHS
 
-    resumed = run_step([*ARGS, f"tracking.experiment_name=killed-{moment}", f"resume={interrupted}"], uri)
+    resumed = run_step_here([*ARGS, f"tracking.experiment_name=killed-{moment}", f"resume={interrupted}"], uri)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert client.get_run(interrupted).info.status == "FINISHED"
     assert_same_history(full_history(client, interrupted), full_history(client, reference))
@@ -163,16 +163,16 @@ def test_a_run_early_stopping_ended_killed_in_its_test_resumes_into_the_test(tmp
     stopping = [a for a in ARGS if a not in ("callbacks.early_stopping=null", f"trainer.min_epochs={EPOCHS}")]
     stopping += ["trainer.min_epochs=1", "callbacks.early_stopping.patience=1",
                  "callbacks.early_stopping.min_delta=0.5"]
-    straight = run_step([*stopping, "tracking.experiment_name=straight"], uri)
+    straight = run_step_here([*stopping, "tracking.experiment_name=straight"], uri)
     assert straight.returncode == 0, straight.stderr[-2000:]
     reference = only_run(uri, "straight")
     assert len(history(client, reference, "val/acc")) == 2
 
     fault = "+callbacks.fault={_target_:trainflow.training.faults.SignalAt,moment:test_batch,batch:1}"
-    killed = run_step([*stopping, "tracking.experiment_name=killed", fault], uri)
+    killed = run_step_here([*stopping, "tracking.experiment_name=killed", fault], uri)
     assert killed.returncode == 128 + signal.SIGTERM, killed.stderr[-2000:]
     interrupted = only_run(uri, "killed")
     assert "test/acc" not in client.get_run(interrupted).data.metrics
-    resumed = run_step([*stopping, "tracking.experiment_name=killed", f"resume={interrupted}"], uri)
+    resumed = run_step_here([*stopping, "tracking.experiment_name=killed", f"resume={interrupted}"], uri)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same_history(full_history(client, interrupted), full_history(client, reference))

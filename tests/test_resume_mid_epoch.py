@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from helpers import all_runs, new_sqlite_store, run_step
+from helpers import all_runs, new_sqlite_store, run_step_here
 from test_resume import assert_same_history, full_history, history, only_run
 from trainflow.tracking import tags as tag
 
@@ -49,7 +49,7 @@ def fault(name: str, epoch: int, batch: int, signal_name: str = "SIGTERM") -> st
 def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """One uninterrupted run, saving `last` every EVERY steps like the killed ones: (store URI, run id)."""
     uri = new_sqlite_store(tmp_path_factory.mktemp("resume-mid-epoch"))
-    done = run_step([*ARGS, *STEPS, "tracking.experiment_name=straight"], uri)
+    done = run_step_here([*ARGS, *STEPS, "tracking.experiment_name=straight"], uri)
     assert done.returncode == 0, done.stderr[-2000:]
     [run] = [r for r in all_runs(uri) if r.data.tags.get(tag.STEP) == "train"]
     return uri, run.info.run_id
@@ -59,14 +59,14 @@ def kill_and_resume(uri: str, experiment: str, settings: list[str], faults: list
                     folder: Path) -> tuple[str, str]:
     """Run until a fault's SIGTERM, then resume in the same run: (run id, the resumed process's log)."""
     client = MlflowClient(uri)
-    killed = run_step([*ARGS, *settings, f"tracking.experiment_name={experiment}", *faults], uri)
+    killed = run_step_here([*ARGS, *settings, f"tracking.experiment_name={experiment}", *faults], uri)
     assert killed.returncode == 128 + signal.SIGTERM, killed.stderr[-2000:]
     interrupted = only_run(uri, experiment)
     assert client.get_run(interrupted).info.status == "KILLED"
     assert len(history(client, interrupted, "val/acc")) < EPOCHS
 
-    resumed = run_step([*ARGS, *settings, f"tracking.experiment_name={experiment}", f"resume={interrupted}",
-                        f"hydra.run.dir={folder}"], uri)
+    resumed = run_step_here([*ARGS, *settings, f"tracking.experiment_name={experiment}", f"resume={interrupted}",
+                             f"hydra.run.dir={folder}"], uri)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert client.get_run(interrupted).info.status == "FINISHED"
     return interrupted, (folder / "train.log").read_text()

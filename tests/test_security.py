@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from helpers import TINY, mlflow_run, run_step
+from helpers import TINY, mlflow_run, run_step_here
 from servers import MlflowServer
 from trainflow.tracking import tags as tag
 
@@ -67,7 +67,7 @@ def logged_bytes_of_model(source: str, uri: str, dst: Path) -> tuple[bytes, set[
 
 def test_pipeline_step_with_credentials_logs_no_secret(auth_server, tmp_path) -> None:
     server, password = auth_server
-    done = run_step(
+    done = run_step_here(
         ["steps/train.py", *TINY, "registry.log_model=true", "registry.model_name=secure-digits",
          "tracking.experiment_name=secure", f"+database.password={PLANTED}", f"+service.api_key={PLANTED}",
          f"+hub.token={PLANTED}", f"+warehouse.url=postgresql://etl:{PLANTED}@db.internal:5432/features"],
@@ -99,8 +99,8 @@ def test_pipeline_step_with_credentials_logs_no_secret(auth_server, tmp_path) ->
 
 def test_wrong_credentials_fail_clearly(auth_server) -> None:
     server, _ = auth_server
-    done = run_step(["steps/train.py", *TINY], server.uri, timeout=120,
-                    MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD="wrong-password-123")
+    done = run_step_here(["steps/train.py", *TINY], server.uri,
+                         MLFLOW_TRACKING_USERNAME=ADMIN, MLFLOW_TRACKING_PASSWORD="wrong-password-123")
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: tracking store {server.uri}"), last

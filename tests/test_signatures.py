@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import TINY, new_sqlite_store, run_step, step_env
+from helpers import TINY, new_sqlite_store, run_step_here, step_env
 from servers import VENV_BIN, free_port, wait_http
 from trainflow.registry.versions import as_users_send
 
@@ -44,7 +44,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str]
     folder = tmp_path_factory.mktemp("signature")
     uri = new_sqlite_store(folder)
     overrides = [o for o in TINY if not o.startswith("registry.")] + [f"registry.model_name={MODEL}"]
-    done = run_step(["steps/train.py", *overrides], uri)
+    done = run_step_here(["steps/train.py", *overrides], uri)
     assert done.returncode == 0, done.stderr[-3000:]
     from sklearn.datasets import load_digits
 
