@@ -130,6 +130,7 @@ def run_step_here(args: list[str], tracking_uri: str, **extra: str) -> subproces
     from contextlib import redirect_stderr, redirect_stdout
 
     import torch
+    from hydra.core.hydra_config import HydraConfig
     from mlflow.tracking import fluent
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
@@ -142,17 +143,20 @@ def run_step_here(args: list[str], tracking_uri: str, **extra: str) -> subproces
     saved_logging = (list(root_logger.handlers), root_logger.level)
     saved_torch = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
     saved_mlflow = (tracking_utils._tracking_uri, fluent._active_experiment_id)
+    saved_hydra = HydraConfig.instance().cfg  # a test's composed config: not a run for the step to come back to
     env, out, err, code = step_env(tracking_uri, **extra), io.StringIO(), io.StringIO(), 0
     try:
         os.environ.clear()
         os.environ.update(env)
         sys.argv = [str(script), *overrides]
         os.chdir(ROOT)
+        HydraConfig.instance().cfg = None  # type: ignore[assignment]
         with redirect_stdout(out), redirect_stderr(err):
             _hydra_run(script, script.stem, overrides)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
+        HydraConfig.instance().cfg = saved_hydra
         tracking_utils.set_tracking_uri(saved_mlflow[0])
         fluent._active_experiment_id = saved_mlflow[1]
         os.chdir(saved_cwd)

@@ -8,8 +8,8 @@ import signal
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import ROOT, TINY, all_runs, compose_config
-from trainflow.pipeline.in_process import _hydra_run, subprocess_reason
+from helpers import TINY, all_runs, compose_config, run_step_here
+from trainflow.pipeline.in_process import subprocess_reason
 from trainflow.tracking import tags as tag
 
 
@@ -41,16 +41,14 @@ def test_steps_without_a_trainer_run_inside_main() -> None:
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
-def test_a_ctrl_c_python_dropped_inside_train_stops_main_before_evaluate(sqlite_uri, tracking_env, tmp_path) -> None:
+def test_a_ctrl_c_python_dropped_inside_train_stops_main_before_evaluate(sqlite_uri, tmp_path) -> None:
     """Ctrl-C landing in a finalizer is dropped by Python and train fits on to FINISHED; main, which
     runs it in its own process, still ends KILLED with exit 130 and starts no evaluate."""
-    tracking_env(sqlite_uri)
     dropped = ("+train.callbacks.fault={_target_:trainflow.training.faults.SignalAt,moment:train_batch,batch:1,"
                "signal_name:SIGINT,in_finalizer:true}")
     overrides = [*(p for p in TINY if not p.startswith("registry.")), dropped, "tracking.experiment_name=dropped",
                  f"hydra.run.dir={tmp_path}"]
-    with pytest.raises(SystemExit) as stopped:
-        _hydra_run(ROOT / "steps" / "main.py", "main", overrides)
-    assert stopped.value.code == 128 + signal.SIGINT
+    done = run_step_here(["steps/main.py", *overrides], sqlite_uri)
+    assert done.returncode == 128 + signal.SIGINT, done.stderr[-3000:]
     runs = {r.data.tags[tag.STEP]: r.info.status for r in all_runs(sqlite_uri)}
     assert runs == {"main": "KILLED", "prepare_data": "FINISHED", "train": "FINISHED"}
