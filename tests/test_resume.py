@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -109,27 +110,38 @@ def test_resume_after_a_kill_at_any_moment_repeats_the_whole_history(straight, m
     assert_same_history(full_history(client, interrupted), full_history(client, reference))
 
 
+def stopped(proc: subprocess.Popen, timeout: float = 120) -> bool:
+    """Whether `proc` stopped itself (state T) within `timeout`; False as soon as it has ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_interrupted_then_resumed_matches_uninterrupted(straight, tmp_path) -> None:
-    """A SIGTERM from outside, and the resume through `mlflow run -P resume=...`."""
+    """A SIGTERM from outside, and the resume through `mlflow run -P resume=...`.
+
+    The step stops itself (SIGSTOP) mid-epoch 3 and the SIGTERM is sent while it is stopped: sent when the
+    test saw epoch 3's metrics instead, it came after the whole fit on a loaded machine, where the test's
+    polling falls behind the step.
+    """
     uri, reference_id = straight
     client = MlflowClient(uri)
-
-    proc = subprocess.Popen([sys.executable, *ARGS, "tracking.experiment_name=interrupted"], cwd=ROOT,
+    pause = ("+callbacks.fault={_target_:trainflow.training.faults.SignalAt,moment:train_batch,epoch:3,batch:5,"
+             "signal_name:SIGSTOP}")
+    proc = subprocess.Popen([sys.executable, *ARGS, "tracking.experiment_name=interrupted", pause], cwd=ROOT,
                             env=step_env(uri), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            runs = [r for r in all_runs(uri) if r.data.tags.get("mlflow.runName") and
-                    client.get_experiment(r.info.experiment_id).name == "interrupted"]
-            if runs and len(history(client, runs[0].info.run_id, "val/acc")) >= 3:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"the run logged no third epoch within 120 s (exit code {proc.poll()}): nothing to interrupt")
+        if not stopped(proc):
+            pytest.fail(f"the step never reached epoch 3 (exit code {proc.poll()}): nothing to interrupt")
         proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
+    runs = [r for r in all_runs(uri) if client.get_experiment(r.info.experiment_id).name == "interrupted"]
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     interrupted = runs[0].info.run_id
     killed = client.get_run(interrupted)
