@@ -42,12 +42,13 @@ def test_steps_without_a_trainer_run_inside_main() -> None:
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
 def test_a_ctrl_c_python_dropped_inside_train_stops_main_before_evaluate(sqlite_uri, tmp_path) -> None:
-    """Ctrl-C landing in a finalizer is dropped by Python and train fits on to FINISHED; main, which
-    runs it in its own process, still ends KILLED with exit 130 and starts no evaluate."""
-    dropped = ("+train.callbacks.fault={_target_:trainflow.training.faults.SignalAt,moment:train_batch,batch:1,"
+    """Ctrl-C landing in a finalizer after train's last batch (no batch check sees it) is dropped by Python
+    and train ends FINISHED; main, which runs it in its own process, still ends KILLED with exit 130 and
+    starts no evaluate."""
+    dropped = ("+train.callbacks.fault={_target_:trainflow.training.faults.SignalAt,moment:train_epoch_end,"
                "signal_name:SIGINT,in_finalizer:true}")
-    overrides = [*(p for p in TINY if not p.startswith("registry.")), dropped, "tracking.experiment_name=dropped",
-                 f"hydra.run.dir={tmp_path}"]
+    overrides = [*(p for p in TINY if not p.startswith("registry.")), dropped, "++train.test=false",
+                 "tracking.experiment_name=dropped", f"hydra.run.dir={tmp_path}"]
     done = run_step_here(["steps/main.py", *overrides], sqlite_uri)
     assert done.returncode == 128 + signal.SIGINT, done.stderr[-3000:]
     runs = {r.data.tags[tag.STEP]: r.info.status for r in all_runs(sqlite_uri)}

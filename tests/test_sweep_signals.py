@@ -132,14 +132,16 @@ def test_a_signal_whose_interrupt_python_dropped_is_still_raised_at_the_next_che
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
 def test_a_sweep_whose_ctrl_c_was_dropped_mid_trial_claims_no_other_trial(
         compose, tmp_path, sqlite_uri, tracking_env) -> None:
-    """Ctrl-C landing in a finalizer (the garbage collector's SQLAlchemy callbacks) is dropped by Python:
-    the trial trains on to COMPLETE, and the sweep ends KILLED, exit 130, before claiming the next."""
+    """Ctrl-C landing in a finalizer (the garbage collector's SQLAlchemy callbacks) is dropped by Python.
+    Here it lands after the trial's last batch, where no batch check sees it (as in the sweep's start-up):
+    the trial ends COMPLETE, and the sweep ends KILLED, exit 130, before claiming the next."""
     tracking_env(sqlite_uri)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    dropped = ("+callbacks.fault={_target_:trainflow.training.faults.SignalAt,moment:train_batch,batch:1,"
+    dropped = ("+callbacks.fault={_target_:trainflow.training.faults.SignalAt,moment:train_epoch_end,"
                "signal_name:SIGINT,in_finalizer:true}")
     cfg = compose("sweep", [*TINY, "hparams_search=digits_optuna", "sweep.n_trials=3", "sweep.pruner=null",
-                            f"sweep.storage={storage}", "sweep.study_name=dropped", dropped], output_dir=tmp_path)
+                            "test=false", f"sweep.storage={storage}", "sweep.study_name=dropped", dropped],
+                  output_dir=tmp_path)
     with pytest.raises(SystemExit) as stopped, step_run("sweep", cfg) as run:
         run_sweep(cfg, run)
     assert stopped.value.code == 128 + signal.SIGINT

@@ -131,6 +131,26 @@ def test_a_signal_while_the_run_is_made_ends_it_killed(compose, tmp_path, sqlite
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handlers step_run found come back"
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
+def test_a_ctrl_c_python_dropped_mid_fit_still_stops_it_at_the_next_batch(compose, tmp_path, sqlite_uri,
+                                                                          tracking_env) -> None:
+    """Ctrl-C landing in a finalizer is dropped by Python (tracking/signals.py); the fit stops at the next
+    batch anyway, its run KILLED, exit 130. (A dropped SIGTERM Lightning catches itself: its own handler,
+    which calls ours, sets a flag its loop reads.)"""
+    import signal
+
+    tracking_env(sqlite_uri)
+    dropped = ("+callbacks.fault={_target_:trainflow.training.faults.SignalAt,moment:train_batch,epoch:1,batch:1,"
+               "signal_name:SIGINT,in_finalizer:true}")
+    cfg = compose("train", [*TINY, "trainer.max_epochs=3", dropped], output_dir=tmp_path)
+    with pytest.raises(SystemExit) as info, step_run("train", cfg) as run:
+        train(cfg, run)
+    assert info.value.code == 128 + signal.SIGINT
+    ended = MlflowClient(sqlite_uri).get_run(run.run_id)
+    assert ended.info.status == "KILLED" and "SIGINT" in ended.data.tags[tag.ERROR]
+    assert len(MlflowClient(sqlite_uri).get_metric_history(run.run_id, "val/acc")) == 1, "stopped in epoch 1"
+
+
 def test_evaluate_a_logged_checkpoint_in_its_own_run(compose, tmp_path, sqlite_uri, tracking_env) -> None:
     tracking_env(sqlite_uri)
     trained, _ = run_train(compose, tmp_path, [])

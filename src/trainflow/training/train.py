@@ -22,6 +22,7 @@ from trainflow.tracking.run import StepRun
 from trainflow.training.checkpoints import RedactedHyperparameters, resolve_checkpoint
 from trainflow.training.idle_hooks import hide_idle_batch_hooks
 from trainflow.training.instantiate import instantiate_callbacks
+from trainflow.training.interrupts import LostInterrupts
 from trainflow.training.metrics import scalar_metrics
 from trainflow.training.profiler import profiler_kwargs
 from trainflow.training.restore import fit_start, restore_mode
@@ -57,7 +58,7 @@ def train(cfg: DictConfig, run: StepRun, extra_callbacks: Sequence[Any] = ()) ->
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = instantiate(cfg.model, _convert_="all")
     callbacks = [*instantiate_callbacks(cfg.get("callbacks")), RngState(), MetricStates(), RedactedHyperparameters(),
-                 *extra_callbacks]
+                 LostInterrupts(run.signalled), *extra_callbacks]
     logger = RunLogger(run.client, run.run_id, cfg.tracking.flush_every_s, cfg.tracking.log_checkpoints,
                        cfg.tracking.outage_grace_s, run.output_dir / "unsynced")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **profiler_kwargs(cfg.trainer))
