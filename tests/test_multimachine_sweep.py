@@ -20,7 +20,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from helpers import ROOT, TINY, step_env
+from helpers import ROOT, TINY, proc_stat, proc_state, step_env
 from servers import PostgresServer
 from trainflow.sweep.study import StudySpec, create_and_queue
 from trainflow.tracking import tags as tag
@@ -177,27 +177,15 @@ def _stopped_mid_trial(procs: list[subprocess.Popen], victim: int, workdir: Path
     while time.monotonic() < deadline:
         assert procs[victim].poll() is None, "the victim ended before its trial stopped:\n" + logs(workdir)
         family = _descendants(procs[victim].pid)
-        if any(_state(pid) == "T" for pid in family):
+        if any(proc_state(pid) == "T" for pid in family):
             return family
         time.sleep(0.2)
     raise AssertionError("the victim's trial never reached its stop:\n" + logs(workdir))
 
 
-def _stat(pid: int) -> list[str]:
-    """/proc/PID/stat's fields after the command name (state first, then the parent's pid)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-
-
-def _state(pid: int) -> str:
-    return (_stat(pid) or ["gone"])[0]
-
-
 def _descendants(root: int) -> list[int]:
     parents = {int(p.name): int(fields[1]) for p in Path("/proc").iterdir() if p.name.isdigit()
-               if (fields := _stat(int(p.name)))}
+               if (fields := proc_stat(int(p.name)))}
     family = [root]
     for pid in family:
         family += [child for child, parent in parents.items() if parent == pid]

@@ -13,12 +13,11 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from helpers import ROOT, all_runs, mlflow_run, new_sqlite_store, run_step_here, step_env
+from helpers import ROOT, all_runs, mlflow_run, new_sqlite_store, proc_state, run_step_here, step_env
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
@@ -114,7 +113,7 @@ def stopped(proc: subprocess.Popen, timeout: float = 120) -> bool:
     """Whether `proc` stopped itself (state T) within `timeout`; False as soon as it has ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+        if proc_state(proc.pid) == "T":
             return True
         time.sleep(0.1)
     return False

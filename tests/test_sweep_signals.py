@@ -23,6 +23,7 @@ from trainflow.sweep.trial import ATTR_RUN, ATTR_SWEEP_RUN
 from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
 from trainflow.tracking.signals import DeferredSignals, SignalsSince, interruption, raise_interrupt
+from trainflow.training.faults import SignalWhenCollected
 
 
 @pytest.fixture
@@ -101,16 +102,6 @@ def test_outside_the_main_thread_nothing_is_held() -> None:
     thread.start()
     thread.join()
     assert handlers == [signal.default_int_handler]
-
-
-class SignalWhenCollected:
-    """Sends a signal from its finalizer, where Python drops the KeyboardInterrupt the handler raises."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-
-    def __del__(self) -> None:
-        os.kill(os.getpid(), self.signum)
 
 
 def test_a_signal_whose_interrupt_python_dropped_is_still_raised_at_the_next_check(monkeypatch) -> None:

@@ -11,7 +11,8 @@ its own process at that moment, so the step's real signal handling runs:
 Python drops the KeyboardInterrupt a handler raises: what happens when the
 signal lands while the garbage collector runs weakref callbacks (seen as
 "Exception ignored in: ... _MultipleClassMarker._remove_item" from
-SQLAlchemy). The fit goes on; what stops the sweep or pipeline around it is
+SQLAlchemy). What stops the fit anyway is training/interrupts.py's
+`LostInterrupts`, at the next batch; what stops a sweep or pipeline,
 tracking/signals.py's `SignalsSince`.
 """
 
@@ -55,7 +56,7 @@ class SignalAt(Callback):
             return
         self.sent = True
         if self.in_finalizer:
-            _SignalWhenCollected(self.signum)  # collected at once: its finalizer sends the signal
+            SignalWhenCollected(self.signum)  # collected at once: its finalizer sends the signal
         else:
             os.kill(os.getpid(), self.signum)
 
@@ -77,7 +78,9 @@ class SignalAt(Callback):
         self._at("test_batch", trainer, batch_idx)
 
 
-class _SignalWhenCollected:
+class SignalWhenCollected:
+    """Sends `signum` to this process from its finalizer, where Python drops what the handler raises."""
+
     def __init__(self, signum: int) -> None:
         self.signum = signum
 
