@@ -151,6 +151,30 @@ def test_a_ctrl_c_python_dropped_mid_fit_still_stops_it_at_the_next_batch(compos
     assert len(MlflowClient(sqlite_uri).get_metric_history(run.run_id, "val/acc")) == 1, "stopped in epoch 1"
 
 
+def test_an_error_that_replaced_the_ctrl_c_still_ends_the_run_killed(compose, tmp_path, sqlite_uri,
+                                                                     tracking_env) -> None:
+    """The KeyboardInterrupt unwinds through a `finally` that fails, and Python keeps that newer error (a sweep's
+    trial once failed so, with a ConfigKeyError, at its Ctrl-C): the step was stopped all the same, its run
+    KILLED, exit 130, and the error that replaced the interrupt kept in error.txt."""
+    import os
+    import signal
+
+    tracking_env(sqlite_uri)
+    cfg = compose("train", TINY, output_dir=tmp_path)
+    with pytest.raises(SystemExit) as info, step_run("train", cfg) as run:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 5)  # the handler raises here at the latest
+        finally:
+            raise RuntimeError("cleanup on half-changed state")
+    assert info.value.code == 128 + signal.SIGINT
+    client = MlflowClient(sqlite_uri)
+    ended = client.get_run(run.run_id)
+    assert ended.info.status == "KILLED" and ended.data.tags[tag.ERROR] == "interrupted by SIGINT"
+    trace = Path(client.download_artifacts(run.run_id, "error.txt", str(tmp_path / "down"))).read_text()
+    assert "RuntimeError: cleanup on half-changed state" in trace and "KeyboardInterrupt" in trace
+
+
 def test_evaluate_a_logged_checkpoint_in_its_own_run(compose, tmp_path, sqlite_uri, tracking_env) -> None:
     tracking_env(sqlite_uri)
     trained, _ = run_train(compose, tmp_path, [])

@@ -7,9 +7,16 @@ Decided here once, for every step:
 | `sys.exit(0)`                          | FINISHED | nothing                     | exits 0 (as it asked)    |
 | `sys.exit(n)`                          | FAILED   | `exited with status n`      | exits n (as it asked)    |
 | SIGINT/SIGTERM (KeyboardInterrupt)     | KILLED   | `interrupted by SIGTERM`    | `error:` line, 128+sig   |
+| any error once SIGINT/SIGTERM came     | KILLED   | the same, error.txt its     | `error:` line, 128+sig   |
+|   (it replaced the KeyboardInterrupt)  |          |   traceback                 |                          |
 | a TrainflowError (also inside Hydra's  | FAILED   | its message                 | `error:` line, exit 1    |
 |   instantiate): a fix the user can make|          |                             |                          |
 | anything else (a bug)                  | FAILED   | type, message, error.txt    | the traceback propagates |
+
+A KeyboardInterrupt can reach a step as another exception: a `finally` or
+`__exit__` it unwinds through may fail on the state it left half-changed, and
+Python keeps the newer error. The step
+was still stopped, not wrong: a sweep queues its trial again.
 """
 
 from __future__ import annotations
@@ -38,9 +45,10 @@ def outcome_of(exc: BaseException, step: str, run_id: str) -> Outcome:
     signum = interruption()
     if isinstance(exc, SystemExit) and signum is None:  # sys.exit(n) inside a step: its own status
         return Outcome("FAILED", f"exited with status {exc.code}") if exc.code else Outcome("FINISHED")
-    if isinstance(exc, KeyboardInterrupt | SystemExit):
+    if isinstance(exc, KeyboardInterrupt | SystemExit) or signum is not None:
         name = signal.Signals(signum or signal.SIGINT).name
-        return Outcome("KILLED", f"interrupted by {name}", line=interrupted_line(step, name, run_id),
+        replaced = None if isinstance(exc, KeyboardInterrupt | SystemExit) else traceback.format_exc()
+        return Outcome("KILLED", f"interrupted by {name}", replaced, line=interrupted_line(step, name, run_id),
                        exit_code=exit_status())
     user_error = user_error_of(exc)
     if user_error is not None:
