@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from helpers import ROOT, TINY, all_runs, mlflow_run, run_step, step_env
+from helpers import ROOT, TINY, all_runs, mlflow_run, run_step, run_step_here, step_env
 from servers import VENV_BIN, free_port
 from trainflow.tracking import tags as tag
 
@@ -142,7 +142,8 @@ def test_run_name_wins_and_a_finished_run_is_never_trained_again(sqlite_uri, tmp
 
 
 def test_a_failed_step_keeps_its_job_log_on_the_run(sqlite_uri, tmp_path) -> None:
-    done = run_step(["steps/train.py", *TINY, "ckpt_path=/nowhere/x.ckpt", f"hydra.run.dir={tmp_path}"], sqlite_uri)
+    done = run_step_here(["steps/train.py", *TINY, "ckpt_path=/nowhere/x.ckpt", f"hydra.run.dir={tmp_path}"],
+                         sqlite_uri)
     assert done.returncode == 1
     [run] = all_runs(sqlite_uri)
     assert run.info.status == "FAILED"

@@ -14,7 +14,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from helpers import ROOT, TINY, mlflow_run, probe_records, probed, serve_and_ask, step_env, steps_of
+from helpers import ROOT, TINY, mlflow_run, probe_records, probed, run_step_here, serve_and_ask, step_env, steps_of
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
@@ -188,9 +188,8 @@ def test_a_bad_alias_fails_in_one_line_and_changes_nothing(pipeline, mlflow_serv
     client, _, _, _, _ = pipeline
     versions = sorted(v.version for v in client.search_model_versions(f"name = '{MODEL}'"))
     champion = client.get_model_version_by_alias(MODEL, "champion").version
-    done = subprocess.run([sys.executable, "steps/evaluate.py", f"model_uri={uri}", "promote=true",
-                           "extras.print_config=false"], cwd=ROOT, env=step_env(mlflow_server.uri),
-                          capture_output=True, text=True, timeout=120)
+    done = run_step_here(["steps/evaluate.py", f"model_uri={uri}", "promote=true", "extras.print_config=false"],
+                         mlflow_server.uri)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last == f"error: model_uri: {uri}: no alias 'no-such-alias' of model '{MODEL}'", last
