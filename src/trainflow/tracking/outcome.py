@@ -15,8 +15,8 @@ Decided here once, for every step:
 
 A KeyboardInterrupt can reach a step as another exception: a `finally` or
 `__exit__` it unwinds through may fail on the state it left half-changed, and
-Python keeps the newer error. The step
-was still stopped, not wrong: a sweep queues its trial again.
+Python keeps the newer error. The step was still stopped, not wrong: a sweep
+queues its trial again.
 """
 
 from __future__ import annotations
