@@ -45,9 +45,10 @@ def outcome_of(exc: BaseException, step: str, run_id: str) -> Outcome:
     signum = interruption()
     if isinstance(exc, SystemExit) and signum is None:  # sys.exit(n) inside a step: its own status
         return Outcome("FAILED", f"exited with status {exc.code}") if exc.code else Outcome("FINISHED")
-    if isinstance(exc, KeyboardInterrupt | SystemExit) or signum is not None:
+    stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
+    if stopped or signum is not None:
         name = signal.Signals(signum or signal.SIGINT).name
-        replaced = None if isinstance(exc, KeyboardInterrupt | SystemExit) else traceback.format_exc()
+        replaced = None if stopped else traceback.format_exc()  # the error that took the interrupt's place
         return Outcome("KILLED", f"interrupted by {name}", replaced, line=interrupted_line(step, name, run_id),
                        exit_code=exit_status())
     user_error = user_error_of(exc)
