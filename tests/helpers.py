@@ -150,7 +150,7 @@ def run_step_here(args: list[str], tracking_uri: str, **extra: str) -> subproces
     from trainflow.pipeline.in_process import _hydra_run
 
     script, overrides = ROOT / args[0], list(args[1:])
-    saved_env, saved_argv, saved_cwd = dict(os.environ), list(sys.argv), os.getcwd()
+    saved_env, saved_argv, saved_cwd, saved_stdin = dict(os.environ), list(sys.argv), os.getcwd(), sys.stdin
     saved_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     root_logger = logging.getLogger()
     saved_logging = (list(root_logger.handlers), root_logger.level)
@@ -164,11 +164,13 @@ def run_step_here(args: list[str], tracking_uri: str, **extra: str) -> subproces
         sys.argv = [str(script), *overrides]
         os.chdir(ROOT)
         HydraConfig.instance().cfg = None  # type: ignore[assignment]
-        with redirect_stdout(out), redirect_stderr(err):
+        with open(os.devnull) as devnull, redirect_stdout(out), redirect_stderr(err):
+            sys.stdin = devnull  # as run_step's stdin: no terminal, whoever runs the suite
             _hydra_run(script, script.stem, overrides)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
+        sys.stdin = saved_stdin
         HydraConfig.instance().cfg = saved_hydra
         tracking_utils.set_tracking_uri(saved_mlflow[0])
         fluent._active_experiment_id = saved_mlflow[1]

@@ -2,6 +2,7 @@
 
 Checked twice over: the train run's own counter (tag `trainflow.data.bytes_downloaded`) and the
 tracking server's access log, which shows the dataset's files going up and never coming back down.
+Main runs in this process (helpers.run_step_here): what it sends the server is the same however it starts.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 import pytest
 from mlflow import MlflowClient
 
-from helpers import TINY, mlflow_run
+from helpers import TINY, run_step_here
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
@@ -21,7 +22,7 @@ EXPERIMENT = "dataset-in-main"
 
 def test_train_inside_main_downloads_nothing_prepare_data_just_uploaded(mlflow_server) -> None:
     params = [p for p in TINY if not p.startswith("registry.")] + ["cache=false", "registry.model_name=in-main"]
-    done = mlflow_run("main", params, mlflow_server.uri, experiment=EXPERIMENT, timeout=400)
+    done = run_step_here(["steps/main.py", *params, f"tracking.experiment_name={EXPERIMENT}"], mlflow_server.uri)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     client = MlflowClient(mlflow_server.uri)
     exp = client.get_experiment_by_name(EXPERIMENT).experiment_id

@@ -1,4 +1,5 @@
-"""Steps run as users run them: `mlflow run` and `python steps/...` subprocesses."""
+"""Steps run as users run them: `mlflow run` and `python steps/...` subprocesses; the two that check only a
+step's refusal run its script in this process (helpers.run_step_here)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from helpers import ROOT, TINY, all_runs, mlflow_run, run_step, run_step_here, step_env
+from helpers import ROOT, TINY, all_runs, mlflow_run, run_step_here, step_env
 from servers import VENV_BIN, free_port
 from trainflow.tracking import tags as tag
 
@@ -58,15 +59,15 @@ def test_bad_override_fails_the_run_with_hydras_message(mlflow_server) -> None:
 def test_unreachable_tracking_server_fails_fast_naming_the_uri(tmp_path) -> None:
     uri = f"http://127.0.0.1:{free_port()}"
     # The default config. MLflow's own retries would take minutes; the step gives up after one
-    # connect_timeout_s (10 s) and says so. A hang shows as TimeoutExpired, not as a timed assert.
-    done = run_step(["steps/train.py", *TINY], uri, timeout=75)
+    # connect_timeout_s (10 s) and says so. A hang shows as pytest's timeout, not as a timed assert.
+    done = run_step_here(["steps/train.py", *TINY], uri)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot reach tracking server {uri} within 10s"), last
 
 
 def test_untagged_run_without_a_terminal_fails_clearly(sqlite_uri) -> None:
-    done = run_step(["steps/train.py", *TINY, "tags=[]", "extras.enforce_tags=true"], sqlite_uri)
+    done = run_step_here(["steps/train.py", *TINY, "tags=[]", "extras.enforce_tags=true"], sqlite_uri)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("error: tags: empty and no terminal")
     assert all_runs(sqlite_uri) == [], "nothing is tracked for a step that never started"

@@ -1,7 +1,10 @@
 """The pipeline end to end against the real server: URIs, cache, registry, serving.
 
 One module-scoped pipeline run feeds the tests that read the registry; each
-test states which registry state it expects and checks it.
+test states which registry state it expects and checks it. The fixture's two
+pipelines and the single steps run through `mlflow run`, as users start them;
+the pipelines that check what a changed, debug or failing run records run
+`steps/main.py` in this process (helpers.run_step_here).
 """
 
 from __future__ import annotations
@@ -28,6 +31,17 @@ PIPELINE = [p for p in TINY if not p.startswith(("registry.", "trainer.max_epoch
 def run_pipeline(server_uri: str, extra: list[str] = (), **env: str) -> None:
     done = mlflow_run("main", [*PIPELINE, *extra], server_uri, timeout=400, experiment=EXPERIMENT, **env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+def main_here(server_uri: str, extra: list[str], experiment: str = EXPERIMENT) -> subprocess.CompletedProcess:
+    """`steps/main.py` in this process: for the tests about what a pipeline records, once the fixture's
+    `mlflow run`s have shown how users start it. Per-step keys (`train.x=1`) become `++train.x=1`, as the
+    script's `accept_mlflow_params` makes them before Hydra parses its command line."""
+    from trainflow.cli import force_step_overrides
+    from trainflow.pipeline.main import STEPS
+
+    overrides = force_step_overrides([*PIPELINE, *extra, f"tracking.experiment_name={experiment}"], STEPS)
+    return run_step_here(["steps/main.py", *overrides], server_uri)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +160,8 @@ def test_evaluate_from_the_champion_alias(pipeline, mlflow_server) -> None:
 def test_changed_training_override_reruns_train_and_evaluate_only(pipeline, mlflow_server) -> None:
     client, exp, _, _, _ = pipeline
     # A learning rate that cannot learn in two short epochs: a worse candidate.
-    run_pipeline(mlflow_server.uri, ["train.model.optimizer.lr=1e-6"])
+    done = main_here(mlflow_server.uri, ["train.model.optimizer.lr=1e-6"])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     now = steps_of(client, exp)
     assert len(now["prepare_data"]) == 1
     assert len(now["train"]) == 2
@@ -200,8 +215,7 @@ def test_a_bad_alias_fails_in_one_line_and_changes_nothing(pipeline, mlflow_serv
 def test_a_debug_pipeline_evaluates_its_unregistered_model(mlflow_server) -> None:
     """`-P debug=limit` logs the model without a version; evaluate tests it and promotes nothing."""
     experiment = "pipeline-debug"
-    done = mlflow_run("main", [*PIPELINE, "debug=limit", "registry.model_name=digits-debug"], mlflow_server.uri,
-                      timeout=400, experiment=experiment)
+    done = main_here(mlflow_server.uri, ["debug=limit", "registry.model_name=digits-debug"], experiment)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     client = MlflowClient(mlflow_server.uri)
     runs = steps_of(client, client.get_experiment_by_name(experiment).experiment_id)
@@ -252,8 +266,7 @@ def test_a_step_that_fails_inside_main_ends_its_own_run_failed(pipeline, mlflow_
     """A bad trainer setting fails train in Lightning: train's run and main's end FAILED, evaluate never starts."""
     client, exp, _, _, _ = pipeline
     before = {r.info.run_id for r in client.search_runs([exp], max_results=1000)}
-    done = mlflow_run("main", [*PIPELINE, "train.trainer.limit_train_batches=-1"], mlflow_server.uri, timeout=400,
-                      experiment=EXPERIMENT)
+    done = main_here(mlflow_server.uri, ["train.trainer.limit_train_batches=-1"])
     assert done.returncode != 0
     new = {r.data.tags[tag.STEP]: r for r in client.search_runs([exp], max_results=1000)
            if r.info.run_id not in before}

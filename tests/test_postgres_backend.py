@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from helpers import ROOT, TINY, mlflow_run, step_env, steps_of
+from helpers import ROOT, TINY, mlflow_run, run_step_here, step_env, steps_of
 from servers import VENV_BIN, PostgresServer, free_port
 from trainflow.tracking import tags as tag
 
@@ -21,7 +21,8 @@ PIPELINE = [p for p in TINY if not p.startswith(("registry.", "trainer.max_epoch
 
 
 def test_the_pipeline_and_its_cache_on_a_postgresql_backed_server(pg_mlflow_server) -> None:
-    """`mlflow run .` twice: version 1 promoted; the second run finds every step's run in PostgreSQL and reuses it.
+    """`mlflow run .`: version 1 promoted; main again (in this process: helpers.run_step_here) finds every
+    step's run in PostgreSQL and reuses it.
 
     The gate keeping a worse version out of @champion is the same code on any store: test_pipeline.py proves it
     against the sqlite-backed server, test_promotion.py on re-measured figures."""
@@ -38,7 +39,7 @@ def test_the_pipeline_and_its_cache_on_a_postgresql_backed_server(pg_mlflow_serv
         "dataset/manifest.json", "dataset/train.parquet"}
 
     # nothing changed: every step's finished run is found by its cache key in the PostgreSQL-backed store
-    done = mlflow_run("main", PIPELINE, pg_mlflow_server.uri, timeout=400, experiment="pg-pipeline")
+    done = run_step_here(["steps/main.py", *PIPELINE, "tracking.experiment_name=pg-pipeline"], pg_mlflow_server.uri)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     again = steps_of(client, "pg-pipeline")
     assert len(again["main"]) == 2
