@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from helpers import TINY, mlflow_run, new_sqlite_store, run_step_here
+from helpers import TINY, new_sqlite_store, run_step_here
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
@@ -27,9 +27,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 
 def test_evaluate_without_the_experiment_rebuilds_the_trained_network(trained) -> None:
-    """The README's order: train with experiment=example, then evaluate its checkpoint by URI alone."""
+    """The README's order: train with experiment=example, then evaluate its checkpoint by URI alone (the
+    evaluate script in this process; test_pipeline.py runs `mlflow run -e evaluate` as users do)."""
     uri, run_id = trained
-    done = mlflow_run("evaluate", [f"ckpt_path=runs:/{run_id}/checkpoints/best", *QUIET], uri)
+    done = run_step_here(["steps/evaluate.py", f"ckpt_path=runs:/{run_id}/checkpoints/best", *QUIET], uri)
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(uri)
     evaluated = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
