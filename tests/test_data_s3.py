@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from helpers import TINY, mlflow_run
+from helpers import TINY, run_step_here
 from servers import VENV_BIN, free_port, wait_http
 from trainflow.data.image_folder import ImageFolderDataModule
 from trainflow.data.make_digit_images import write_digit_images
@@ -160,7 +160,9 @@ def test_a_pipeline_reads_its_images_from_s3_and_logs_no_credentials(s3, mlflow_
         "experiment=digits_images_tiny", f"data.root=s3://{BUCKET}/digits", "registry.model_name=s3-digits",
         "cache=false"]
     aws = {k: v for k, v in s3.items() if k.startswith("AWS_")}
-    done = mlflow_run("main", params, mlflow_server.uri, experiment="s3-root", timeout=500, **aws)
+    # main's script in this process (test_pipeline.py and test_security.py run it through `mlflow run`): the
+    # credentials are in its environment only, as in a user's shell
+    done = run_step_here(["steps/main.py", *params, "tracking.experiment_name=s3-root"], mlflow_server.uri, **aws)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     client = MlflowClient(mlflow_server.uri)
     exp = client.get_experiment_by_name("s3-root").experiment_id

@@ -15,10 +15,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
-from mlflow import MlflowClient
 
 from helpers import ROOT, TINY, proc_stat, proc_state, step_env
 from servers import PostgresServer
@@ -29,6 +29,14 @@ pytestmark = pytest.mark.slow
 
 TRIAL = [*TINY, "hparams_search=digits_optuna", "sweep.n_workers=1", "sweep.pruner=null",
          "sweep.sampler.n_startup_trials=3"]
+
+
+def mlflow_client(uri: str) -> Any:
+    """MLflow's client, imported here: the six processes the first test spawns import this module, and only
+    they would pay for MLflow's import at its top."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
 
 
 def _join(url: str, name: str, barrier: multiprocessing.synchronize.Barrier, queued: multiprocessing.Queue) -> None:
@@ -81,7 +89,7 @@ def logs(workdir: Path) -> str:
     return "\n".join(f"--- {p.parent.name}\n{p.read_text()[-3000:]}" for p in sorted(workdir.glob("machine-*/log")))
 
 
-def study_runs(client: MlflowClient, study: str) -> tuple[dict[str, object], list]:
+def study_runs(client: Any, study: str) -> tuple[dict[str, object], list]:
     """The study's parent runs by machine tag, and its trial runs."""
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, f"tags.`{tag.SWEEP_STUDY}` = '{study}'", max_results=1000)
@@ -94,7 +102,7 @@ def study_runs(client: MlflowClient, study: str) -> tuple[dict[str, object], lis
 def test_three_machines_started_together_run_exactly_n_trials_and_register_the_best_once(
         postgres: PostgresServer, pg_mlflow_server, tmp_path: Path) -> None:
     storage = postgres.create_database("study_three")
-    client = MlflowClient(pg_mlflow_server.uri)
+    client = mlflow_client(pg_mlflow_server.uri)
     extra = ["sweep.register_best=true", "registry.model_name=digits-three-machines"]
     procs = [start_machine(i, pg_mlflow_server.uri, storage, "three", tmp_path, extra) for i in range(3)]
     assert finish(procs) == [0, 0, 0], logs(tmp_path)
@@ -129,7 +137,7 @@ def test_a_machine_killed_mid_trial_loses_nothing(postgres: PostgresServer, pg_m
     """SIGKILL one machine while its trial trains: the others fail the stale trial, run it again, and
     end the lost machine's runs FAILED; the study ends with 9 finished trials and nothing RUNNING."""
     storage = postgres.create_database("study_killed")
-    client = MlflowClient(pg_mlflow_server.uri)
+    client = mlflow_client(pg_mlflow_server.uri)
     # trials long enough that the others still train when the victim is lost; beats every second, lost after
     # 4 s of silence
     extra = ["trainer.max_epochs=4", "trainer.limit_train_batches=40", "sweep.heartbeat_s=1", "sweep.grace_s=4"]

@@ -3,8 +3,9 @@
 Everything runs in a copy of the project (a git repository of its own,
 committed once), so the drift tests can change its files without touching
 the real checkout, and the copy's code version holds still between the runs
-that must match. One pipeline run there gives every original: its main run
-and its prepare_data, train and evaluate runs.
+that must match (only the refusals of bad run ids, which compare no code,
+call `reproduce` in this process). One pipeline run there gives every
+original: its main run and its prepare_data, train and evaluate runs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from helpers import VENV_BIN, new_sqlite_store, project_copy, step_env
+from helpers import ROOT, VENV_BIN, new_sqlite_store, project_copy, step_env
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
@@ -147,7 +148,11 @@ def test_changed_model_code_is_drift_refused_unless_allowed(project: Path, store
     assert running_runs(store) == []
 
 
-def test_bad_input_is_one_line_and_leaves_no_run_running(project: Path, store: str) -> None:
+def test_bad_input_is_one_line_and_leaves_no_run_running(project: Path, store: str, capfd, monkeypatch) -> None:
+    from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
+
+    from trainflow.pipeline.reproduce import reproduce
+
     client = MlflowClient(store)
     experiment = client.create_experiment("not-steps")
     bare = client.create_run(experiment).info.run_id  # no trainflow.step: not a step run
@@ -159,11 +164,16 @@ def test_bad_input_is_one_line_and_leaves_no_run_running(project: Path, store: s
         bare: f"error: reproduce: run {bare} is not a trainflow step run",
         unreadable: f"error: reproduce: run {unreadable}'s overrides.yaml cannot be read",
     }
+    # refused before any code is compared: the checkout's `reproduce`, in this process, as steps/reproduce.py calls it
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", mlflow_tracking_utils._tracking_uri)
     for run_id, expected in cases.items():
-        done = in_copy(project, [sys.executable, "steps/reproduce.py", f"run_id={run_id}"], store)
-        assert done.returncode == 1, done.stderr[-2000:]
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(expected), done.stderr[-2000:]
+        code = reproduce([f"run_id={run_id}"], ROOT)
+        err = capfd.readouterr().err
+        assert code == 1, err[-2000:]
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), err[-2000:]
     # under `mlflow run`, the run MLflow made for the refused reproduction does not stay RUNNING
     launched = in_copy(project, [f"{VENV_BIN}/mlflow", "run", str(project), "-e", "reproduce", "-P", f"run_id={bare}",
                                  "--env-manager", "local", "--experiment-name", "refused"], store)
