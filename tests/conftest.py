@@ -137,6 +137,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """An xdist worker leaves without finalising torch, Lightning and MLflow, as steps do (trainflow.fast_exit).
+
+    Its results reached the controller in pytest_sessionfinish, and the
+    controller waits for the process to end: the interpreter's teardown of
+    everything the tests imported was the last seconds of every run
+    (figures: README, Development).
+    """
+    if hasattr(config, "workerinput"):
+        from trainflow.fast_exit import exit_now
+
+        exit_now(0)
+
+
 # --- System packages and the SLURM cluster (issue 23; owned by the SLURM work) ---------------------------
 
 
