@@ -125,16 +125,19 @@ def compose() -> Iterator[Callable[..., DictConfig]]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Files with whole-step runs first, the many unit tests after them.
+    """Files with a test marked slow (it starts real processes) first, the many unit tests after them.
 
     xdist hands each worker one file at a time (`--dist loadfile`, queued in
     collection order with `--no-loadscope-reorder`). Collected alphabetically,
     the longest files (SLURM, UI) came last, and one worker ran them alone
     while the other had finished; started first, they overlap, and the short
-    files fill whichever worker is free (longest first). The sort is stable,
-    so each file keeps its tests' order.
+    files fill whichever worker is free. A file that starts a server or a
+    fresh interpreter belongs with the slow ones even if most of its tests
+    are quick: left among the unit tests, it ends one worker's queue long
+    after the other's. The sort is stable, so each file keeps its tests' order.
     """
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.hookimpl(trylast=True)

@@ -197,6 +197,7 @@ def test_weights_only_start_fine_tunes_from_epoch_zero(trained) -> None:
     assert not torch.equal(start["net.model.fc.weight"], end["net.model.fc.weight"])
 
 
+@pytest.mark.slow
 def test_the_model_loads_in_a_new_interpreter_from_its_own_code(trained, tmp_path: Path) -> None:
     """The model carries the whole package, not a part that would shadow the installed one."""
     import mlflow

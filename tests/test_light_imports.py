@@ -16,7 +16,11 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from helpers import ROOT, new_sqlite_store, probe_records, probed, step_env
+
+pytestmark = pytest.mark.slow
 
 
 def run_probed(code: str, tracking_uri: str, record: Path) -> tuple[Any, list[str], subprocess.CompletedProcess]:

@@ -25,6 +25,8 @@ from helpers import TINY, new_sqlite_store, run_step_here, step_env
 from servers import VENV_BIN, free_port, wait_http
 from trainflow.registry.versions import as_users_send
 
+pytestmark = pytest.mark.slow
+
 MODEL = "signature-digits"
 ROWS = 12
 

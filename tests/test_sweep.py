@@ -77,6 +77,7 @@ def test_one_parent_run_a_child_run_per_trial_and_a_raising_trial_does_not_stop_
     assert parent.data.tags[tag.OUTPUT] == f"runs:/{best.info.run_id}"
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_one_sqlite_study(compose, tmp_path, sqlite_uri, tracking_env,
                                                      monkeypatch) -> None:
     """Six trials, this process + one worker process, no trial twice; attached as under `mlflow run -e sweep`."""
@@ -120,6 +121,7 @@ def test_per_run_folders_are_the_paths_and_what_interpolates_the_run_folders(com
     assert "extra.data_file" not in keys, "a file under the project root says what the run read: a param"
 
 
+@pytest.mark.slow
 def test_a_prewarmed_worker_is_handed_the_sweeps_run_and_works_the_queue(compose, tmp_path, sqlite_uri,
                                                                           tracking_env) -> None:
     """Started before the sweep's run exists; start_workers hands it the run's store and experiment, no cold start."""

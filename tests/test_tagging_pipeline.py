@@ -95,6 +95,7 @@ def test_evaluate_a_tagger_checkpoint_gives_per_tag_scores(tagged) -> None:
     assert "f1" in table["columns"]
 
 
+@pytest.mark.slow
 def test_the_model_loads_in_a_new_interpreter_from_its_own_code(tagged, tmp_path: Path) -> None:
     """The model carries the whole package, not a part that would shadow the installed one."""
     import mlflow
