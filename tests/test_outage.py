@@ -19,6 +19,7 @@ from trainflow.tracking.sync import sync
 
 # Long enough to outlive the kill; it may end while the server is still away,
 # and then the step waits (tracking.outage_grace_s) to send what it buffered.
+# Short epochs: the test needs many logged epochs and checkpoints, not many batches.
 EPOCHS = 150
 
 
@@ -30,7 +31,8 @@ def test_server_killed_mid_training_and_restarted(tmp_path: Path) -> None:
     args = ["steps/train.py", "experiment=example", f"trainer.max_epochs={EPOCHS}", f"trainer.min_epochs={EPOCHS}",
             "callbacks.early_stopping=null", "callbacks.rich_progress_bar=null", "callbacks.model_summary=null",
             "trainer.enable_progress_bar=false", "extras.print_config=false", "registry.log_model=false",
-            "tracking.flush_every_s=0.5", "tracking.experiment_name=outage", "test=false"]
+            "tracking.flush_every_s=0.5", "tracking.experiment_name=outage", "test=false",
+            "trainer.limit_train_batches=4", "trainer.limit_val_batches=1"]
     output = tmp_path / "train.log"
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=step_env(server.uri),
                             stdout=output.open("w"), stderr=subprocess.STDOUT, text=True)
