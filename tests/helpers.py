@@ -147,9 +147,13 @@ def run_step_here(args: list[str], tracking_uri: str, **extra: str) -> subproces
     from mlflow.tracking import fluent
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
+    from trainflow.cli import force_step_overrides
     from trainflow.pipeline.in_process import _hydra_run
+    from trainflow.pipeline.main import STEPS
 
     script, overrides = ROOT / args[0], list(args[1:])
+    if script.stem == "main":  # as steps/main.py's accept_mlflow_params: `train.x=1` -> `++train.x=1`
+        overrides = force_step_overrides(overrides, STEPS)
     saved_env, saved_argv, saved_cwd, saved_stdin = dict(os.environ), list(sys.argv), os.getcwd(), sys.stdin
     saved_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     root_logger = logging.getLogger()

@@ -35,13 +35,8 @@ def run_pipeline(server_uri: str, extra: list[str] = (), **env: str) -> None:
 
 def main_here(server_uri: str, extra: list[str], experiment: str = EXPERIMENT) -> subprocess.CompletedProcess:
     """`steps/main.py` in this process: for the tests about what a pipeline records, once the fixture's
-    `mlflow run`s have shown how users start it. Per-step keys (`train.x=1`) become `++train.x=1`, as the
-    script's `accept_mlflow_params` makes them before Hydra parses its command line."""
-    from trainflow.cli import force_step_overrides
-    from trainflow.pipeline.main import STEPS
-
-    overrides = force_step_overrides([*PIPELINE, *extra, f"tracking.experiment_name={experiment}"], STEPS)
-    return run_step_here(["steps/main.py", *overrides], server_uri)
+    `mlflow run`s have shown how users start it."""
+    return run_step_here(["steps/main.py", *PIPELINE, *extra, f"tracking.experiment_name={experiment}"], server_uri)
 
 
 @pytest.fixture(scope="module")
