@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import optuna
 import pytest
@@ -25,13 +25,16 @@ from servers import PostgresServer
 from trainflow.sweep.study import StudySpec, create_and_queue
 from trainflow.tracking import tags as tag
 
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
 pytestmark = pytest.mark.slow
 
 TRIAL = [*TINY, "hparams_search=digits_optuna", "sweep.n_workers=1", "sweep.pruner=null",
          "sweep.sampler.n_startup_trials=3"]
 
 
-def mlflow_client(uri: str) -> Any:
+def mlflow_client(uri: str) -> MlflowClient:
     """MLflow's client, imported here: the six processes the first test spawns import this module, and only
     they would pay for MLflow's import at its top."""
     from mlflow import MlflowClient
@@ -89,7 +92,7 @@ def logs(workdir: Path) -> str:
     return "\n".join(f"--- {p.parent.name}\n{p.read_text()[-3000:]}" for p in sorted(workdir.glob("machine-*/log")))
 
 
-def study_runs(client: Any, study: str) -> tuple[dict[str, object], list]:
+def study_runs(client: MlflowClient, study: str) -> tuple[dict[str, object], list]:
     """The study's parent runs by machine tag, and its trial runs."""
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, f"tags.`{tag.SWEEP_STUDY}` = '{study}'", max_results=1000)
