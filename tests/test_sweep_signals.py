@@ -5,10 +5,12 @@ Real signals, sent to this process with os.kill.
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -118,6 +120,24 @@ def test_a_signal_whose_interrupt_python_dropped_is_still_raised_at_the_next_che
         assert interruption() == signal.SIGINT, "the exit status names the signal"
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_inside_an_import_unwinds_after_it_with_the_module_whole(tmp_path, monkeypatch) -> None:
+    """An import cut short leaves what it imported half-initialised (torch._dynamo, triton): importing them
+    again fails or aborts the process. The signal is sent again until it finds the import done."""
+    (tmp_path / "interrupted_mid_import.py").write_text(
+        "import os\nimport signal\n\nos.kill(os.getpid(), signal.SIGINT)\nWHOLE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    previous = signal.signal(signal.SIGINT, raise_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            importlib.import_module("interrupted_mid_import")
+            time.sleep(10)  # where the signal, sent again, lands
+        assert sys.modules["interrupted_mid_import"].WHOLE
+        assert interruption() == signal.SIGINT
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.modules.pop("interrupted_mid_import", None)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt

@@ -19,6 +19,15 @@ collector runs them at any allocation). A KeyboardInterrupt raised there is
 printed ("Exception ignored in ...") and dropped: the fit goes on as if no one
 had asked it to stop. Every handler here counts the signals it sees, so a
 loop still stops before its next piece of work.
+
+Nor does `raise_interrupt` raise inside an import. An import it interrupts
+is left half-done: its module is dropped from sys.modules, but what it
+already imported stays, half-initialised (torch._dynamo, sympy, triton's
+native library). Importing them again later fails with AttributeErrors or
+aborts the process (SIGABRT). A sweep's own process imports the model code
+while its workers already train, and a step imports lazily, so a Ctrl-C
+lands in an import often enough. Such a signal is sent again shortly, until
+it finds the import done.
 """
 
 from __future__ import annotations
@@ -57,11 +66,29 @@ def exit_status(default: int = signal.SIGINT) -> int:
     return 128 + int(_Interrupted.signum or default)
 
 
+# How soon a signal that landed inside an import is sent again.
+RESEND_AFTER_S = 0.05
+_IMPORT_MACHINERY = "<frozen importlib._bootstrap>"
+
+
 def raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    """A handler: note the signal and unwind like Ctrl-C."""
+    """A handler: note the signal and unwind like Ctrl-C; inside an import, send it again after."""
     _count(signum)
     _Interrupted.signum = signum
+    if _importing(frame):
+        timer = threading.Timer(RESEND_AFTER_S, os.kill, (os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
+        return
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _importing(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename == _IMPORT_MACHINERY:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _note(signum: int, frame: FrameType | None) -> None:
