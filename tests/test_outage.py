@@ -20,7 +20,7 @@ from trainflow.tracking.sync import sync
 # Long enough to outlive the kill; it may end while the server is still away,
 # and then the step waits (tracking.outage_grace_s) to send what it buffered.
 # Short epochs: the test needs many logged epochs and checkpoints, not many batches.
-EPOCHS = 150
+EPOCHS = 60
 
 
 @pytest.mark.slow
