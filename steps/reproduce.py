@@ -7,8 +7,9 @@
 import sys
 
 from trainflow.cli import mlflow_params_to_overrides
+from trainflow.fast_exit import exit_now
 from trainflow.pipeline.reproduce import reproduce
 from trainflow.project import project_root
 
 if __name__ == "__main__":
-    sys.exit(reproduce(mlflow_params_to_overrides(sys.argv[1:]), project_root()))
+    exit_now(reproduce(mlflow_params_to_overrides(sys.argv[1:]), project_root()))

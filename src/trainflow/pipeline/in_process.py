@@ -75,10 +75,8 @@ def run_step_here(run: StepRun, step: str, params: dict[str, str], overrides: li
     the step's run KILLED and propagates, so main ends KILLED too.
     """
     child = _create_project_run(run, step, params)
-    script = run.root / "steps" / f"{step}.py"
     try:
-        with _step_process_state(run, child, script, overrides), step_clock():
-            _hydra_run(script, step, overrides)
+        run_script_here(run.root, step, overrides, child, run.experiment_id, run.tracking_uri)
     except SystemExit as exc:
         if exc.code in (0, None):
             return child
@@ -89,6 +87,19 @@ def run_step_here(run: StepRun, step: str, params: dict[str, str], overrides: li
         traceback.print_exc()  # as the step's own process would have printed it
         raise TrainflowError(f"pipeline: step {step} failed (run {child}): {_root_cause(exc)}") from exc
     return child
+
+
+def run_script_here(root: Path, step: str, overrides: list[str], run_id: str, experiment_id: str,
+                    tracking_uri: str) -> None:
+    """`steps/<step>.py` in this process, attached to `run_id` as `mlflow run` attaches a step's process.
+
+    What the step raises comes through: SystemExit with its exit status (the
+    step contract ends its run first), anything else unhandled.
+    """
+    script = root / "steps" / f"{step}.py"
+    env = {"MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": experiment_id, "MLFLOW_TRACKING_URI": tracking_uri}
+    with _step_process_state(root, env, script, overrides), step_clock():
+        _hydra_run(script, step, overrides)
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -123,14 +134,13 @@ def _create_project_run(run: StepRun, step: str, params: dict[str, str]) -> str:
 
 
 @contextmanager
-def _step_process_state(run: StepRun, child: str, script: Path, overrides: list[str]) -> Iterator[None]:
-    """The process as `mlflow run` gives a step (cwd, argv, environment), and main's state back after."""
+def _step_process_state(root: Path, env: dict[str, str], script: Path, overrides: list[str]) -> Iterator[None]:
+    """The process as `mlflow run` gives a step (cwd, argv, environment), and the caller's state back after."""
     saved_env = {key: os.environ.get(key) for key in (*_RUN_ENV, LEADER_RUN_ENV)}
     saved_argv, saved_cwd = list(sys.argv), os.getcwd()
-    os.environ.update(MLFLOW_RUN_ID=child, MLFLOW_EXPERIMENT_ID=run.experiment_id,
-                      MLFLOW_TRACKING_URI=run.tracking_uri)
+    os.environ.update(env)
     sys.argv = [str(script), *overrides]
-    os.chdir(run.root)
+    os.chdir(root)
     try:
         yield
     finally:
@@ -148,6 +158,8 @@ def _hydra_run(script: Path, step: str, overrides: list[str]) -> None:
 
     Hydra keeps one global instance and one HydraConfig; main's are set
     aside while the step runs and restored after, with main's logging.
+    Outside a Hydra app (reproduce), the root logger's handlers the step
+    replaced come back, and the step's own (its job log) are closed.
     """
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_automatic_config_search_path, detect_task_name
@@ -160,7 +172,8 @@ def _hydra_run(script: Path, step: str, overrides: list[str]) -> None:
     search_path = create_automatic_config_search_path(str(script), None, "../configs")
     global_hydra = GlobalHydra.instance()
     saved_hydra = global_hydra.hydra
-    saved_cfg: Any = HydraConfig.instance().cfg  # {"hydra": main's hydra node}, or None outside a Hydra app
+    saved_cfg: Any = HydraConfig.instance().cfg  # {"hydra": main's hydra node}; a composed config's, or None
+    saved_handlers, saved_level = list(logging.root.handlers), logging.root.level
     global_hydra.clear()
     try:
         hydra = Hydra.create_main_hydra2(task_name=detect_task_name(str(script), None),
@@ -171,5 +184,11 @@ def _hydra_run(script: Path, step: str, overrides: list[str]) -> None:
         if saved_hydra is not None:
             global_hydra.initialize(saved_hydra)
         HydraConfig.instance().cfg = saved_cfg
-        if saved_cfg is not None:
+        if saved_hydra is not None and saved_cfg is not None:
             configure_log(saved_cfg.hydra.job_logging, saved_cfg.hydra.verbose)
+        else:
+            for handler in logging.root.handlers:
+                if handler not in saved_handlers:
+                    handler.close()
+            logging.root.handlers[:] = saved_handlers
+            logging.root.setLevel(saved_level)
