@@ -141,9 +141,10 @@ def test_a_machine_killed_mid_trial_loses_nothing(postgres: PostgresServer, pg_m
     end the lost machine's runs FAILED; the study ends with 9 finished trials and nothing RUNNING."""
     storage = postgres.create_database("study_killed")
     client = mlflow_client(pg_mlflow_server.uri)
-    # trials long enough that the others still train when the victim is lost; beats every second, lost after
+    # trials long enough that the victim, started with the others, claims one before they empty the queue
+    # (the survivors then watch the study until the lost trial comes back); beats every second, lost after
     # 4 s of silence
-    extra = ["trainer.max_epochs=4", "trainer.limit_train_batches=40", "sweep.heartbeat_s=1", "sweep.grace_s=4"]
+    extra = ["trainer.max_epochs=4", "trainer.limit_train_batches=20", "sweep.heartbeat_s=1", "sweep.grace_s=4"]
     # the victim's first trial stops itself mid-training (SIGSTOP, from inside the fit): it cannot finish
     # before the kill, however fast or slow this machine is
     victim = 0

@@ -110,8 +110,8 @@ def test_ctrl_c_ends_the_sweep_killed_and_keeps_finished_trials(sqlite_uri, tmp_
 
 
 def test_prewarmed_workers_end_when_the_sweep_fails_before_needing_them(sqlite_uri, tmp_path) -> None:
-    """A sweep whose config fails after its workers were pre-warmed leaves no worker process behind."""
-    overrides = [*TINY, "hparams_search=digits_optuna", "sweep.n_workers=3", "sweep.heartbeat_s=30",
+    """A sweep whose config fails after its worker was pre-warmed leaves no worker process behind."""
+    overrides = [*TINY, "hparams_search=digits_optuna", "sweep.n_workers=2", "sweep.heartbeat_s=30",
                  "sweep.grace_s=10", f"hydra.run.dir={tmp_path / 'out'}"]
     done = subprocess.run([sys.executable, "steps/sweep.py", *overrides], cwd=ROOT, env=step_env(sqlite_uri),
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240)
