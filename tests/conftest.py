@@ -18,7 +18,7 @@ import pytest
 from omegaconf import DictConfig
 
 from helpers import compose_config, drop_store_template, new_sqlite_store
-from servers import MlflowServer, PostgresServer, SlurmCluster
+from servers import MlflowServer, PostgresServer, SessionServers, SlurmCluster
 from system_packages import InstallError, ensure_installed
 
 # Nothing downloads at test time; MLflow must not print its telemetry banner.
@@ -73,29 +73,22 @@ def process_state_of_its_own() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    server.start()
-    yield server
-    server.stop()
+def mlflow_server() -> MlflowServer:
+    """The session's `mlflow server` (sqlite, artifacts served), shared by xdist workers (servers.SessionServers)."""
+    return SessionServers.of_session().mlflow("mlflow-server")
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """A real PostgreSQL 15 cluster for this test process (Debian's server binaries; see tests/servers.py)."""
-    server = PostgresServer()
-    server.start()
-    yield server
-    server.stop()
+def postgres() -> PostgresServer:
+    """The session's PostgreSQL 15 cluster (Debian's server binaries; see tests/servers.py)."""
+    return SessionServers.of_session().postgres()
 
 
 @pytest.fixture(scope="session")
-def pg_mlflow_server(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """`mlflow server` whose backend store is a database in that PostgreSQL, artifacts served."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-pg-server"), backend_uri=postgres.create_database("mlflow"))
-    server.start(timeout_s=180)
-    yield server
-    server.stop()
+def pg_mlflow_server(postgres: PostgresServer) -> MlflowServer:
+    """The session's `mlflow server` whose backend store is a database in that PostgreSQL, artifacts served."""
+    return SessionServers.of_session().mlflow("mlflow-pg-server",
+                                              backend_uri=lambda: postgres.create_database("mlflow"))
 
 
 @pytest.fixture
@@ -147,12 +140,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     Its results reached the controller in pytest_sessionfinish, and the
     controller waits for the process to end: the interpreter's teardown of
     everything the tests imported was the last seconds of every run
-    (figures: README, Development).
+    (figures: README, Development). The controlling process, last to end,
+    stops the servers the session shared (servers.SessionServers).
     """
     if hasattr(config, "workerinput"):
         from trainflow.fast_exit import exit_now
 
         exit_now(0)
+    while _SESSION_SERVERS:  # the controlling process (or the only one): every worker is done with them
+        _SESSION_SERVERS.pop().stop_all()
 
 
 # --- System packages and the SLURM cluster (issue 23; owned by the SLURM work) ---------------------------
@@ -162,7 +158,8 @@ def pytest_configure(config: pytest.Config) -> None:
     """Install chromium, PostgreSQL's server and SLURM where missing, once per session (tests/system_packages.py).
 
     Only the controlling process does it: xdist workers start after this
-    returns, and two apt-gets at once would fight over dpkg's lock.
+    returns, and two apt-gets at once would fight over dpkg's lock. It also
+    makes the folder through which the workers share servers (servers.SessionServers).
     """
     if hasattr(config, "workerinput"):
         return
@@ -170,6 +167,11 @@ def pytest_configure(config: pytest.Config) -> None:
         ensure_installed(say=lambda line: print(line, file=sys.stderr, flush=True))
     except InstallError as e:
         raise pytest.UsageError(str(e)) from None
+    _SESSION_SERVERS.append(SessionServers.create())
+
+
+# Made by the controlling process in pytest_configure, stopped in its pytest_unconfigure.
+_SESSION_SERVERS: list[SessionServers] = []
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,10 @@ fixtures; benches import this module as `tests.servers` (`python -m bench.x`).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -82,6 +85,98 @@ class MlflowServer:
         self.proc = None
 
 
+class SessionServers:
+    """Servers the processes of one test session share: the first that needs one starts it, the rest find it.
+
+    Each pytest-xdist worker started its own `mlflow server` and its own
+    PostgreSQL with an `mlflow server` on it: seconds of CPU each, on the
+    two cores the tests share, for servers a session can share (every test
+    names its own experiments, models and databases). A folder named by
+    `SESSION_ENV`, made by the controlling process before the workers start,
+    holds one record per started server; a lock per server makes the first
+    process that asks start it. The controlling process stops them all when
+    the session ends (`stop_all`), after every worker has finished.
+    """
+
+    ENV = "TRAINFLOW_TEST_SERVERS"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @classmethod
+    def create(cls) -> SessionServers:
+        folder = Path(tempfile.mkdtemp(prefix="trainflow-test-servers-"))
+        os.environ[cls.ENV] = str(folder)  # the workers, started after this, inherit it
+        return cls(folder)
+
+    @classmethod
+    def of_session(cls) -> SessionServers:
+        return cls(Path(os.environ[cls.ENV]))
+
+    def mlflow(self, name: str, backend_uri: Callable[[], str] | None = None) -> MlflowServer:
+        """The session's `mlflow server` called `name`; `backend_uri` makes its store (sqlite when None)."""
+        def start() -> dict[str, object]:
+            workdir = self.folder / name
+            workdir.mkdir()
+            server = MlflowServer(workdir, backend_uri=backend_uri() if backend_uri else None)
+            server.start(timeout_s=180)
+            assert server.proc is not None
+            return {"kind": "mlflow", "workdir": str(workdir), "port": server.port, "backend_uri": server.backend_uri,
+                    "pid": server.proc.pid}
+
+        record = self._get(name, start)
+        return MlflowServer(Path(str(record["workdir"])), port=int(str(record["port"])),
+                            backend_uri=str(record["backend_uri"]))
+
+    def postgres(self, name: str = "postgres") -> PostgresServer:
+        def start() -> dict[str, object]:
+            server = PostgresServer()
+            server.start()
+            return {"kind": "postgres", "port": server.port, "folder": str(server.folder)}
+
+        record = self._get(name, start)
+        return PostgresServer(port=int(str(record["port"])), folder=Path(str(record["folder"])))
+
+    def _get(self, name: str, start: Callable[[], dict[str, object]]) -> dict[str, object]:
+        record = self.folder / f"{name}.json"
+        with open(self.folder / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not record.exists():
+                record.write_text(json.dumps(start()))
+            return dict(json.loads(record.read_text()))
+
+    def stop_all(self) -> None:
+        """Stop every server started in this session (`mlflow server`s before the PostgreSQL they use)."""
+        records = [json.loads(path.read_text()) for path in self.folder.glob("*.json")]
+        for record in sorted(records, key=lambda r: r["kind"] != "mlflow"):
+            if record["kind"] == "mlflow":
+                _stop_group(int(record["pid"]))
+            else:
+                PostgresServer(port=int(record["port"]), folder=Path(record["folder"])).stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _stop_group(pid: int, timeout_s: float = 20) -> None:
+    """SIGTERM to the process group `pid` leads (not this process's child: it cannot be waited for), SIGKILL later."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):  # what is left of the group
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Neither gone nor a zombie that no parent of ours will reap."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def postgres_bindir() -> Path:
     """Where `initdb` and `pg_ctl` are: on PATH, else the newest Debian `postgresql-NN` package's folder."""
     on_path = shutil.which("pg_ctl")
@@ -105,9 +200,10 @@ class PostgresServer:
     USER = "trainflow"
     PASSWORD = "pg-secret-Pa55"  # a throwaway cluster's; tests search artifacts for it
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.folder = Path(tempfile.mkdtemp(prefix="trainflow-pg-"))
+    def __init__(self, port: int | None = None, folder: Path | None = None) -> None:
+        """A new cluster's place, or (`port`, `folder`) those of one another process started."""
+        self.port = port or free_port()
+        self.folder = folder or Path(tempfile.mkdtemp(prefix="trainflow-pg-"))
         self.data = self.folder / "data"
         self.bindir = postgres_bindir()
         self._owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
