@@ -146,27 +146,22 @@ class SessionServers:
             return dict(json.loads(record.read_text()))
 
     def stop_all(self) -> None:
-        """Stop every server started in this session (`mlflow server`s before the PostgreSQL they use)."""
+        """Stop every server started in this session: the `mlflow server`s together, then the PostgreSQL they use."""
         records = [json.loads(path.read_text()) for path in self.folder.glob("*.json")]
-        for record in sorted(records, key=lambda r: r["kind"] != "mlflow"):
-            if record["kind"] == "mlflow":
-                _stop_group(int(record["pid"]))
-            else:
+        groups = [int(r["pid"]) for r in records if r["kind"] == "mlflow"]  # each leads its process group
+        for pid in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for pid in groups:  # not this process's children: they cannot be waited for
+            while time.monotonic() < deadline and _running(pid):
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError):  # what is left of the group
+                os.killpg(pid, signal.SIGKILL)
+        for record in records:
+            if record["kind"] == "postgres":
                 PostgresServer(port=int(record["port"]), folder=Path(record["folder"])).stop()
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _stop_group(pid: int, timeout_s: float = 20) -> None:
-    """SIGTERM to the process group `pid` leads (not this process's child: it cannot be waited for), SIGKILL later."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _running(pid):
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):  # what is left of the group
-        os.killpg(pid, signal.SIGKILL)
 
 
 def _running(pid: int) -> bool:
