@@ -10,6 +10,7 @@ checked against the target's signature by `trainflow.config.validate`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,11 +206,15 @@ class MainSchema(StepSchema):
     evaluate: dict[str, Any] = field(default_factory=dict)
 
 
+@functools.cache
 def register_configs() -> None:
-    """Register the schemas and the `trainflow.*` resolvers before Hydra composes.
+    """Register the schemas and the `trainflow.*` resolvers before Hydra composes; once per process.
 
     Called by every step script (and the tests' compose fixture) so the
-    defaults lists can name `train_schema` / `evaluate_schema`.
+    defaults lists can name `train_schema` / `evaluate_schema`. The store is
+    the process's and Hydra copies what it loads from it, so a second call
+    would only convert each dataclass again, before every sweep trial's
+    compose and every override check.
     """
     from omegaconf import OmegaConf
 
