@@ -24,7 +24,13 @@ from trainflow.sweep.driver import fail_orphans, run_sweep, start_workers, sweep
 from trainflow.sweep.trial import ATTR_RUN, ATTR_SWEEP_RUN
 from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
-from trainflow.tracking.signals import DeferredSignals, SignalsSince, interruption, raise_interrupt
+from trainflow.tracking.signals import (
+    RESEND_AFTER_S,
+    DeferredSignals,
+    SignalsSince,
+    interruption,
+    raise_interrupt,
+)
 from trainflow.training.faults import SignalWhenCollected
 
 
@@ -138,6 +144,23 @@ def test_ctrl_c_inside_an_import_unwinds_after_it_with_the_module_whole(tmp_path
     finally:
         signal.signal(signal.SIGINT, previous)
         sys.modules.pop("interrupted_mid_import", None)
+
+
+def test_a_second_ctrl_c_inside_an_import_unwinds_at_once(tmp_path, monkeypatch) -> None:
+    """Ctrl-C twice stops even a process stuck in an import; no delivery of the first comes after."""
+    (tmp_path / "twice_mid_import.py").write_text(
+        "import os\nimport signal\n\nos.kill(os.getpid(), signal.SIGINT)\nos.kill(os.getpid(), signal.SIGINT)\n"
+        "WHOLE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    previous = signal.signal(signal.SIGINT, raise_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            importlib.import_module("twice_mid_import")
+        assert "twice_mid_import" not in sys.modules, "unwound inside the import"
+        time.sleep(RESEND_AFTER_S * 4)  # a delivery of the first signal would raise here
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.modules.pop("twice_mid_import", None)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt

@@ -26,8 +26,10 @@ already imported stays, half-initialised (torch._dynamo, sympy, triton's
 native library). Importing them again later fails with AttributeErrors or
 aborts the process (SIGABRT). A sweep's own process imports the model code
 while its workers already train, and a step imports lazily, so a Ctrl-C
-lands in an import often enough. Such a signal is sent again shortly, until
-it finds the import done.
+lands in an import often enough. Such a signal is delivered again shortly
+(to whatever Python handler is installed then), until it finds the import
+done. A second signal meanwhile unwinds at once, import or not: Ctrl-C twice
+always stops a process, even one stuck in an import.
 """
 
 from __future__ import annotations
@@ -66,24 +68,56 @@ def exit_status(default: int = signal.SIGINT) -> int:
     return 128 + int(_Interrupted.signum or default)
 
 
-# How soon a signal that landed inside an import is sent again.
+# How soon a signal that landed inside an import is delivered again.
 RESEND_AFTER_S = 0.05
 _IMPORT_MACHINERY = "<frozen importlib._bootstrap>"
 
 
+class _Resend:
+    """A stop signal that landed inside an import, waiting to be delivered again."""
+
+    timer: threading.Timer | None = None
+    own = False  # the handler's next call is that delivery, not a new signal
+
+
 def raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    """A handler: note the signal and unwind like Ctrl-C; inside an import, send it again after."""
+    """A handler: note the signal and unwind like Ctrl-C; inside an import, once it is done (see above)."""
+    own, _Resend.own = _Resend.own, False
     _count(signum)
     _Interrupted.signum = signum
-    if _importing(frame):
-        timer = threading.Timer(RESEND_AFTER_S, os.kill, (os.getpid(), signum))
-        timer.daemon = True
-        timer.start()
+    if _importing(frame) and (own or _Resend.timer is None) and _deliver_later(signum):
         return
+    if _Resend.timer is not None:  # a second signal: no delivery of the first comes after this interrupt
+        _Resend.timer.cancel()
+        _Resend.timer = None
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _deliver_later(signum: int) -> bool:
+    """Deliver `signum` again after RESEND_AFTER_S; False where no thread can start (interpreter shutdown)."""
+    timer = threading.Timer(RESEND_AFTER_S, _deliver, (signum,))
+    timer.daemon = True
+    try:
+        timer.start()
+    except RuntimeError:
+        return False
+    _Resend.timer = timer
+    return True
+
+
+def _deliver(signum: int) -> None:
+    """The signal again, to the main thread (it wakes a blocking call); dropped once no Python handler takes it.
+
+    With SIG_DFL back (the step ended meanwhile) it would kill a process whose run already ended well.
+    """
+    _Resend.timer = None
+    if callable(signal.getsignal(signum)):
+        _Resend.own = True
+        signal.pthread_kill(threading.main_thread().ident or 0, signum)
+
+
 def _importing(frame: FrameType | None) -> bool:
+    """Whether `frame` runs inside an import (the import machinery is on its stack)."""
     while frame is not None:
         if frame.f_code.co_filename == _IMPORT_MACHINERY:
             return True
