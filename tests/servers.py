@@ -91,11 +91,14 @@ class SessionServers:
     Each pytest-xdist worker started its own `mlflow server` and its own
     PostgreSQL with an `mlflow server` on it: seconds of CPU each, on the
     two cores the tests share, for servers a session can share (every test
-    names its own experiments, models and databases). A folder named by
-    `SESSION_ENV`, made by the controlling process before the workers start,
-    holds one record per started server; a lock per server makes the first
-    process that asks start it. The controlling process stops them all when
-    the session ends (`stop_all`), after every worker has finished.
+    names its own models and databases, and finds its runs by its own
+    experiment, study or run id). A folder named by `ENV`, made by the
+    controlling process before the workers start, holds one record per
+    server; a lock per server makes the first process that asks start it.
+    A server that fails to start is recorded as failed, so every test that
+    needs it fails with that error instead of starting it again. The
+    controlling process stops them all when the session ends (`stop_all`),
+    after every worker has finished.
     """
 
     ENV = "TRAINFLOW_TEST_SERVERS"
@@ -105,12 +108,14 @@ class SessionServers:
 
     @classmethod
     def create(cls) -> SessionServers:
+        """The session's folder, named in the environment the workers inherit (the controlling process)."""
         folder = Path(tempfile.mkdtemp(prefix="trainflow-test-servers-"))
         os.environ[cls.ENV] = str(folder)  # the workers, started after this, inherit it
         return cls(folder)
 
     @classmethod
     def of_session(cls) -> SessionServers:
+        """The folder `create` made, from this process's environment (a worker, or the only process)."""
         return cls(Path(os.environ[cls.ENV]))
 
     def mlflow(self, name: str, backend_uri: Callable[[], str] | None = None) -> MlflowServer:
@@ -119,7 +124,11 @@ class SessionServers:
             workdir = self.folder / name
             workdir.mkdir()
             server = MlflowServer(workdir, backend_uri=backend_uri() if backend_uri else None)
-            server.start(timeout_s=180)
+            try:
+                server.start(timeout_s=180)
+            except BaseException:
+                server.stop()  # no record will name it: stop_all would never find it
+                raise
             assert server.proc is not None
             return {"kind": "mlflow", "workdir": str(workdir), "port": server.port, "backend_uri": server.backend_uri,
                     "pid": server.proc.pid}
@@ -129,9 +138,14 @@ class SessionServers:
                             backend_uri=str(record["backend_uri"]))
 
     def postgres(self, name: str = "postgres") -> PostgresServer:
+        """The session's PostgreSQL cluster called `name`."""
         def start() -> dict[str, object]:
             server = PostgresServer()
-            server.start()
+            try:
+                server.start()
+            except BaseException:
+                server.stop()
+                raise
             return {"kind": "postgres", "port": server.port, "folder": str(server.folder)}
 
         record = self._get(name, start)
@@ -142,8 +156,15 @@ class SessionServers:
         with open(self.folder / f"{name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not record.exists():
-                record.write_text(json.dumps(start()))
-            return dict(json.loads(record.read_text()))
+                try:
+                    found = start()
+                except Exception as exc:
+                    found = {"kind": "failed", "error": f"the session's {name} did not start: {exc}"}
+                record.write_text(json.dumps(found))
+            found = dict(json.loads(record.read_text()))
+        if found["kind"] == "failed":
+            raise RuntimeError(found["error"])
+        return found
 
     def stop_all(self) -> None:
         """Stop every server started in this session: the `mlflow server`s together, then the PostgreSQL they use."""
