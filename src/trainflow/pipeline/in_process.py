@@ -1,4 +1,4 @@
-"""A pipeline step run inside main's own process.
+"""A pipeline step run inside main's own process (and a reproduced step inside reproduce's).
 
 Under `--env-manager local` a step's subprocess is this same interpreter in
 this same environment: all a new process buys is importing torch, Lightning
@@ -13,7 +13,8 @@ put back before the next one.
 
 A step that must own its process stays a subprocess: training on several
 devices or nodes (Lightning's DDP launcher starts `sys.argv` again, which
-here is main), or `in_process=false`.
+here is main), or `in_process=false` (main's setting). `run_script_here` is
+the part reproduce shares: a step attached to a run that already exists.
 
 What it saves: the first (uncached) digits pipeline took 59.2 s in one
 process against 116.8 s with `in_process=false`, where each step process

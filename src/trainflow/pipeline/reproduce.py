@@ -265,7 +265,8 @@ def run_step(original: Original, root: Path, uri: str, run_id: str) -> int:
     It runs in this process, as main runs its steps (pipeline/in_process.py):
     the same interpreter and environment a subprocess would get, without
     importing torch, Lightning and MLflow a second time. A step that must
-    own its process (several devices or nodes) gets one. A pipeline runs
+    own its process (several devices or nodes, as it ran or as today's
+    config composes it under `allow_drift=true`) gets one. A pipeline runs
     every step again in order (`cache=false`): reusing the original's cached
     step runs would reproduce nothing.
 
@@ -277,8 +278,10 @@ def run_step(original: Original, root: Path, uri: str, run_id: str) -> int:
     overrides = original.overrides
     if original.step == "main":
         overrides = [o for o in overrides if not o.startswith("cache=")] + ["cache=false"]
-    if subprocess_reason(original.config) is None:
+    reason = subprocess_reason(original.config) or subprocess_reason(composed_config(original, root))
+    if reason is None:
         return _run_here(original, root, uri, run_id, overrides)
+    print(f"{original.step}: runs in its own process ({reason})", flush=True)
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_RUN_ID=run_id, MLFLOW_EXPERIMENT_ID=original.experiment_id)
     return subprocess.run([sys.executable, STEPS[original.step][0], *overrides], cwd=root, env=env).returncode
 
@@ -288,7 +291,10 @@ def _run_here(original: Original, root: Path, uri: str, run_id: str, overrides: 
     try:
         run_script_here(root, original.step, overrides, run_id, original.experiment_id, uri)
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        if isinstance(exc.code, str):  # what Python prints for a process that exits with a message
+            print(exc.code, file=sys.stderr, flush=True)
+            return 1
+        return int(exc.code or 0)
     except Exception:
         traceback.print_exc()  # as the step's own process would have printed it
         return 1
