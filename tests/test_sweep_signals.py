@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -128,39 +128,43 @@ def test_a_signal_whose_interrupt_python_dropped_is_still_raised_at_the_next_che
         signal.signal(signal.SIGINT, previous)
 
 
-def test_ctrl_c_inside_an_import_unwinds_after_it_with_the_module_whole(tmp_path, monkeypatch) -> None:
+@pytest.fixture
+def sigint_at_import(tmp_path, monkeypatch) -> Iterator[Callable[[int], str]]:
+    """A module that sends this process `n` SIGINTs while it is being imported; SIGINT raises as in a step."""
+    names: list[str] = []
+
+    def module(n: int) -> str:
+        names.append(f"sigint_{n}_at_import")
+        kills = "os.kill(os.getpid(), signal.SIGINT)\n" * n
+        (tmp_path / f"{names[-1]}.py").write_text(f"import os\nimport signal\n\n{kills}WHOLE = True\n")
+        return names[-1]
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    previous = signal.signal(signal.SIGINT, raise_interrupt)
+    yield module
+    signal.signal(signal.SIGINT, previous)
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def test_ctrl_c_inside_an_import_unwinds_after_it_with_the_module_whole(sigint_at_import) -> None:
     """An import cut short leaves what it imported half-initialised (torch._dynamo, triton): importing them
-    again fails or aborts the process. The signal is sent again until it finds the import done."""
-    (tmp_path / "interrupted_mid_import.py").write_text(
-        "import os\nimport signal\n\nos.kill(os.getpid(), signal.SIGINT)\nWHOLE = True\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    previous = signal.signal(signal.SIGINT, raise_interrupt)
-    try:
-        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
-            importlib.import_module("interrupted_mid_import")
-            time.sleep(10)  # where the signal, sent again, lands
-        assert sys.modules["interrupted_mid_import"].WHOLE
-        assert interruption() == signal.SIGINT
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        sys.modules.pop("interrupted_mid_import", None)
+    again fails or aborts the process. The signal is delivered again until it finds the import done."""
+    name = sigint_at_import(1)
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+        importlib.import_module(name)
+        time.sleep(10)  # where the signal, delivered again, lands
+    assert sys.modules[name].WHOLE
+    assert interruption() == signal.SIGINT
 
 
-def test_a_second_ctrl_c_inside_an_import_unwinds_at_once(tmp_path, monkeypatch) -> None:
+def test_a_second_ctrl_c_inside_an_import_unwinds_at_once(sigint_at_import) -> None:
     """Ctrl-C twice stops even a process stuck in an import; no delivery of the first comes after."""
-    (tmp_path / "twice_mid_import.py").write_text(
-        "import os\nimport signal\n\nos.kill(os.getpid(), signal.SIGINT)\nos.kill(os.getpid(), signal.SIGINT)\n"
-        "WHOLE = True\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    previous = signal.signal(signal.SIGINT, raise_interrupt)
-    try:
-        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
-            importlib.import_module("twice_mid_import")
-        assert "twice_mid_import" not in sys.modules, "unwound inside the import"
-        time.sleep(RESEND_AFTER_S * 4)  # a delivery of the first signal would raise here
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        sys.modules.pop("twice_mid_import", None)
+    name = sigint_at_import(2)
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+        importlib.import_module(name)
+    assert name not in sys.modules, "unwound inside the import"
+    time.sleep(RESEND_AFTER_S * 4)  # a delivery of the first signal would raise here
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
