@@ -47,13 +47,16 @@ TINY = [
 _STORE_TEMPLATE: list[tuple[tempfile.TemporaryDirectory, Path]] = []
 
 
-def new_sqlite_store(directory: Path) -> str:
+def new_sqlite_store(directory: Path, busy_timeout_s: float | None = None) -> str:
     """A ready embedded store in `directory`: a copy of one made once per process.
 
     MLflow creates its tables on first use without a lock, so a test polling a
     fresh store while a step subprocess opens it races them ("table ...
     already exists"). Copying a made store also spares every step the
-    migrations.
+    migrations. `busy_timeout_s` goes into the URI (sqlite3's `timeout`): how
+    long a connection waits for another process's write before "database is
+    locked", for tests whose jobs write one store at once (5 s by default,
+    which two training jobs and a poller on two busy cores can exceed).
     """
     if not _STORE_TEMPLATE:
         from mlflow import MlflowClient
@@ -68,7 +71,7 @@ def new_sqlite_store(directory: Path) -> str:
     with closing(sqlite3.connect(db)) as con, con:  # `mlflow run`'s Default experiment: artifacts here too
         con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
                     ((directory / "mlruns").as_uri(),))
-    return f"sqlite:///{db}"
+    return f"sqlite:///{db}" + (f"?timeout={busy_timeout_s:g}" if busy_timeout_s else "")
 
 
 def drop_store_template() -> None:

@@ -118,7 +118,7 @@ def test_the_python_api_submits_without_waiting_and_wait_status_and_cancel_work(
     import mlflow
     from mlflow import MlflowClient
 
-    uri = new_sqlite_store(tmp_path)
+    uri = new_sqlite_store(tmp_path, busy_timeout_s=60)  # two jobs and this test write it at once
     for key, value in slurm.client_env(step_env(uri)).items():
         monkeypatch.setenv(key, value)
     mlflow.set_tracking_uri(uri)

@@ -51,7 +51,7 @@ def submit(tmp_path: Path, slurm: SlurmCluster, uri: str, name: str) -> subproce
 
 
 def test_a_requeued_job_resumes_its_run_from_the_last_checkpoint(slurm: SlurmCluster, tmp_path: Path) -> None:
-    uri = new_sqlite_store(tmp_path)
+    uri = new_sqlite_store(tmp_path, busy_timeout_s=60)  # two jobs and this test write it at once
     client = MlflowClient(uri)
     preempted, alone = submit(tmp_path, slurm, uri, "preempted"), submit(tmp_path, slurm, uri, "alone")
     run = _wait_for_a_logged_epoch(client, "preempted", preempted)
