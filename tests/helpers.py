@@ -118,19 +118,6 @@ def run_step(args: list[str], tracking_uri: str, timeout: float = 240, **extra: 
     )
 
 
-def proc_stat(pid: int) -> list[str]:
-    """/proc/PID/stat's fields after the command name (state first, then the parent's pid); [] once it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-
-
-def proc_state(pid: int) -> str:
-    """`R`, `S`, `T` (stopped) ...; `gone` once the process has ended."""
-    return (proc_stat(pid) or ["gone"])[0]
-
-
 def run_step_here(args: list[str], tracking_uri: str, **extra: str) -> subprocess.CompletedProcess:
     """`run_step` inside this process: the step's own Hydra main (pipeline/in_process.py runs it the same
     way inside main), its exit status, stdout and stderr, and the process as it was afterwards.

@@ -175,7 +175,7 @@ class SessionServers:
                 os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for pid in groups:  # not this process's children: they cannot be waited for
-            while time.monotonic() < deadline and _running(pid):
+            while time.monotonic() < deadline and proc_state(pid) not in ("Z", "gone"):
                 time.sleep(0.1)
             with contextlib.suppress(ProcessLookupError):  # what is left of the group
                 os.killpg(pid, signal.SIGKILL)
@@ -185,12 +185,17 @@ class SessionServers:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _running(pid: int) -> bool:
-    """Neither gone nor a zombie that no parent of ours will reap."""
+def proc_stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (state first, then the parent's pid); [] once it is gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
-        return False
+        return []
+
+
+def proc_state(pid: int) -> str:
+    """`R`, `S`, `T` (stopped), `Z` (a zombie no parent of ours will reap) ...; `gone` once the process has ended."""
+    return (proc_stat(pid) or ["gone"])[0]
 
 
 def postgres_bindir() -> Path:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import optuna
 import pytest
 
-from helpers import ROOT, TINY, proc_stat, proc_state, step_env
-from servers import PostgresServer
+from helpers import ROOT, TINY, step_env
+from servers import PostgresServer, proc_stat, proc_state
 from trainflow.sweep.study import StudySpec, create_and_queue
 from trainflow.tracking import tags as tag
 

@@ -17,7 +17,8 @@ from collections import defaultdict
 import pytest
 from mlflow import MlflowClient
 
-from helpers import ROOT, all_runs, mlflow_run, new_sqlite_store, proc_state, run_step_here, step_env
+from helpers import ROOT, all_runs, mlflow_run, new_sqlite_store, run_step_here, step_env
+from servers import proc_state
 from trainflow.tracking import tags as tag
 
 pytestmark = pytest.mark.slow
