@@ -20,7 +20,7 @@ from trainflow.config.param_names import override_from_param
 from trainflow.config.redact import mask_secrets
 from trainflow.config.schema import register_configs
 from trainflow.config.validate import check_targets
-from trainflow.fast_exit import exit_now
+from trainflow.fast_exit import exit_now, status_of
 from trainflow.project import project_root
 from trainflow.tracking import tags as tag
 
@@ -160,9 +160,5 @@ def run_and_exit(main: Callable[[], object]) -> NoReturn:
     try:
         main()
     except SystemExit as exc:
-        if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
-            code = 1
-        else:
-            code = int(exc.code or 0)
+        code = status_of(exc)
     exit_now(code)

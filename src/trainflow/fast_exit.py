@@ -22,3 +22,11 @@ def exit_now(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def status_of(exc: SystemExit) -> int:
+    """The exit status `exc` gives a process, its message printed as Python prints it (status 1)."""
+    if isinstance(exc.code, str):
+        print(exc.code, file=sys.stderr, flush=True)
+        return 1
+    return int(exc.code or 0)

@@ -33,6 +33,7 @@ import yaml
 from trainflow.config.compose import compose_step_config
 from trainflow.config.redact import redact
 from trainflow.errors import TrainflowError, UriError, first_line
+from trainflow.fast_exit import status_of
 from trainflow.fetch import file_digest, single_file
 from trainflow.pipeline.in_process import run_script_here, subprocess_reason
 from trainflow.registry.versions import resolve_model
@@ -120,8 +121,8 @@ def _logged_yaml(client: Any, run_id: str, name: str, kind: type) -> Any:
     return value
 
 
-def find_drift(original: Original, root: Path, client: Any) -> list[str]:
-    """What differs between then and now, one line per item."""
+def find_drift(original: Original, root: Path, client: Any, now: dict[str, Any] | None = None) -> list[str]:
+    """What differs between then and now, one line per item; `now`: composed_config's, if the caller has it."""
     code = code_version(root)
     then = original.tags
     drift = []
@@ -131,7 +132,7 @@ def find_drift(original: Original, root: Path, client: Any) -> list[str]:
         drift.append(f"code version: {then.get(tag.CODE_VERSION)} -> {code.id} (uncommitted or other code)")
     if then.get(tag.LOCK_DIGEST) != lock_digest(root):
         drift.append(f"uv.lock: sha256 {then.get(tag.LOCK_DIGEST) or 'not recorded'} -> {lock_digest(root)}")
-    now = composed_config(original, root)
+    now = composed_config(original, root) if now is None else now
     drift += config_drift(original.config, now)
     drift += data_drift(original, now)
     drift += model_drift(original, now, client)
@@ -234,7 +235,8 @@ def reproduce(argv: list[str], root: Path) -> int:
     try:
         args = parse_args(argv, root)
         original = read_original(client, args["run_id"])
-        drift = find_drift(original, root, client)
+        now = composed_config(original, root)
+        drift = find_drift(original, root, client, now)
     except TrainflowError as exc:
         return _refuse(client, launched, str(exc), 1)
     for line in drift:
@@ -247,7 +249,7 @@ def reproduce(argv: list[str], root: Path) -> int:
     if drift:
         client.set_tag(run_id, tag.REPRODUCE_DRIFT, "\n".join(drift)[:5000])
         client.log_text(run_id, "\n".join(drift) + "\n", "reproduction/drift.txt")
-    status = run_step(original, root, uri, run_id)
+    status = run_step(original, now, root, uri, run_id)
     if status != 0:
         _end_if_running(client, run_id, f"the reproduced {original.step} step exited with status {status}")
         return status
@@ -259,7 +261,7 @@ def reproduce(argv: list[str], root: Path) -> int:
     return 0
 
 
-def run_step(original: Original, root: Path, uri: str, run_id: str) -> int:
+def run_step(original: Original, now: dict[str, Any], root: Path, uri: str, run_id: str) -> int:
     """The step's own script with the logged overrides, logging into `run_id`; its exit status.
 
     It runs in this process, as main runs its steps (pipeline/in_process.py):
@@ -278,7 +280,7 @@ def run_step(original: Original, root: Path, uri: str, run_id: str) -> int:
     overrides = original.overrides
     if original.step == "main":
         overrides = [o for o in overrides if not o.startswith("cache=")] + ["cache=false"]
-    reason = subprocess_reason(original.config) or subprocess_reason(composed_config(original, root))
+    reason = subprocess_reason(original.config) or subprocess_reason(now)
     if reason is None:
         return _run_here(original, root, uri, run_id, overrides)
     print(f"{original.step}: runs in its own process ({reason})", flush=True)
@@ -291,10 +293,7 @@ def _run_here(original: Original, root: Path, uri: str, run_id: str, overrides: 
     try:
         run_script_here(root, original.step, overrides, run_id, original.experiment_id, uri)
     except SystemExit as exc:
-        if isinstance(exc.code, str):  # what Python prints for a process that exits with a message
-            print(exc.code, file=sys.stderr, flush=True)
-            return 1
-        return int(exc.code or 0)
+        return status_of(exc)
     except Exception:
         traceback.print_exc()  # as the step's own process would have printed it
         return 1
