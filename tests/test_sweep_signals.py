@@ -8,10 +8,12 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from types import FrameType
 
@@ -19,13 +21,12 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from helpers import TINY
+from helpers import TINY, new_sqlite_store
 from trainflow.sweep.driver import fail_orphans, run_sweep, start_workers, sweep_plan
 from trainflow.sweep.trial import ATTR_RUN, ATTR_SWEEP_RUN
 from trainflow.tracking import tags as tag
 from trainflow.tracking.run import step_run
 from trainflow.tracking.signals import (
-    RESEND_AFTER_S,
     DeferredSignals,
     SignalsSince,
     interruption,
@@ -149,7 +150,7 @@ def sigint_at_import(tmp_path, monkeypatch) -> Iterator[Callable[[int], str]]:
 
 def test_ctrl_c_inside_an_import_unwinds_after_it_with_the_module_whole(sigint_at_import) -> None:
     """An import cut short leaves what it imported half-initialised (torch._dynamo, triton): importing them
-    again fails or aborts the process. The signal is delivered again until it finds the import done."""
+    again fails or aborts the process. The signal is held until the import returns."""
     name = sigint_at_import(1)
     with pytest.raises(KeyboardInterrupt, match="SIGINT"):
         importlib.import_module(name)
@@ -164,7 +165,39 @@ def test_a_second_ctrl_c_inside_an_import_unwinds_at_once(sigint_at_import) -> N
     with pytest.raises(KeyboardInterrupt, match="SIGINT"):
         importlib.import_module(name)
     assert name not in sys.modules, "unwound inside the import"
-    time.sleep(RESEND_AFTER_S * 4)  # a delivery of the first signal would raise here
+    time.sleep(0.2)  # a delivery of the first signal would raise here
+
+
+def test_ctrl_c_inside_a_database_call_unwinds_after_it_and_leaves_the_store_unlocked(tmp_path) -> None:
+    """Interrupted between a query and the reading of its rows, an embedded store stays locked: the statement
+    lives on in the unwinding stack. The run could not be ended KILLED (its write waits out the busy timeout
+    and fails), nor could a sweep's other processes write. The signal lands once the call has returned."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    uri = new_sqlite_store(tmp_path)
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("locks")).info.run_id
+    sent: list[str] = []
+
+    def mid_query(conn, cursor, statement: str, *_: object) -> None:  # the query ran; its rows are unread
+        if statement.lstrip().startswith("SELECT") and not sent:
+            sent.append(statement)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    event.listen(Engine, "after_cursor_execute", mid_query)
+    previous = signal.signal(signal.SIGINT, raise_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            client.set_tag(run_id, "after", "the call")
+            time.sleep(10)  # where the held signal lands
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        event.remove(Engine, "after_cursor_execute", mid_query)
+    assert sent, "no query ran"
+    with closing(sqlite3.connect(tmp_path / "mlflow.db", timeout=1)) as other, other:
+        other.execute("UPDATE runs SET status = 'KILLED' WHERE run_uuid = ?", (run_id,))  # "database is locked"
+    assert client.get_run(run_id).data.tags["after"] == "the call"
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt

@@ -26,16 +26,28 @@ already imported stays, half-initialised (torch._dynamo, sympy, triton's
 native library). Importing them again later fails with AttributeErrors or
 aborts the process (SIGABRT). A sweep's own process imports the model code
 while its workers already train, and a step imports lazily, so a Ctrl-C
-lands in an import often enough. Such a signal is delivered again shortly
-(to whatever Python handler is installed then), until it finds the import
-done. A second signal meanwhile unwinds at once, import or not: Ctrl-C twice
-always stops a process, even one stuck in an import.
+lands in an import often enough.
+
+Nor does it raise inside a database call: SQLAlchemy, which MLflow's
+database stores (the embedded sqlite one) and Optuna's RDB storage run on,
+and MLflow's stores themselves, which read query results inside their
+sessions. Interrupted between a query and the reading of its rows, the
+statement lives on in the unwinding stack, and with it sqlite's lock on the
+file: the run's own KILLED status waits out the busy timeout and fails, and
+so does every other process writing to that store (a sweep's workers hung
+so). Such a signal is held until the outermost import or database call it
+landed in returns (a profile function watches for that return), then sent
+again to the main thread, to whatever Python handler is installed then. A
+second signal meanwhile unwinds at once: Ctrl-C twice always stops a
+process, even one stuck in an import or a database call. Under a profiler
+(`sys.getprofile()` set) a signal unwinds at once, as before.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from types import FrameType
 from typing import Any
@@ -68,61 +80,71 @@ def exit_status(default: int = signal.SIGINT) -> int:
     return 128 + int(_Interrupted.signum or default)
 
 
-# How soon a signal that landed inside an import is delivered again.
-RESEND_AFTER_S = 0.05
 _IMPORT_MACHINERY = "<frozen importlib._bootstrap>"
+# MLflow's database stores, which iterate query results inside their sessions.
+_MLFLOW_SESSIONS = os.sep + "sqlalchemy_store.py"
 
 
-class _Resend:
-    """A stop signal that landed inside an import, waiting to be delivered again."""
+class _Held:
+    """A stop signal that landed inside an import or a database call, delivered as that call returns."""
 
-    timer: threading.Timer | None = None
-    own = False  # the handler's next call is that delivery, not a new signal
+    call: FrameType | None = None  # the outermost such frame: its return delivers the signal
+    signum = 0
+    due = False  # the handler's next call is that delivery: it unwinds wherever it lands
 
 
 def raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    """A handler: note the signal and unwind like Ctrl-C; inside an import, once it is done (see above)."""
-    own, _Resend.own = _Resend.own, False
+    """A handler: note the signal and unwind like Ctrl-C; inside an import or a database call, once it returns."""
+    due, _Held.due = _Held.due, False
     _count(signum)
     _Interrupted.signum = signum
-    if _importing(frame) and (own or _Resend.timer is None) and _deliver_later(signum):
-        return
-    if _Resend.timer is not None:  # a second signal: no delivery of the first comes after this interrupt
-        _Resend.timer.cancel()
-        _Resend.timer = None
+    if not due and _Held.call is None:
+        call = _unsafe_call(frame)
+        if call is not None and sys.getprofile() is None:  # under a profiler, unwind at once
+            _Held.call, _Held.signum = call, signum
+            sys.setprofile(_on_event)
+            return
+    _drop_hold()  # a second signal: no delivery of the first comes after this interrupt
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def _deliver_later(signum: int) -> bool:
-    """Deliver `signum` again after RESEND_AFTER_S; False where no thread can start (interpreter shutdown)."""
-    timer = threading.Timer(RESEND_AFTER_S, _deliver, (signum,))
-    timer.daemon = True
-    try:
-        timer.start()
-    except RuntimeError:
-        return False
-    _Resend.timer = timer
-    return True
+def _on_event(frame: FrameType, event: str, arg: object) -> None:
+    """The main thread's profile function while a signal is held: delivers it as the held call returns.
 
-
-def _deliver(signum: int) -> None:
-    """The signal again, to the main thread (it wakes a blocking call); dropped once no Python handler takes it.
-
-    With SIG_DFL back (the step ended meanwhile) it would kill a process whose run already ended well.
+    Delivered as a signal to this thread, so the handler runs at the next
+    bytecode boundary, which is in the caller (or at the very start of
+    whatever it calls next): nothing of the database call or import is left.
+    With SIG_DFL back (the step ended meanwhile) it would kill a process
+    whose run already ended well, so it is dropped then.
     """
-    _Resend.timer = None
-    if callable(signal.getsignal(signum)):
-        _Resend.own = True
-        signal.pthread_kill(threading.main_thread().ident or 0, signum)
+    if event != "return" or frame is not _Held.call:
+        return
+    signum = _Held.signum
+    _drop_hold()
+    handler = signal.getsignal(signum)
+    if callable(handler):
+        _Held.due = handler is raise_interrupt
+        signal.pthread_kill(threading.get_ident(), signum)
 
 
-def _importing(frame: FrameType | None) -> bool:
-    """Whether `frame` runs inside an import (the import machinery is on its stack)."""
+def _drop_hold() -> None:
+    if _Held.call is not None:
+        _Held.call = None
+        sys.setprofile(None)
+
+
+def _unsafe_call(frame: FrameType | None) -> FrameType | None:
+    """The outermost frame of an import or a database call (SQLAlchemy's, or an MLflow
+    database store's) that `frame` runs inside, if any (see above)."""
+    database = sys.modules.get("sqlalchemy")  # not imported: no database call can be running
+    inside = os.path.dirname(database.__file__ or "") + os.sep if database is not None else None
+    outermost = None
     while frame is not None:
-        if frame.f_code.co_filename == _IMPORT_MACHINERY:
-            return True
+        name = frame.f_code.co_filename
+        if name == _IMPORT_MACHINERY or (inside and name.startswith(inside)) or name.endswith(_MLFLOW_SESSIONS):
+            outermost = frame
         frame = frame.f_back
-    return False
+    return outermost
 
 
 def _note(signum: int, frame: FrameType | None) -> None:
