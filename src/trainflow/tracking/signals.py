@@ -40,7 +40,8 @@ landed in returns (a profile function watches for that return), then sent
 again to the main thread, to whatever Python handler is installed then. A
 second signal meanwhile unwinds at once: Ctrl-C twice always stops a
 process, even one stuck in an import or a database call. Under a profiler
-(`sys.getprofile()` set) a signal unwinds at once, as before.
+(`sys.getprofile()` set), whose place that watch would take, a signal
+unwinds at once.
 """
 
 from __future__ import annotations
