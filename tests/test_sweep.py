@@ -245,3 +245,25 @@ def test_hydra_sweep_syntax_is_refused_by_the_sweeper(capsys) -> None:
     with pytest.raises(SystemExit) as info:
         refuse_sweep_syntax([f"{LR}=0.1,0.01"])
     assert info.value.code == 2 and "sweep.params" in capsys.readouterr().err
+
+
+def test_a_machine_lost_as_the_study_ends_is_ended_failed_by_the_one_that_finishes(
+        compose, tmp_path, sqlite_uri, tracking_env) -> None:
+    """A lost machine's lease can beat a little after its trial's heartbeat (a beat's phase, a busy machine's
+    lag), so it still looked alive when its trial was failed as stale; nobody looked again and its parent
+    stayed RUNNING. Here its lease is just young enough to pass the sweep's start; the end catches it."""
+    tracking_env(sqlite_uri)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    client = MlflowClient(sqlite_uri)
+    lost = client.create_run(client.create_experiment("lost-machine")).info.run_id
+    study = optuna.create_study(study_name="lost", storage=storage, direction="maximize")
+    cfg = compose("sweep", [*TINY, "hparams_search=digits_optuna", "sweep.n_trials=1", "sweep.pruner=null",
+                            f"sweep.storage={storage}", "sweep.study_name=lost", "sweep.heartbeat_s=20",
+                            "sweep.grace_s=60"], output_dir=tmp_path / "out")
+    study.set_user_attr(tag.STUDY_LEASE_PREFIX + lost, time.time() - (60 - 20))  # older than grace - a beat
+    with step_run("sweep", cfg) as run:
+        run_sweep(cfg, run)
+    ended = client.get_run(lost)
+    assert ended.info.status == "FAILED" and "sweep machine lost" in ended.data.tags[tag.ERROR]
+    assert optuna.load_study(study_name="lost", storage=storage).user_attrs[tag.STUDY_LEASE_PREFIX + lost] == ENDED
+    assert client.get_run(run.run_id).info.status == "FINISHED"

@@ -112,6 +112,11 @@ def _run_trials(study: optuna.Study, run: StepRun, plan: SweepPlan) -> SweepResu
         fail_orphans(study, run, plan.own_storage)
         summarise_quietly(study, run, plan.metric, plan.overrides)
         raise
+    if heartbeat_enabled(study):
+        # A machine lost near the end: its lease's last beat can come up to a beat (and the thread's lag
+        # on a busy machine) after its trial's, and so still look alive when its trial is failed as stale
+        # (recovery.StaleTrialCallback). By now its trial has been run again; the lease has had that long.
+        end_lost_sweeps(study, run.client, plan.study.grace_s - (plan.study.heartbeat_s or 0))
     fail_orphans(study, run, plan.own_storage)
     return summarise(study, run, plan.metric, plan.overrides)
 
