@@ -33,7 +33,7 @@ from trainflow.errors import ConfigError, TrainflowError
 from trainflow.registry.versions import register_best_trial
 from trainflow.sweep.loop import limit_threads, work
 from trainflow.sweep.optuna_adapter import heartbeat_enabled
-from trainflow.sweep.recovery import Lease, end_lost_sweeps, fail_stale
+from trainflow.sweep.recovery import Lease, end_lost_sweeps, fail_stale, lease_lost_after
 from trainflow.sweep.space import SearchParam, as_override, first_values, search_space
 from trainflow.sweep.study import (
     DIRECTIONS,
@@ -113,10 +113,9 @@ def _run_trials(study: optuna.Study, run: StepRun, plan: SweepPlan) -> SweepResu
         summarise_quietly(study, run, plan.metric, plan.overrides)
         raise
     if heartbeat_enabled(study):
-        # A machine lost near the end: its lease's last beat can come up to a beat (and the thread's lag
-        # on a busy machine) after its trial's, and so still look alive when its trial is failed as stale
-        # (recovery.StaleTrialCallback). By now its trial has been run again; the lease has had that long.
-        end_lost_sweeps(study, run.client, plan.study.grace_s - (plan.study.heartbeat_s or 0))
+        # A machine lost near the end can still have looked alive when its trial was failed as stale
+        # (recovery.lease_lost_after); by now that trial has been run again, and the lease has had that long.
+        end_lost_sweeps(study, run.client, lease_lost_after(plan.study.grace_s, plan.study.heartbeat_s or 0))
     fail_orphans(study, run, plan.own_storage)
     return summarise(study, run, plan.metric, plan.overrides)
 

@@ -91,10 +91,19 @@ class StaleTrialCallback:
         run_id = trial.user_attrs.get(ATTR_RUN)
         if run_id:
             end_failed(client, str(run_id), why, trial=True)
-        # The trial's last beat is over grace_s old; its machine's lease beats on the same interval, so
-        # it went silent at most one beat later. Waiting the full grace again could let the study end
-        # (nobody left to look) with the lost machine's parent still RUNNING.
-        end_lost_sweeps(study, client, self.grace_s - self.heartbeat_s)
+        end_lost_sweeps(study, client, lease_lost_after(self.grace_s, self.heartbeat_s))
+
+
+def lease_lost_after(grace_s: float, heartbeat_s: float) -> float:
+    """How old a machine's lease is once its trial has been failed as stale: its machine is lost then.
+
+    The trial's last beat is over grace_s old; the lease beats on the same
+    interval, so it went silent about one beat later (a busy machine's thread
+    lag can add to that: the sweep looks again when its watch ends). Waiting
+    the full grace again could let the study end (nobody left to look) with
+    the lost machine's parent still RUNNING.
+    """
+    return grace_s - heartbeat_s
 
 
 def queue_again(study: optuna.Study, trial: FrozenTrial, max_retry: int) -> bool:
